@@ -1,0 +1,97 @@
+//! Assembling a running instance from settings: flows, keys, store, registry import, SMS sender and the
+//! delivery worker. `serve`, `simulate` and the tests all start here.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::crypto::{Crypto, CryptoError, HashCost};
+use crate::flow::{Flow, Problem};
+use crate::registry::{self, RegistryError};
+use crate::service::Service;
+use crate::sms::file::FileSender;
+use crate::sms::{worker, SmsSender};
+use crate::store::sled_store::SledStore;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("flows in {dir} have {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Flows { dir: String, problems: Vec<Problem> },
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("{what} {path}: {why}")]
+    Io { what: &'static str, path: String, why: String },
+}
+
+pub struct App {
+    pub service: Arc<Service>,
+    pub store: Arc<SledStore>,
+    pub sender: Arc<dyn SmsSender>,
+    stop: Arc<Notify>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl App {
+    /// Opens everything; must run inside a tokio runtime (it spawns the delivery worker).
+    pub fn open(settings: &Settings, clock: Arc<dyn Clock>, cost: HashCost) -> Result<App, StartError> {
+        Self::open_with_sender(settings, clock, cost, None)
+    }
+
+    /// As [`App::open`], with a sender of the caller's instead of the outbox file.
+    pub fn open_with_sender(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+        cost: HashCost,
+        sender: Option<Arc<dyn SmsSender>>,
+    ) -> Result<App, StartError> {
+        let flow = Flow::load(&settings.flows, settings.ussd_charset)
+            .map_err(|problems| StartError::Flows { dir: settings.flows.display().to_string(), problems })?;
+        std::fs::create_dir_all(&settings.data_dir).map_err(|e| StartError::Io {
+            what: "data dir",
+            path: settings.data_dir.display().to_string(),
+            why: e.to_string(),
+        })?;
+        let crypto = Crypto::load_or_create(&settings.key_file, cost)?;
+        let store = Arc::new(SledStore::open(&settings.db_dir())?);
+        let report = registry::import_csv(&settings.registry, store.as_ref(), clock.now().year())?;
+        for (line, why) in &report.skipped {
+            warn!(registry = %settings.registry.display(), line, why = %why, "registry row skipped");
+        }
+        info!(registry = %settings.registry.display(), citizens = report.imported, skipped = report.skipped.len(), "registry imported");
+        let sender: Arc<dyn SmsSender> = match sender {
+            Some(s) => s,
+            None => Arc::new(FileSender::open(&settings.sms_outbox).map_err(|e| StartError::Io {
+                what: "sms outbox",
+                path: settings.sms_outbox.display().to_string(),
+                why: e.to_string(),
+            })?),
+        };
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let crypto = Arc::new(crypto);
+        let service = Arc::new(Service::new(dyn_store.clone(), Arc::new(flow), crypto.clone(), clock, settings.ussd_charset));
+        let stop = Arc::new(Notify::new());
+        let worker = tokio::spawn(worker::run(dyn_store, crypto, sender.clone(), service.outbox_ready.clone(), stop.clone()));
+        Ok(App { service, store, sender, stop, worker: Some(worker) })
+    }
+
+    /// Stops the delivery worker after a last delivery round, and flushes the store.
+    pub async fn shutdown(mut self) {
+        self.stop.notify_one();
+        if let Some(w) = self.worker.take() {
+            let _ = w.await;
+        }
+        let _ = worker::deliver_pending(self.store.as_ref(), &self.service.crypto, self.sender.as_ref()).await;
+        if let Err(e) = self.store.flush() {
+            warn!(error = %e, "final flush failed");
+        }
+    }
+}

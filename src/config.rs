@@ -1,0 +1,120 @@
+//! Command-line interface and settings. Every `serve` flag can also come from `KICHHOAT_<NAME>`, so the
+//! same binary runs from a terminal, a systemd unit or a container without a config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::flow::Charset;
+
+#[derive(Debug, Parser)]
+#[command(name = "kichhoat", version, about = "Activate a VNeID account from a keypad phone, over USSD")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the webhook server.
+    Serve(ServeArgs),
+    /// Load and validate every flow file and message catalogue; print each problem as `file: state: problem`.
+    Check(CheckArgs),
+    /// A keypad phone in the terminal, running the same engine and store in-process.
+    Simulate(SimulateArgs),
+}
+
+/// Settings shared by `serve` and `simulate`.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Directory of flow files and message catalogues.
+    #[arg(long, env = "KICHHOAT_FLOWS", default_value = "flows")]
+    pub flows: PathBuf,
+    /// Citizens CSV (`national_id,phone,full_name,status`), imported at start.
+    #[arg(long, env = "KICHHOAT_REGISTRY", default_value = "fixtures/registry.csv")]
+    pub registry: PathBuf,
+    /// File holding the 32-byte master key (hex), kept outside the database; created if absent.
+    /// Default: `<data-dir>/secret.key`.
+    #[arg(long, env = "KICHHOAT_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// USSD screen encoding: gsm7 sends Vietnamese without diacritics (carriers' default).
+    #[arg(long, env = "KICHHOAT_USSD_CHARSET", value_enum, default_value_t = Charset::Gsm7)]
+    pub ussd_charset: Charset,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "KICHHOAT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the sled database and everything else the server keeps go.
+    #[arg(long, env = "KICHHOAT_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Outgoing SMS are appended here as JSON lines. Default: `<data-dir>/outbox.jsonl`.
+    #[arg(long, env = "KICHHOAT_SMS_OUTBOX")]
+    pub sms_outbox: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "KICHHOAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[arg(long, env = "KICHHOAT_FLOWS", default_value = "flows")]
+    pub flows: PathBuf,
+    #[arg(long, env = "KICHHOAT_USSD_CHARSET", value_enum, default_value_t = Charset::Gsm7)]
+    pub ussd_charset: Charset,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// The phone you are "calling" from, in any form (0912345678, 84912345678, +84912345678).
+    #[arg(long)]
+    pub phone: String,
+    /// Its own data directory, so it never disturbs a running server's.
+    #[arg(long, env = "KICHHOAT_SIMULATE_DATA_DIR", default_value = "data-simulate")]
+    pub data_dir: PathBuf,
+    /// Outgoing SMS file. Default: `<data-dir>/outbox.jsonl`.
+    #[arg(long)]
+    pub sms_outbox: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Resolved settings for one running instance (server or simulator).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub flows: PathBuf,
+    pub registry: PathBuf,
+    pub key_file: PathBuf,
+    pub sms_outbox: PathBuf,
+    pub ussd_charset: Charset,
+}
+
+impl Settings {
+    pub fn new(data_dir: PathBuf, sms_outbox: Option<PathBuf>, common: &Common) -> Settings {
+        Settings {
+            key_file: common.key_file.clone().unwrap_or_else(|| data_dir.join("secret.key")),
+            sms_outbox: sms_outbox.unwrap_or_else(|| data_dir.join("outbox.jsonl")),
+            flows: common.flows.clone(),
+            registry: common.registry.clone(),
+            ussd_charset: common.ussd_charset,
+            data_dir,
+        }
+    }
+
+    /// The sled database lives in its own folder inside the data directory.
+    pub fn db_dir(&self) -> PathBuf {
+        self.data_dir.join("db")
+    }
+}

@@ -1,0 +1,261 @@
+//! Everything that turns a secret into something safe to keep: argon2id for credentials, HMAC-SHA256 for
+//! OTPs and carrier hop texts, and ChaCha20-Poly1305 to seal queued SMS bodies.
+//!
+//! All keys derive from one 32-byte master key kept in a file *outside* the sled database
+//! (`--key-file`), so a copy of the database alone reveals no OTP, hop text or queued SMS.
+//!
+//! Argon2id parameters are OWASP's Password Storage Cheat Sheet minimum, m = 19 MiB, t = 2, p = 1
+//! (the `argon2` 0.5 defaults; ../shared/reference/domain.md §5). Hashing is pure CPU work: callers run it
+//! on a bounded blocking pool (see `service`).
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::domain::Secret;
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("key file {path}: {reason}")]
+    KeyFile { path: String, reason: String },
+    #[error("password hashing failed")]
+    Hash,
+    #[error("sealed data could not be opened")]
+    Open,
+}
+
+/// Argon2id cost settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCost {
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+}
+
+impl HashCost {
+    /// OWASP Password Storage Cheat Sheet: argon2id, m = 19456 KiB, t = 2, p = 1.
+    pub const OWASP: HashCost = HashCost { m_kib: 19_456, t: 2, p: 1 };
+    /// Cheap settings that keep long test suites fast. Never for production: the name says so.
+    pub const DANGER_TEST_ONLY: HashCost = HashCost { m_kib: 64, t: 1, p: 1 };
+}
+
+/// A 32-byte key; its `Debug` never prints the bytes.
+#[derive(Clone)]
+struct Key([u8; 32]);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(***)")
+    }
+}
+
+/// The hashing and sealing toolbox handed to the engine and the stores.
+#[derive(Debug, Clone)]
+pub struct Crypto {
+    otp: Key,
+    hop: Key,
+    seal: Key,
+    cost: HashCost,
+    dummy_hash: String,
+}
+
+fn derive(master: &[u8; 32], label: &str) -> Key {
+    let mut out = [0u8; 32];
+    if let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(master) {
+        mac.update(label.as_bytes());
+        out.copy_from_slice(&mac.finalize().into_bytes());
+    }
+    Key(out)
+}
+
+impl Crypto {
+    pub fn from_master(master: &[u8; 32], cost: HashCost) -> Result<Crypto, CryptoError> {
+        let mut c = Crypto {
+            otp: derive(master, "kichhoat/otp/v1"),
+            hop: derive(master, "kichhoat/hop/v1"),
+            seal: derive(master, "kichhoat/seal/v1"),
+            cost,
+            dummy_hash: String::new(),
+        };
+        // A real hash to verify against when an account does not exist, so that "no such account"
+        // takes as long as "wrong password" (OWASP Authentication Cheat Sheet; ASVS 5.0 6.3.8).
+        let mut seed = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut seed);
+        c.dummy_hash = c.hash_secret(&hex::encode(seed), &mut rand::rngs::OsRng)?;
+        Ok(c)
+    }
+
+    /// Reads the master key from `path` (64 hex characters), creating it with mode 0600 if absent.
+    pub fn load_or_create(path: &Path, cost: HashCost) -> Result<Crypto, CryptoError> {
+        let err = |reason: String| CryptoError::KeyFile { path: path.display().to_string(), reason };
+        let master = match fs::read_to_string(path) {
+            Ok(text) => {
+                let bytes = hex::decode(text.trim()).map_err(|_| err("not hex".into()))?;
+                <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| err("not 32 bytes".into()))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut key);
+                if let Some(dir) = path.parent() {
+                    fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+                }
+                let mut opts = fs::OpenOptions::new();
+                opts.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
+                f.write_all(hex::encode(key).as_bytes()).map_err(|e| err(e.to_string()))?;
+                f.sync_all().map_err(|e| err(e.to_string()))?;
+                key
+            }
+            Err(e) => return Err(err(e.to_string())),
+        };
+        Crypto::from_master(&master, cost)
+    }
+
+    fn argon(&self) -> Result<Argon2<'static>, CryptoError> {
+        let params = Params::new(self.cost.m_kib, self.cost.t, self.cost.p, None).map_err(|_| CryptoError::Hash)?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    }
+
+    /// argon2id with a fresh 16-byte salt; returns the PHC string (algorithm, parameters, salt, hash).
+    pub fn hash_secret(&self, secret: &str, rng: &mut dyn RngCore) -> Result<String, CryptoError> {
+        let mut salt = [0u8; 16];
+        rng.fill_bytes(&mut salt);
+        let salt = SaltString::encode_b64(&salt).map_err(|_| CryptoError::Hash)?;
+        let hash = self.argon()?.hash_password(secret.as_bytes(), &salt).map_err(|_| CryptoError::Hash)?;
+        Ok(hash.to_string())
+    }
+
+    /// True when `secret` matches the PHC string. The parameters are read from the string itself, so
+    /// hashes made under older settings still verify.
+    pub fn verify_secret(&self, secret: &str, phc: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(phc) else { return false };
+        Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok()
+    }
+
+    /// Spends the time of one verification against a hash that matches nothing.
+    pub fn dummy_verify(&self, secret: &str) {
+        let _ = self.verify_secret(secret, &self.dummy_hash);
+    }
+
+    /// Keyed hash of an OTP, bound to the ID number and phone it was issued for (NIST SP 800-63B
+    /// §5.1.3: the code is bound to the request).
+    pub fn otp_mac(&self, national_id: &str, phone: &str, code: &Secret) -> [u8; 32] {
+        mac(&self.otp, &[national_id.as_bytes(), phone.as_bytes(), code.expose().as_bytes()])
+    }
+
+    /// Keyed hash of a carrier hop (phone, session id, cumulative text): lets retries be recognised
+    /// without ever storing the text, which repeats typed passwords.
+    pub fn hop_mac(&self, phone: &str, session_id: &str, text: &str) -> [u8; 32] {
+        mac(&self.hop, &[phone.as_bytes(), session_id.as_bytes(), text.as_bytes()])
+    }
+
+    /// Seals `plain` with ChaCha20-Poly1305 under a random nonce; `aad` binds it to its record.
+    pub fn seal(&self, plain: &Secret, aad: &[u8], rng: &mut dyn RngCore) -> Result<Vec<u8>, CryptoError> {
+        let cipher = ChaCha20Poly1305::new_from_slice(&self.seal.0).map_err(|_| CryptoError::Hash)?;
+        let mut nonce = [0u8; 12];
+        rng.fill_bytes(&mut nonce);
+        let mut out = nonce.to_vec();
+        let ct = cipher
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain.expose().as_bytes(), aad })
+            .map_err(|_| CryptoError::Hash)?;
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Secret, CryptoError> {
+        let cipher = ChaCha20Poly1305::new_from_slice(&self.seal.0).map_err(|_| CryptoError::Open)?;
+        if sealed.len() < 12 {
+            return Err(CryptoError::Open);
+        }
+        let (nonce, ct) = sealed.split_at(12);
+        let plain = cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).map_err(|_| CryptoError::Open)?;
+        String::from_utf8(plain).map(Secret::new).map_err(|_| CryptoError::Open)
+    }
+}
+
+/// Constant-time equality of two MACs.
+pub fn mac_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.ct_eq(b).into()
+}
+
+fn mac(key: &Key, parts: &[&[u8]]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if let Ok(mut m) = <HmacSha256 as Mac>::new_from_slice(&key.0) {
+        for p in parts {
+            // Length-prefix each part so ("ab","c") and ("a","bc") differ.
+            m.update(&(p.len() as u64).to_be_bytes());
+            m.update(p);
+        }
+        out.copy_from_slice(&m.finalize().into_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn crypto() -> Crypto {
+        Crypto::from_master(&[7u8; 32], HashCost::DANGER_TEST_ONLY).unwrap()
+    }
+
+    #[test]
+    fn a_hashed_secret_verifies_and_a_different_one_does_not() {
+        let c = crypto();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let phc = c.hash_secret("Abc*1234x", &mut rng).unwrap();
+        assert!(phc.starts_with("$argon2id$"));
+        assert!(!phc.contains("Abc*1234x"));
+        assert!(c.verify_secret("Abc*1234x", &phc));
+        assert!(!c.verify_secret("Abc*1234y", &phc));
+    }
+
+    #[test]
+    fn production_hashes_use_owasp_parameters() {
+        let c = Crypto::from_master(&[1u8; 32], HashCost::OWASP).unwrap();
+        let phc = c.hash_secret("Abc*1234x", &mut rand::rngs::OsRng).unwrap();
+        assert!(phc.contains("m=19456,t=2,p=1"), "{phc}");
+    }
+
+    #[test]
+    fn otp_macs_are_bound_to_the_request() {
+        let c = crypto();
+        let code = Secret::new("123456");
+        let a = c.otp_mac("001099012345", "84912345678", &code);
+        assert!(mac_eq(&a, &c.otp_mac("001099012345", "84912345678", &code)));
+        assert!(!mac_eq(&a, &c.otp_mac("001099012346", "84912345678", &code)));
+        assert!(!mac_eq(&a, &c.otp_mac("001099012345", "84912345679", &code)));
+    }
+
+    #[test]
+    fn sealed_bodies_open_only_with_their_record_binding() {
+        let c = crypto();
+        let sealed = c.seal(&Secret::new("Ma OTP 123456"), b"42", &mut rand::rngs::OsRng).unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"123456"));
+        assert_eq!(c.open(&sealed, b"42").unwrap().expose(), "Ma OTP 123456");
+        assert!(c.open(&sealed, b"43").is_err());
+    }
+
+    #[test]
+    fn the_key_file_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k/secret.key");
+        let a = Crypto::load_or_create(&path, HashCost::DANGER_TEST_ONLY).unwrap();
+        let b = Crypto::load_or_create(&path, HashCost::DANGER_TEST_ONLY).unwrap();
+        assert_eq!(a.hop_mac("p", "s", "t"), b.hop_mac("p", "s", "t"));
+    }
+}

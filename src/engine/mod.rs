@@ -1,0 +1,362 @@
+//! The conversation engine: a pure, deterministic step
+//! `(flow, session, inbound input, now, randomness, read-only directory) → (session, reply, effects)`.
+//!
+//! No tokio, sled, clock or network here. The caller loads the session, runs [`step`] (on a blocking
+//! pool: some actions hash with argon2id), commits the new session together with the effects in one
+//! transaction, and only then answers the carrier. Effects are data: an SMS to queue, an account to
+//! create, an audit event. Security rules (OTP lifetime and attempts, what must precede an activation)
+//! are here in Rust; the dialogue around them is flow data.
+
+pub mod actions;
+pub mod keys;
+
+use std::time::Duration;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Millis;
+use crate::crypto::{Crypto, CryptoError};
+use crate::domain::{Msisdn, NationalId, Secret};
+use crate::flow::{Flow, Kind, Lang};
+pub use actions::Act;
+
+/// An activation (or log-in) idle this long starts over (issue #2).
+pub const IDLE_RESET: Duration = Duration::from_secs(15 * 60);
+/// Automatic states followed in one step before the engine gives up (a loop in a flow).
+const MAX_HOPS: usize = 32;
+
+/// A citizen in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Citizen {
+    pub national_id: NationalId,
+    pub phone: Msisdn,
+    pub full_name: String,
+    pub status: CitizenStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CitizenStatus {
+    Approved,
+    Pending,
+}
+
+/// An activated account: credentials only as argon2id PHC strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub national_id: NationalId,
+    pub phone: Msisdn,
+    pub password_hash: String,
+    pub passcode_hash: String,
+    pub questions: Vec<Answered>,
+    pub activated_at: Millis,
+}
+
+/// A security question and the argon2id hash of its normalized answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answered {
+    pub question: String,
+    pub answer_hash: String,
+}
+
+/// Read-only view of citizens and accounts the engine may consult.
+pub trait Directory {
+    fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, DirectoryError>;
+    fn account(&self, id: &NationalId) -> Result<Option<Account>, DirectoryError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("directory lookup failed: {0}")]
+pub struct DirectoryError(pub String);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("flow misuse at state {state}: {why}")]
+    Flow { state: String, why: &'static str },
+}
+
+/// The conversation of one phone, kept between hops and between USSD sessions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub lang: Lang,
+    /// The state whose prompt the citizen was last shown.
+    pub state: String,
+    /// Refused entries at this state.
+    pub tries: u8,
+    pub updated_at: Millis,
+    #[serde(default)]
+    pub slots: Slots,
+}
+
+/// What an activation or log-in has gathered so far. Secrets only as hashes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Slots {
+    pub started_at: Option<Millis>,
+    pub national_id: Option<NationalId>,
+    /// The registered phone the OTP went to.
+    pub phone: Option<Msisdn>,
+    pub otp: Option<OtpRecord>,
+    #[serde(default)]
+    pub otp_sends: u8,
+    #[serde(default)]
+    pub verified: bool,
+    pub password_hash: Option<String>,
+    pub passcode_hash: Option<String>,
+    #[serde(default)]
+    pub questions: Vec<Answered>,
+    /// A question chosen and waiting for its answer.
+    pub question: Option<String>,
+}
+
+/// An issued OTP: only its keyed hash is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtpRecord {
+    pub mac: String,
+    pub expires_at: Millis,
+    pub wrong: u8,
+}
+
+impl Session {
+    pub fn new(flow: &Flow, now: Millis) -> Session {
+        Session { lang: Lang::Vi, state: flow.start.clone(), tries: 0, updated_at: now, slots: Slots::default() }
+    }
+}
+
+/// What arrived from the citizen.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A new USSD session (the citizen dialled the service code).
+    Dial,
+    /// One entry typed at the current prompt. Wrapped: it may be a password.
+    Text(Secret),
+}
+
+/// The screen to show: full text with diacritics; the channel renders it for its charset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub text: String,
+    /// true: END (the session closes); false: CON (waits for input).
+    pub end: bool,
+}
+
+/// Why an SMS is sent; decides nothing in the engine, but lets the edge log and count without the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmsPurpose {
+    Otp,
+    Activated,
+}
+
+/// A side effect for the caller to commit atomically with the new session.
+#[derive(Debug)]
+pub enum Effect {
+    Sms { to: Msisdn, body: Secret, purpose: SmsPurpose },
+    /// Create the account; the commit must fail if one already exists (two phones racing).
+    Activate(Account),
+    Audit(AuditEvent),
+}
+
+/// An authentication event for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub event: String,
+    pub national_id: Option<NationalId>,
+    pub phone: Option<Msisdn>,
+}
+
+/// The result of one step.
+#[derive(Debug)]
+pub struct Turn {
+    pub session: Session,
+    pub reply: Reply,
+    pub effects: Vec<Effect>,
+}
+
+/// Everything a step reads besides the session and the input.
+pub struct Ctx<'a> {
+    pub flow: &'a Flow,
+    pub directory: &'a dyn Directory,
+    pub crypto: &'a Crypto,
+    pub now: Millis,
+    /// The phone the citizen is calling from.
+    pub caller: &'a Msisdn,
+}
+
+/// Working state of one step.
+pub(crate) struct Out {
+    pub effects: Vec<Effect>,
+    pub args: Vec<(&'static str, String)>,
+}
+
+/// Runs one step of the conversation.
+pub fn step(ctx: &Ctx, session: Option<Session>, inbound: Inbound, rng: &mut dyn RngCore) -> Result<Turn, EngineError> {
+    let flow = ctx.flow;
+    let mut s = session.unwrap_or_else(|| Session::new(flow, ctx.now));
+    let mut out = Out { effects: Vec::new(), args: Vec::new() };
+    let idle = ctx.now.since(s.updated_at) > IDLE_RESET;
+    let here = flow.state(&s.state).filter(|st| matches!(st.kind, Kind::Input { .. }));
+    let reply = match (inbound, here) {
+        (Inbound::Dial, Some(st)) if st.resume && !idle => {
+            let st = st.clone();
+            screen(ctx, &mut s, &out, Some(keys::NOTE_RESUME), &st.name, false)
+        }
+        (Inbound::Dial, _) => {
+            let start = flow.start.clone();
+            go(ctx, &mut s, &mut out, &start, None, rng)?
+        }
+        (Inbound::Text(_), Some(_)) if idle && s.slots != Slots::default() => {
+            let start = flow.start.clone();
+            go(ctx, &mut s, &mut out, &start, Some(keys::NOTE_RESTART), rng)?
+        }
+        (Inbound::Text(input), Some(st)) => {
+            let st = st.clone();
+            on_input(ctx, &mut s, &mut out, &st, input, rng)?
+        }
+        (Inbound::Text(_), None) => {
+            let start = flow.start.clone();
+            go(ctx, &mut s, &mut out, &start, Some(keys::NOTE_RESTART), rng)?
+        }
+    };
+    s.updated_at = ctx.now;
+    Ok(Turn { session: s, reply, effects: out.effects })
+}
+
+fn on_input(
+    ctx: &Ctx,
+    s: &mut Session,
+    out: &mut Out,
+    st: &crate::flow::State,
+    input: Secret,
+    rng: &mut dyn RngCore,
+) -> Result<Reply, EngineError> {
+    let Kind::Input { options, input: parse, .. } = &st.kind else {
+        return Err(EngineError::Flow { state: st.name.clone(), why: "input at a state without a prompt" });
+    };
+    if let Some(target) = options.get(input.expose().trim()) {
+        let target = target.clone();
+        return go(ctx, s, out, &target, None, rng);
+    }
+    let Some((validator, action)) = parse else {
+        return Ok(retry(ctx, s, out, st, keys::ERR_CHOICE));
+    };
+    let value = match actions::parse(*validator, &input, s, ctx) {
+        Ok(v) => v,
+        Err(reason) => return Ok(retry(ctx, s, out, st, reason)),
+    };
+    match actions::run(*action, Some((value, &input)), s, ctx, out, rng)? {
+        Act::Go(outcome, notice) => {
+            let target = transition(st, outcome)?;
+            go(ctx, s, out, &target, notice, rng)
+        }
+        Act::Retry(reason) => Ok(retry(ctx, s, out, st, reason)),
+    }
+}
+
+fn transition(st: &crate::flow::State, outcome: &str) -> Result<String, EngineError> {
+    st.on.get(outcome).cloned().ok_or(EngineError::Flow { state: st.name.clone(), why: "outcome without transition" })
+}
+
+/// A refused entry: re-ask with the reason, or end after too many.
+fn retry(ctx: &Ctx, s: &mut Session, out: &Out, st: &crate::flow::State, reason: &str) -> Reply {
+    s.tries = s.tries.saturating_add(1);
+    if s.tries >= ctx.flow.max_tries {
+        reset(ctx.flow, s);
+        return Reply { text: ctx.flow.catalog(s.lang).get(keys::END_TOO_MANY).to_string(), end: true };
+    }
+    screen(ctx, s, out, Some(reason), &st.name, false)
+}
+
+/// Follows transitions from `target` until a state that shows something.
+fn go(
+    ctx: &Ctx,
+    s: &mut Session,
+    out: &mut Out,
+    target: &str,
+    mut notice: Option<&'static str>,
+    rng: &mut dyn RngCore,
+) -> Result<Reply, EngineError> {
+    let flow = ctx.flow;
+    let mut target = target.to_string();
+    for _ in 0..MAX_HOPS {
+        let st = flow.state(&target).ok_or(EngineError::Flow { state: target.clone(), why: "no such state" })?.clone();
+        match &st.kind {
+            Kind::Input { .. } => {
+                if st.name == flow.start {
+                    s.slots = Slots::default();
+                }
+                s.state = st.name.clone();
+                s.tries = 0;
+                return Ok(screen(ctx, s, out, notice, &st.name, false));
+            }
+            Kind::End { message } => {
+                let text = render(ctx, s, out, message);
+                reset(flow, s);
+                return Ok(Reply { text, end: true });
+            }
+            Kind::Auto { action } => match actions::run(*action, None, s, ctx, out, rng)? {
+                Act::Go(outcome, n) => {
+                    notice = n.or(notice);
+                    target = transition(&st, outcome)?;
+                }
+                Act::Retry(_) => return Err(EngineError::Flow { state: st.name.clone(), why: "automatic action asked to retry" }),
+            },
+        }
+    }
+    Err(EngineError::Flow { state: target, why: "too many automatic states in a row" })
+}
+
+fn reset(flow: &Flow, s: &mut Session) {
+    s.state = flow.start.clone();
+    s.tries = 0;
+    s.slots = Slots::default();
+}
+
+/// A CON screen: optional reason or notice, then the prompt of `state`.
+fn screen(ctx: &Ctx, s: &Session, out: &Out, above: Option<&str>, state: &str, end: bool) -> Reply {
+    let prompt = match ctx.flow.state(state).map(|st| &st.kind) {
+        Some(Kind::Input { prompt, .. }) => prompt.as_str(),
+        _ => state,
+    };
+    let body = render(ctx, s, out, prompt);
+    let text = match above {
+        Some(k) => format!("{}\n{}", render(ctx, s, out, k), body),
+        None => body,
+    };
+    Reply { text, end }
+}
+
+/// Renders a message with the placeholders the session and the step provide.
+fn render(ctx: &Ctx, s: &Session, out: &Out, key: &str) -> String {
+    let chosen: Vec<String> = s.slots.questions.iter().map(|a| a.question.clone()).collect();
+    let mut args: Vec<(&str, String)> = vec![
+        ("minutes", (actions::OTP_LIFETIME.as_secs() / 60).to_string()),
+        ("n", (s.slots.questions.len() + 1).to_string()),
+        ("total", actions::QUESTIONS_REQUIRED.to_string()),
+        ("questions", question_list(ctx.flow, s.lang, &chosen)),
+    ];
+    if let Some(q) = &s.slots.question {
+        args.push(("question", ctx.flow.catalog(s.lang).get(q).to_string()));
+    }
+    if let Some(p) = &s.slots.phone {
+        args.push(("masked_phone", p.masked()));
+    }
+    args.extend(out.args.iter().cloned());
+    ctx.flow.catalog(s.lang).render(key, &args)
+}
+
+/// The numbered list of security questions, leaving out those already chosen (numbers stay stable).
+pub fn question_list(flow: &Flow, lang: Lang, exclude: &[String]) -> String {
+    let cat = flow.catalog(lang);
+    flow.questions
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| !exclude.contains(q))
+        .map(|(i, q)| format!("{}.{}", i + 1, cat.get(q)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,183 @@
+//! Message catalogues (`flows/messages/<lang>.toml`): every text the citizen sees, written once per
+//! language with full Vietnamese diacritics, plus the rules that fit a text to a USSD screen.
+//!
+//! Screen budget (3GPP TS 29.002, USSD string of 160 octets; ../shared/reference/domain.md §4): 182 GSM-7
+//! characters, or 80 UCS-2 characters. Carriers default to GSM-7, so Vietnamese is sent without
+//! diacritics there; with `Charset::Ucs2` a screen keeps its diacritics when it fits 80 UCS-2 characters
+//! and falls back to the GSM-7 rendering when it does not (each screen must fit one message either way).
+
+use std::collections::BTreeMap;
+
+use crate::domain::text::{fold_diacritics, gsm7_len, ucs2_len};
+
+/// Characters in one USSD screen, GSM-7 (182 septets in 160 octets).
+pub const USSD_GSM7_BUDGET: usize = 182;
+/// Characters in one USSD screen, UCS-2.
+pub const USSD_UCS2_BUDGET: usize = 80;
+/// One single-part SMS in GSM-7.
+pub const SMS_GSM7_BUDGET: usize = 160;
+
+/// How screens are encoded towards the carrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Charset {
+    /// GSM 03.38: Vietnamese is sent without diacritics (what carriers do by default).
+    #[default]
+    Gsm7,
+    /// UCS-2 with diacritics when the screen fits 80 characters, GSM-7 otherwise.
+    Ucs2,
+}
+
+/// Renders a finished text for the channel.
+pub fn for_channel(text: &str, charset: Charset) -> String {
+    match charset {
+        Charset::Ucs2 if ucs2_len(text) <= USSD_UCS2_BUDGET => text.to_string(),
+        _ => to_gsm7(text),
+    }
+}
+
+/// Folds diacritics and replaces anything still outside GSM-7 (a stray symbol in a name) with `?`.
+pub fn to_gsm7(text: &str) -> String {
+    fold_diacritics(text).chars().map(|c| if gsm7_len(&c.to_string()).is_some() { c } else { '?' }).collect()
+}
+
+/// Placeholders a message may use, with the most characters each can take (for budget checks).
+pub const PLACEHOLDERS: &[(&str, usize)] = &[
+    ("masked_phone", 10),
+    ("minutes", 2),
+    ("attempts", 1),
+    ("name", NAME_MAX),
+    ("n", 1),
+    ("total", 1),
+    ("otp", 6),
+    ("questions", 0), // measured from the actual question list
+    ("question", 0),  // measured: the longest question
+];
+
+/// A greeting truncates the registry name to this many characters so the screen always fits.
+pub const NAME_MAX: usize = 40;
+
+/// The texts of one language.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub file: String,
+    pub messages: BTreeMap<String, String>,
+}
+
+pub static EMPTY: Catalog = Catalog { file: String::new(), messages: BTreeMap::new() };
+
+impl Catalog {
+    /// Parses a catalogue; nested tables become dotted keys (`[err] id_length = ".."` is `err.id_length`).
+    pub fn parse(file: &str, text: &str) -> Result<Catalog, String> {
+        let value: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut messages = BTreeMap::new();
+        flatten("", &value, &mut messages)?;
+        Ok(Catalog { file: file.to_string(), messages })
+    }
+
+    pub fn get<'a>(&'a self, key: &'a str) -> &'a str {
+        self.messages.get(key).map(String::as_str).unwrap_or(key)
+    }
+
+    /// The message `key` with `{placeholders}` filled from `args`.
+    pub fn render(&self, key: &str, args: &[(&str, String)]) -> String {
+        fill(self.get(key), args)
+    }
+}
+
+fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) -> Result<(), String> {
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::String(s) => {
+                out.insert(key, s.clone());
+            }
+            toml::Value::Table(t) => flatten(&key, t, out)?,
+            _ => return Err(format!("message {key} is not a string")),
+        }
+    }
+    Ok(())
+}
+
+/// Replaces each `{name}` with its value; unknown placeholders are left as they are.
+pub fn fill(template: &str, args: &[(&str, String)]) -> String {
+    let mut out = template.to_string();
+    for (name, value) in args {
+        out = out.replace(&format!("{{{name}}}"), value);
+    }
+    out
+}
+
+/// The `{placeholder}` names a template uses.
+pub fn placeholders(template: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) => {
+                names.push(after[..close].to_string());
+                rest = &after[close + 1..];
+            }
+            None => break,
+        }
+    }
+    names
+}
+
+/// Why a finished screen does not fit one USSD message, if it does not.
+pub fn ussd_overflow(screen: &str, charset: Charset) -> Option<String> {
+    let gsm = fold_diacritics(screen);
+    match gsm7_len(&gsm) {
+        None => return Some(format!("screen has characters outside GSM-7 even without diacritics: {gsm:?}")),
+        Some(n) if n > USSD_GSM7_BUDGET => {
+            return Some(format!("screen is {n} GSM-7 characters, over the USSD budget of {USSD_GSM7_BUDGET}"))
+        }
+        _ => {}
+    }
+    let _ = charset; // UCS-2 falls back to the GSM-7 rendering when it is too long, so GSM-7 decides.
+    None
+}
+
+/// Why an SMS text does not fit a single GSM-7 part, if it does not.
+pub fn sms_overflow(text: &str) -> Option<String> {
+    let gsm = fold_diacritics(text);
+    match gsm7_len(&gsm) {
+        None => Some("SMS has characters outside GSM-7 even without diacritics".into()),
+        Some(n) if n > SMS_GSM7_BUDGET => Some(format!("SMS is {n} GSM-7 characters, over one SMS of {SMS_GSM7_BUDGET}")),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_tables_become_dotted_keys() {
+        let c = Catalog::parse("vi.toml", "menu = \"Chào\"\n[err]\nid_length = \"Sai\"\n").unwrap();
+        assert_eq!(c.get("menu"), "Chào");
+        assert_eq!(c.get("err.id_length"), "Sai");
+    }
+
+    #[test]
+    fn placeholders_are_found_and_filled() {
+        assert_eq!(placeholders("Ma gui toi {masked_phone}, {minutes} phut"), vec!["masked_phone", "minutes"]);
+        assert_eq!(fill("con {attempts} lan", &[("attempts", "4".into())]), "con 4 lan");
+    }
+
+    #[test]
+    fn gsm7_rendering_drops_diacritics_and_ucs2_keeps_short_screens() {
+        let t = "Tài khoản của bạn đã thực hiện kích hoạt";
+        assert_eq!(for_channel(t, Charset::Gsm7), "Tai khoan cua ban da thuc hien kich hoat");
+        assert_eq!(for_channel(t, Charset::Ucs2), t);
+        let long = "ạ".repeat(81);
+        assert_eq!(for_channel(&long, Charset::Ucs2), "a".repeat(81));
+    }
+
+    #[test]
+    fn a_screen_over_182_gsm7_characters_overflows() {
+        assert!(ussd_overflow(&"a".repeat(182), Charset::Gsm7).is_none());
+        assert!(ussd_overflow(&"a".repeat(183), Charset::Gsm7).is_some());
+        assert!(ussd_overflow(&"[".repeat(92), Charset::Gsm7).is_some(), "extension characters cost two");
+    }
+}

@@ -1,0 +1,412 @@
+//! Loading and checking a flow directory. Every problem is collected (not just the first) and named by
+//! file and state, so `kichhoat check` can list them all and start-up can refuse a broken flow.
+//!
+//! Checked: TOML syntax and unknown fields, the spec version, state shapes, unknown validators and
+//! actions, validator/action pairing, every outcome of an action mapped and no unknown outcome, dangling
+//! transitions, unreachable states, missing or unused translations, unknown placeholders, and every
+//! screen (with each reason or notice that can stand above it) against the USSD budget.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fs;
+use std::path::Path;
+
+use super::catalog::{placeholders, sms_overflow, ussd_overflow, Catalog, Charset, PLACEHOLDERS};
+use super::{FileDef, Flow, Kind, Lang, Problem, State, StateDef, SPEC_VERSION};
+use crate::engine::actions::{ActionKind, Validator};
+use crate::engine::keys;
+
+/// The fewest refused entries a citizen gets at one step before the session ends (issue #2).
+pub const MIN_TRIES: u8 = 5;
+/// VNeID asks two questions, so a list needs at least this many for a real choice.
+pub const MIN_QUESTIONS: usize = 6;
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, file: &str, state: &str, problem: impl Into<String>) {
+        self.0.push(Problem { file: file.to_string(), state: state.to_string(), problem: problem.into() });
+    }
+}
+
+pub fn load(dir: &Path, charset: Charset) -> Result<Flow, Vec<Problem>> {
+    let mut p = Problems(Vec::new());
+    let dir_name = dir.display().to_string();
+    let mut files: Vec<(String, FileDef)> = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            p.add(&dir_name, "-", format!("cannot read the flow directory: {e}"));
+            return Err(p.0);
+        }
+    };
+    let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths.iter().filter(|p| p.extension().is_some_and(|x| x == "toml")) {
+        let name = path.display().to_string();
+        match fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| toml::from_str::<FileDef>(&t).map_err(|e| e.to_string())) {
+            Ok(def) => files.push((name, def)),
+            Err(e) => p.add(&name, "-", one_line(&e)),
+        }
+    }
+    let catalogs = load_catalogs(&dir.join("messages"), &mut p);
+
+    // Settings, each given once.
+    let (mut start, mut max_tries, mut questions) = (None, None, None);
+    for (file, def) in &files {
+        if def.spec_version != SPEC_VERSION {
+            p.add(file, "-", format!("spec_version {} is not supported (this build reads {SPEC_VERSION})", def.spec_version));
+        }
+        if let Some(s) = &def.settings {
+            set_once(&mut start, &s.start, file, "start", &mut p);
+            set_once(&mut max_tries, &s.max_tries, file, "max_tries", &mut p);
+            set_once(&mut questions, &s.questions, file, "questions", &mut p);
+        }
+    }
+    let start = start.map(|(v, _)| v).unwrap_or_else(|| {
+        p.add(&dir_name, "-", "no file sets settings.start");
+        String::new()
+    });
+    let max_tries = max_tries.map(|(v, _)| v).unwrap_or(MIN_TRIES);
+    if max_tries < MIN_TRIES {
+        p.add(&dir_name, "-", format!("settings.max_tries is {max_tries}; a citizen gets at least {MIN_TRIES} tries"));
+    }
+    let (questions, questions_file) = questions.unwrap_or_else(|| (Vec::new(), dir_name.clone()));
+    if questions.len() < MIN_QUESTIONS {
+        p.add(&questions_file, "-", format!("settings.questions lists {}; at least {MIN_QUESTIONS} are needed", questions.len()));
+    }
+
+    // States.
+    let mut states: HashMap<String, State> = HashMap::new();
+    for (file, def) in &files {
+        for (name, sd) in &def.states {
+            if let Some(prev) = states.get(name) {
+                p.add(file, name, format!("state is also defined in {}", prev.file));
+                continue;
+            }
+            if let Some(state) = build_state(file, name, sd, &mut p) {
+                states.insert(name.clone(), state);
+            }
+        }
+    }
+    if !start.is_empty() && !states.contains_key(&start) {
+        p.add(&dir_name, &start, "settings.start names a state that does not exist");
+    }
+    check_graph(&start, &states, &mut p);
+
+    let flow = Flow { start, max_tries, questions, states, catalogs, dir: dir.to_path_buf() };
+    check_messages(&flow, &questions_file, charset, &mut p);
+    if p.0.is_empty() {
+        Ok(flow)
+    } else {
+        Err(p.0)
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn set_once<T: Clone>(slot: &mut Option<(T, String)>, value: &Option<T>, file: &str, what: &str, p: &mut Problems) {
+    if let Some(v) = value {
+        match slot {
+            Some((_, first)) => p.add(file, "-", format!("settings.{what} is also set in {first}")),
+            None => *slot = Some((v.clone(), file.to_string())),
+        }
+    }
+}
+
+fn load_catalogs(dir: &Path, p: &mut Problems) -> BTreeMap<Lang, Catalog> {
+    let mut out = BTreeMap::new();
+    for lang in Lang::ALL {
+        let path = dir.join(format!("{}.toml", lang.code()));
+        let name = path.display().to_string();
+        match fs::read_to_string(&path) {
+            Ok(text) => match Catalog::parse(&name, &text) {
+                Ok(c) => {
+                    out.insert(lang, c);
+                }
+                Err(e) => p.add(&name, "-", one_line(&e)),
+            },
+            Err(e) => p.add(&name, "-", format!("missing message catalogue for {}: {e}", lang.code())),
+        }
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            if path.extension().is_some_and(|x| x == "toml") && Lang::from_code(stem).is_none() {
+                p.add(&path.display().to_string(), "-", format!("unknown language {stem:?}"));
+            }
+        }
+    }
+    out
+}
+
+fn build_state(file: &str, name: &str, sd: &StateDef, p: &mut Problems) -> Option<State> {
+    let mut on = sd.on.clone();
+    if let Some(next) = &sd.next {
+        if on.insert("done".into(), next.clone()).is_some() {
+            p.add(file, name, "both next and on.done are set");
+        }
+    }
+    let action = match &sd.action {
+        Some(a) => match ActionKind::from_name(a) {
+            Some(k) => Some(k),
+            None => {
+                p.add(file, name, format!("unknown action {a:?}"));
+                return None;
+            }
+        },
+        None => None,
+    };
+    let validator = match &sd.input {
+        Some(v) => match Validator::from_name(v) {
+            Some(k) => Some(k),
+            None => {
+                p.add(file, name, format!("unknown validator {v:?}"));
+                return None;
+            }
+        },
+        None => None,
+    };
+    let kind = match (&sd.end, &sd.prompt) {
+        (Some(_), Some(_)) => {
+            p.add(file, name, "a state has either end or prompt, not both");
+            return None;
+        }
+        (Some(message), None) => {
+            if action.is_some() || validator.is_some() || !on.is_empty() || !sd.options.is_empty() || sd.resume {
+                p.add(file, name, "an end state takes no input, action, transitions, options or resume");
+                return None;
+            }
+            Kind::End { message: message.clone() }
+        }
+        (None, Some(prompt)) => {
+            let input = match (validator, action) {
+                (Some(v), Some(a)) => {
+                    if a.input() != Some(v) {
+                        let wants = a.input().map(|v| v.name()).unwrap_or("no input");
+                        p.add(file, name, format!("action {:?} takes {wants}, not input {:?}", a.name(), v.name()));
+                        return None;
+                    }
+                    Some((v, a))
+                }
+                (Some(v), None) => {
+                    p.add(file, name, format!("input {:?} needs an action to receive it", v.name()));
+                    return None;
+                }
+                (None, Some(a)) => {
+                    p.add(file, name, format!("action {:?} on a prompt needs an input", a.name()));
+                    return None;
+                }
+                (None, None) => None,
+            };
+            if input.is_none() && sd.options.is_empty() {
+                p.add(file, name, "a prompt needs options or an input, or the citizen is stuck");
+                return None;
+            }
+            Kind::Input { prompt: prompt.clone(), input, options: sd.options.clone() }
+        }
+        (None, None) => match (action, validator) {
+            (Some(a), None) if a.input().is_none() => {
+                if !sd.options.is_empty() || sd.resume {
+                    p.add(file, name, "an automatic state takes no options or resume");
+                    return None;
+                }
+                Kind::Auto { action: a }
+            }
+            (Some(a), _) => {
+                p.add(file, name, format!("action {:?} needs an input and a prompt", a.name()));
+                return None;
+            }
+            _ => {
+                p.add(file, name, "a state needs prompt, end or action");
+                return None;
+            }
+        },
+    };
+    // Outcomes: exactly those of the action.
+    let outcomes: &[&str] = match &kind {
+        Kind::Input { input: Some((_, a)), .. } | Kind::Auto { action: a } => a.outcomes(),
+        _ => &[],
+    };
+    for o in outcomes {
+        if !on.contains_key(*o) {
+            p.add(file, name, format!("outcome {o:?} of action {:?} has no transition", action.map(|a| a.name()).unwrap_or("")));
+        }
+    }
+    for o in on.keys() {
+        if !outcomes.contains(&o.as_str()) {
+            p.add(file, name, format!("transition on unknown outcome {o:?}"));
+        }
+    }
+    Some(State { name: name.to_string(), file: file.to_string(), kind, on, resume: sd.resume })
+}
+
+/// Targets of a state's transitions and options.
+pub fn targets(state: &State) -> impl Iterator<Item = &String> {
+    let opts = match &state.kind {
+        Kind::Input { options, .. } => Some(options.values()),
+        _ => None,
+    };
+    state.on.values().chain(opts.into_iter().flatten())
+}
+
+fn check_graph(start: &str, states: &HashMap<String, State>, p: &mut Problems) {
+    let mut sorted: Vec<&State> = states.values().collect();
+    sorted.sort_by(|a, b| (&a.file, &a.name).cmp(&(&b.file, &b.name)));
+    for s in &sorted {
+        for t in targets(s) {
+            if !states.contains_key(t) {
+                p.add(&s.file, &s.name, format!("transition to {t:?}, which does not exist"));
+            }
+        }
+    }
+    if !states.contains_key(start) {
+        return;
+    }
+    let mut seen = BTreeSet::from([start.to_string()]);
+    let mut queue = VecDeque::from([start.to_string()]);
+    while let Some(n) = queue.pop_front() {
+        if let Some(s) = states.get(&n) {
+            for t in targets(s) {
+                if states.contains_key(t) && seen.insert(t.clone()) {
+                    queue.push_back(t.clone());
+                }
+            }
+        }
+    }
+    for s in sorted {
+        if !seen.contains(&s.name) {
+            p.add(&s.file, &s.name, format!("unreachable from the start state {start:?}"));
+        }
+    }
+}
+
+/// Which notices can stand above each state's prompt: (state → notice keys), from actions leading to it.
+fn notices_into(flow: &Flow) -> HashMap<&str, BTreeSet<&'static str>> {
+    let mut out: HashMap<&str, BTreeSet<&'static str>> = HashMap::new();
+    for s in flow.states.values() {
+        let action = match &s.kind {
+            Kind::Input { input: Some((_, a)), .. } | Kind::Auto { action: a } => *a,
+            _ => continue,
+        };
+        for (outcome, key) in action.notices() {
+            if let Some(target) = s.on.get(*outcome) {
+                out.entry(target.as_str()).or_default().insert(key);
+            }
+        }
+    }
+    out
+}
+
+fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, p: &mut Problems) {
+    let known: BTreeMap<&str, usize> = PLACEHOLDERS.iter().copied().collect();
+    // Every key each catalogue must hold, with where it is used.
+    let mut used: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut use_key = |k: &str, file: &str, state: &str| {
+        used.entry(k.to_string()).or_insert((file.to_string(), state.to_string()));
+    };
+    for k in keys::FIXED {
+        use_key(k, "(engine)", k);
+    }
+    for q in &flow.questions {
+        use_key(q, questions_file, "settings.questions");
+    }
+    let notices = notices_into(flow);
+    let mut screens: Vec<(&State, Vec<&str>, &str, bool)> = Vec::new(); // state, prefixes, body, is_input
+    let mut sorted: Vec<&State> = flow.states.values().collect();
+    sorted.sort_by(|a, b| (&a.file, &a.name).cmp(&(&b.file, &b.name)));
+    for s in sorted {
+        match &s.kind {
+            Kind::Input { prompt, input, options } => {
+                let mut prefixes: Vec<&str> = Vec::new();
+                if let Some((v, a)) = input {
+                    prefixes.extend(v.reasons());
+                    prefixes.extend(a.reasons());
+                }
+                if !options.is_empty() && input.is_none() {
+                    prefixes.push(keys::ERR_CHOICE);
+                }
+                if s.resume {
+                    prefixes.push(keys::NOTE_RESUME);
+                }
+                if s.name == flow.start {
+                    prefixes.push(keys::NOTE_RESTART);
+                }
+                if let Some(n) = notices.get(s.name.as_str()) {
+                    prefixes.extend(n.iter().copied());
+                }
+                for k in prefixes.iter().copied().chain([prompt.as_str()]) {
+                    use_key(k, &s.file, &s.name);
+                }
+                screens.push((s, prefixes, prompt, true));
+            }
+            Kind::End { message } => {
+                use_key(message, &s.file, &s.name);
+                screens.push((s, Vec::new(), message, false));
+            }
+            Kind::Auto { action } => {
+                for (_, k) in action.notices() {
+                    use_key(k, &s.file, &s.name);
+                }
+            }
+        }
+    }
+    for (lang, cat) in &flow.catalogs {
+        for (k, (file, state)) in &used {
+            if !cat.messages.contains_key(k) {
+                p.add(file, state, format!("message {k:?} is missing from {} ({})", cat.file, lang.code()));
+            }
+        }
+        for (k, text) in &cat.messages {
+            if !used.contains_key(k) {
+                p.add(&cat.file, k, "message is not used by any flow");
+            }
+            for ph in placeholders(text) {
+                if !known.contains_key(ph.as_str()) {
+                    p.add(&cat.file, k, format!("unknown placeholder {{{ph}}}"));
+                }
+            }
+        }
+    }
+    // Budgets, with every placeholder at its widest.
+    for (lang, cat) in &flow.catalogs {
+        let list = crate::engine::question_list(flow, *lang, &[]);
+        let longest = flow.questions.iter().map(|q| cat.get(q)).max_by_key(|t| t.chars().count()).unwrap_or("");
+        let widest = |key: &str| -> String {
+            let mut t = cat.get(key).to_string();
+            for (name, width) in PLACEHOLDERS {
+                let v = match *name {
+                    "questions" => list.clone(),
+                    "question" => longest.to_string(),
+                    _ => "W".repeat(*width),
+                };
+                t = t.replace(&format!("{{{name}}}"), &v);
+            }
+            t
+        };
+        for (s, prefixes, body, _) in &screens {
+            let body_text = widest(body);
+            let mut candidates = vec![(String::from("prompt"), body_text.clone())];
+            for pre in prefixes {
+                candidates.push((format!("{pre:?} above the prompt"), format!("{}\n{}", widest(pre), body_text)));
+            }
+            for (what, screen) in candidates {
+                if let Some(why) = ussd_overflow(&screen, charset) {
+                    p.add(&cat.file, &s.name, format!("{what}: {why}"));
+                }
+            }
+        }
+        for k in keys::FIXED_SCREENS {
+            if let Some(why) = ussd_overflow(&widest(k), charset) {
+                p.add(&cat.file, k, why);
+            }
+        }
+        for k in keys::SMS {
+            if let Some(why) = sms_overflow(&widest(k)) {
+                p.add(&cat.file, k, why);
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Flow files: the conversation as data. This module owns their format, loading them from `flows/`, and
+//! turning them into a checked [`Flow`] the engine can run without further checks.
+//!
+//! A flow directory holds state files (`*.toml`) and message catalogues (`messages/<lang>.toml`). Every
+//! state is one of three kinds, told apart by its fields:
+//!
+//! - **input** (`prompt`, with `options` and/or `input` + `action`): shows a CON screen and waits;
+//! - **auto** (`action` alone): runs a named action at once and follows the outcome;
+//! - **end** (`end`): shows an END screen; the conversation returns to the start state.
+//!
+//! Transitions are `on = { outcome = "state" }` (`next = "state"` is short for the outcome `done`) and
+//! `options = { "1" = "state" }` for literal keypad choices, which are tried before the validator.
+//! Loading rejects anything the engine could trip on (see [`check`]); `kichhoat check` and start-up share
+//! that code. Security rules (OTP lifetime, attempts, hashing, masking) are Rust, not flow data.
+
+pub mod catalog;
+pub mod check;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use catalog::{Catalog, Charset};
+
+use crate::engine::actions::{ActionKind, Validator};
+
+/// The flow format version this build understands.
+pub const SPEC_VERSION: u32 = 1;
+
+/// A language the citizen can choose; the first is the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Lang {
+    Vi,
+    En,
+}
+
+impl Lang {
+    pub const ALL: [Lang; 2] = [Lang::Vi, Lang::En];
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::Vi => "vi",
+            Lang::En => "en",
+        }
+    }
+    pub fn from_code(code: &str) -> Option<Lang> {
+        Lang::ALL.into_iter().find(|l| l.code() == code)
+    }
+    /// The other language, for the one-key language switch on the menu.
+    pub fn other(self) -> Lang {
+        match self {
+            Lang::Vi => Lang::En,
+            Lang::En => Lang::Vi,
+        }
+    }
+}
+
+/// One problem found while loading flows: `file: state: problem`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    pub state: String,
+    pub problem: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.state, self.problem)
+    }
+}
+
+/// A state file as written (unknown fields are refused).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDef {
+    spec_version: u32,
+    settings: Option<SettingsDef>,
+    #[serde(default)]
+    states: BTreeMap<String, StateDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsDef {
+    start: Option<String>,
+    max_tries: Option<u8>,
+    questions: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateDef {
+    prompt: Option<String>,
+    end: Option<String>,
+    input: Option<String>,
+    action: Option<String>,
+    next: Option<String>,
+    #[serde(default)]
+    on: BTreeMap<String, String>,
+    #[serde(default)]
+    options: BTreeMap<String, String>,
+    #[serde(default)]
+    resume: bool,
+}
+
+/// What a state does.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Input { prompt: String, input: Option<(Validator, ActionKind)>, options: BTreeMap<String, String> },
+    Auto { action: ActionKind },
+    End { message: String },
+}
+
+/// A checked state.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub name: String,
+    pub file: String,
+    pub kind: Kind,
+    /// outcome → next state
+    pub on: BTreeMap<String, String>,
+    /// Whether a new dial while the conversation stands here reopens it here (activation steps).
+    pub resume: bool,
+}
+
+/// A loaded, checked flow: every name it holds resolves, every message exists in every language.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub start: String,
+    pub max_tries: u8,
+    /// Message keys of the security questions, in the order they are listed.
+    pub questions: Vec<String>,
+    pub states: HashMap<String, State>,
+    pub catalogs: BTreeMap<Lang, Catalog>,
+    pub dir: PathBuf,
+}
+
+impl Flow {
+    pub fn state(&self, name: &str) -> Option<&State> {
+        self.states.get(name)
+    }
+
+    pub fn catalog(&self, lang: Lang) -> &Catalog {
+        // Every language is present after checking; fall back to any catalogue rather than panic.
+        self.catalogs.get(&lang).or_else(|| self.catalogs.values().next()).unwrap_or(&catalog::EMPTY)
+    }
+
+    /// Loads and checks every flow file and catalogue under `dir`.
+    pub fn load(dir: &Path, charset: Charset) -> Result<Flow, Vec<Problem>> {
+        check::load(dir, charset)
+    }
+}

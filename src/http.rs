@@ -1,0 +1,78 @@
+//! The HTTP surface: carrier webhooks and health. Handlers only translate; the [`Service`] does the work.
+//!
+//! - `POST /ussd/africastalking`: Africa's Talking USSD callback; `text/plain` `CON …` / `END …`.
+//! - `POST /ussd/africastalking/events`: AT's end-of-session notification; logged, answered 200.
+//! - `GET /healthz`: 200 when the process serves.
+//!
+//! A request the server cannot understand (wrong content type, missing field, a phone that is not a
+//! Vietnamese mobile) gets a 4xx and changes nothing. An operational fault is logged once and the citizen
+//! gets a polite END; details never reach the caller. Requests time out before AT's ~10 s deadline.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use tracing::{info, warn};
+
+use crate::channel::africastalking::{self as at, AtForm};
+use crate::service::Service;
+
+/// Answer before Africa's Talking gives up (~10 s).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
+/// A USSD callback is a few hundred bytes.
+const BODY_LIMIT: usize = 16 * 1024;
+
+pub fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/ussd/africastalking", post(africastalking))
+        .route("/ussd/africastalking/events", post(africastalking_event))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(service)
+}
+
+fn plain(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+async fn africastalking(State(service): State<Arc<Service>>, form: Result<Form<AtForm>, FormRejection>) -> Response {
+    let form = match form {
+        Ok(Form(f)) => f,
+        Err(rejection) => {
+            // The rejection text names fields, never values.
+            warn!(status = %rejection.status(), "africastalking: unreadable request");
+            return plain(rejection.status(), format!("{}\n", rejection.body_text()));
+        }
+    };
+    let hop = match form.parse() {
+        Ok(h) => h,
+        Err(bad) => {
+            warn!(reason = %bad, "africastalking: request refused");
+            return plain(StatusCode::BAD_REQUEST, format!("{bad}\n"));
+        }
+    };
+    let reply = match service.ussd(hop).await {
+        Ok(r) => r,
+        Err(e) => service.fault_reply(&e),
+    };
+    plain(StatusCode::OK, at::response(&reply, service.charset))
+}
+
+async fn africastalking_event(Form(fields): Form<HashMap<String, String>>) -> StatusCode {
+    // `input` may hold the last thing typed (a password): log only the outcome.
+    let status = fields.get("status").map(String::as_str).unwrap_or("?");
+    let hops = fields.get("hopsCount").map(String::as_str).unwrap_or("?");
+    info!(status, hops, "africastalking: session ended");
+    StatusCode::OK
+}

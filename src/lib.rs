@@ -1,0 +1,40 @@
+//! kichhoat: activate a VNeID e-identity account from a keypad phone, over USSD.
+//!
+//! The crate is layered so that every outside concern sits at the edge and the conversation itself is a
+//! pure function:
+//!
+//! ```text
+//!  carrier ──HTTP──▶ channel::africastalking ──▶ service ──▶ engine::step (pure)
+//!                    (form → phone, new input)   (lock,       (flow, session, input, now, rng)
+//!                                                 load,          → (session, reply, effects)
+//!                                                 commit,
+//!                                                 group flush)
+//!                                                   │
+//!                           store (sled, behind a trait) ◀─┘──▶ sms::worker ──▶ sms sender (outbox file)
+//! ```
+//!
+//! - [`domain`]: parsed identifiers and secrets (`NationalId`, `Msisdn`, `Password`, `Otp`, ...).
+//! - [`flow`]: flow files and message catalogues as checked data (`kichhoat check`).
+//! - [`engine`]: the conversation step and the named actions it runs; no IO, no clock, no tokio.
+//! - [`crypto`]: argon2id, keyed hashes and sealing, with keys kept outside the database.
+//! - [`store`]: storage trait and its sled implementation with group commit.
+//! - [`registry`]: the citizens registry import (CSV today, a national API later).
+//! - [`sms`]: outgoing SMS senders and the outbox delivery worker.
+//! - [`channel`]: carrier webhook formats (Africa's Talking USSD).
+//! - [`service`]: one inbound hop from a carrier to a durable reply; shared by HTTP and `simulate`.
+//! - [`http`], [`config`], [`simulate`]: the server, its settings and the terminal keypad phone.
+
+pub mod app;
+pub mod channel;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod engine;
+pub mod flow;
+pub mod http;
+pub mod registry;
+pub mod service;
+pub mod simulate;
+pub mod sms;
+pub mod store;

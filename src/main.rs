@@ -1,0 +1,107 @@
+//! `kichhoat serve | check | simulate`: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing::{error, info};
+
+use kichhoat::app::App;
+use kichhoat::clock::SystemClock;
+use kichhoat::config::{Cli, Command, LogFormat, ServeArgs, Settings};
+use kichhoat::crypto::HashCost;
+use kichhoat::flow::Flow;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => match Flow::load(&args.flows, args.ussd_charset) {
+            Ok(flow) => {
+                println!("{}: {} states, {} languages: ok", args.flows.display(), flow.states.len(), flow.catalogs.len());
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                for p in &problems {
+                    println!("{p}");
+                }
+                eprintln!("{} problem(s)", problems.len());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve(args) => {
+            init_logs(args.log_format);
+            run(serve(args))
+        }
+        Command::Simulate(args) => run(kichhoat::simulate::run(args)),
+    }
+}
+
+fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("kichhoat: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KICHHOAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), &args.common);
+    let app = App::open(&settings, Arc::new(SystemClock), HashCost::OWASP).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    info!(
+        %addr,
+        data_dir = %settings.data_dir.display(),
+        registry = %settings.registry.display(),
+        sms_outbox = %settings.sms_outbox.display(),
+        flows = %settings.flows.display(),
+        "kichhoat listening on http://{addr} (POST /ussd/africastalking)"
+    );
+    let router = kichhoat::http::router(app.service.clone());
+    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await;
+    info!("shutting down");
+    app.shutdown().await;
+    served.map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

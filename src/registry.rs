@@ -1,0 +1,119 @@
+//! The citizens registry. Today a CSV file (`national_id,phone,full_name,status`) imported into the store
+//! at start-up; later a national registry API implementing [`Registry`] instead.
+//!
+//! Import is forgiving by row and strict by field: a malformed row is reported with its line number and
+//! skipped, the rest still load, and the server starts. Re-importing updates citizens and never touches an
+//! account, so an activation survives a registry refresh.
+
+use std::path::Path;
+
+use crate::domain::{Msisdn, NationalId};
+use crate::engine::{Citizen, CitizenStatus};
+use crate::store::{Store, StoreError};
+
+/// Where the engine's citizen lookups come from.
+pub trait Registry: Send + Sync {
+    fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, StoreError>;
+}
+
+impl<S: Store + ?Sized> Registry for S {
+    fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, StoreError> {
+        Store::citizen(self, id)
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    pub imported: usize,
+    /// (line number, why) of each row skipped.
+    pub skipped: Vec<(u64, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry {path}: {why}")]
+    File { path: String, why: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub const HEADER: [&str; 4] = ["national_id", "phone", "full_name", "status"];
+
+/// Parses one CSV row into a citizen.
+pub fn parse_row(fields: &[&str], current_year: i32) -> Result<Citizen, String> {
+    let [id, phone, name, status] = fields else {
+        return Err(format!("expected 4 fields, found {}", fields.len()));
+    };
+    let national_id = NationalId::parse(id, current_year).map_err(|e| format!("national_id: {e}"))?;
+    let phone = Msisdn::parse(phone).map_err(|e| format!("phone: {e}"))?;
+    let full_name = name.trim().to_string();
+    if full_name.is_empty() {
+        return Err("full_name is empty".into());
+    }
+    let status = match status.trim().to_ascii_lowercase().as_str() {
+        "approved" => CitizenStatus::Approved,
+        "pending" => CitizenStatus::Pending,
+        other => return Err(format!("status {other:?} is neither approved nor pending")),
+    };
+    Ok(Citizen { national_id, phone, full_name, status })
+}
+
+/// Imports the CSV at `path` into `store`.
+pub fn import_csv(path: &Path, store: &dyn Store, current_year: i32) -> Result<ImportReport, RegistryError> {
+    let file_err = |why: String| RegistryError::File { path: path.display().to_string(), why };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| file_err(e.to_string()))?;
+    let headers = reader.headers().map_err(|e| file_err(e.to_string()))?.clone();
+    if headers.iter().collect::<Vec<_>>() != HEADER {
+        return Err(file_err(format!("header must be {}", HEADER.join(","))));
+    }
+    let mut report = ImportReport::default();
+    for record in reader.records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                report.skipped.push((line, e.to_string()));
+                continue;
+            }
+        };
+        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        let fields: Vec<&str> = record.iter().collect();
+        if fields.iter().all(|f| f.is_empty()) {
+            continue;
+        }
+        match parse_row(&fields, current_year) {
+            Ok(citizen) => {
+                store.upsert_citizen(&citizen)?;
+                report.imported += 1;
+            }
+            Err(why) => report.skipped.push((line, why)),
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_in_any_phone_form_parses() {
+        for phone in ["0912345678", "84912345678", "+84912345678"] {
+            let c = parse_row(&["001099012345", phone, "Nguyễn Văn An", "approved"], 2026).unwrap();
+            assert_eq!(c.phone.e164(), "+84912345678");
+        }
+    }
+
+    #[test]
+    fn a_bad_status_or_id_is_refused_with_a_reason() {
+        assert!(parse_row(&["001099012345", "0912345678", "A", "maybe"], 2026).unwrap_err().contains("status"));
+        assert!(parse_row(&["12345", "0912345678", "A", "approved"], 2026).unwrap_err().contains("national_id"));
+        assert!(parse_row(&["001099012345", "0912345678"], 2026).unwrap_err().contains("4 fields"));
+    }
+}

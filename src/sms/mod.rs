@@ -1,0 +1,42 @@
+//! Outgoing SMS: the [`SmsSender`] trait, the outbox-file sender used by default, and the delivery worker
+//! that moves queued messages from the store to a sender.
+//!
+//! An SMS is first committed to the store's outbox (sealed) in the same transaction as the conversation
+//! step that caused it; the worker delivers it afterwards and only then removes it. A crash between the two
+//! re-delivers on restart, and the file sender recognises what it already wrote by the message id, so a
+//! message is neither lost nor duplicated. Kannel and Twilio senders slot in behind the same trait.
+
+pub mod file;
+pub mod worker;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::clock::Millis;
+use crate::domain::{Msisdn, Secret};
+use crate::engine::SmsPurpose;
+
+/// One SMS ready to hand to a gateway. The text is a [`Secret`]: it may carry an OTP.
+#[derive(Debug)]
+pub struct OutgoingSms {
+    /// The outbox id: stable across retries, so a sender can deduplicate.
+    pub id: u64,
+    pub to: Msisdn,
+    pub text: Secret,
+    pub purpose: SmsPurpose,
+    pub at: Millis,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Worth retrying later (gateway down, disk full).
+    #[error("temporary SMS failure: {0}")]
+    Temporary(String),
+}
+
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
+
+pub trait SmsSender: Send + Sync + 'static {
+    /// Delivers `sms`; must be idempotent by `sms.id`.
+    fn send<'a>(&'a self, sms: &'a OutgoingSms) -> SendFuture<'a>;
+}

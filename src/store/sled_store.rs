@@ -1,0 +1,183 @@
+//! The embedded store: sled 0.34, one tree per record kind, one multi-tree transaction per hop, and a
+//! group-commit flusher thread.
+//!
+//! Durability: sled's `flush_async` deadlocks under concurrent load (sled issue 1308), and a blocking
+//! `flush` per request would serialize every reply behind its own fsync. Instead one thread owns
+//! flushing: callers register a waiter, the thread takes every waiter queued so far, runs one `flush`, and
+//! answers them all. Everything committed before a waiter was registered is covered by that flush.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use tokio::sync::oneshot;
+
+use super::{AuditRecord, Commit, CommitOutcome, Conversation, Durable, QueuedSms, Store, StoreError};
+use crate::domain::{Msisdn, NationalId};
+use crate::engine::{Account, Citizen};
+
+/// Versioned envelopes: what is on disk, apart from the in-memory types.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "v")]
+enum Stored<T> {
+    #[serde(rename = "1")]
+    V1(T),
+}
+
+fn encode<T: Serialize>(value: T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(&Stored::V1(value)).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    match serde_json::from_slice::<Stored<T>>(bytes) {
+        Ok(Stored::V1(v)) => Ok(v),
+        Err(e) => Err(StoreError::Corrupt { what, why: e.to_string() }),
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+pub struct SledStore {
+    db: sled::Db,
+    conversations: sled::Tree,
+    citizens: sled::Tree,
+    accounts: sled::Tree,
+    outbox: sled::Tree,
+    audit: sled::Tree,
+    flush_tx: Mutex<mpsc::Sender<oneshot::Sender<Result<(), String>>>>,
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(backend)?;
+        let tree = |name: &str| db.open_tree(name).map_err(backend);
+        let (tx, rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>();
+        let flusher_db = db.clone();
+        thread::Builder::new()
+            .name("sled-group-commit".into())
+            .spawn(move || group_commit(flusher_db, rx))
+            .map_err(backend)?;
+        Ok(SledStore {
+            conversations: tree("conversations")?,
+            citizens: tree("citizens")?,
+            accounts: tree("accounts")?,
+            outbox: tree("outbox")?,
+            audit: tree("audit")?,
+            db,
+            flush_tx: Mutex::new(tx),
+        })
+    }
+
+    /// Flushes synchronously (shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(backend)
+    }
+
+    fn get<T: DeserializeOwned>(&self, tree: &sled::Tree, what: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match tree.get(key).map_err(backend)? {
+            Some(bytes) => decode(what, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+fn group_commit(db: sled::Db, rx: mpsc::Receiver<oneshot::Sender<Result<(), String>>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiters = vec![first];
+        waiters.extend(rx.try_iter());
+        let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+impl Store for SledStore {
+    fn conversation(&self, phone: &Msisdn) -> Result<Option<Conversation>, StoreError> {
+        self.get(&self.conversations, "conversation", phone.as_str().as_bytes())
+    }
+
+    fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, StoreError> {
+        self.get(&self.citizens, "citizen", id.as_str().as_bytes())
+    }
+
+    fn account(&self, id: &NationalId) -> Result<Option<Account>, StoreError> {
+        self.get(&self.accounts, "account", id.as_str().as_bytes())
+    }
+
+    fn upsert_citizen(&self, citizen: &Citizen) -> Result<(), StoreError> {
+        let bytes = encode(citizen)?;
+        let key = citizen.national_id.as_str().as_bytes();
+        if self.citizens.get(key).map_err(backend)?.as_deref() != Some(&bytes[..]) {
+            self.citizens.insert(key, bytes).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&self, c: Commit) -> Result<CommitOutcome, StoreError> {
+        let conversation = encode(&c.conversation)?;
+        let account = match &c.activate {
+            Some(a) => Some((a.national_id.as_str().as_bytes().to_vec(), encode(a)?)),
+            None => None,
+        };
+        let audit: Vec<Vec<u8>> = c.audit.iter().map(encode).collect::<Result<_, _>>()?;
+        let trees = (&self.conversations, &self.accounts, &self.outbox, &self.audit);
+        let result = trees.transaction(|(conv, accounts, outbox, audit_tree)| {
+            if let Some((key, bytes)) = &account {
+                if accounts.get(key)?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(()));
+                }
+                accounts.insert(key.as_slice(), bytes.as_slice())?;
+            }
+            conv.insert(c.phone.as_str().as_bytes(), conversation.as_slice())?;
+            for sms in &c.sms {
+                let id = outbox.generate_id()?;
+                let record = QueuedSms { id, ..sms.clone() };
+                let bytes = encode(&record).map_err(|_| ConflictableTransactionError::Abort(()))?;
+                outbox.insert(&id.to_be_bytes(), bytes)?;
+            }
+            for a in &audit {
+                let id = audit_tree.generate_id()?;
+                audit_tree.insert(&id.to_be_bytes(), a.as_slice())?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok(CommitOutcome::Committed),
+            Err(TransactionError::Abort(())) => Ok(CommitOutcome::AccountExists),
+            Err(TransactionError::Storage(e)) => Err(backend(e)),
+        }
+    }
+
+    fn durable(&self) -> Durable {
+        let (tx, rx) = oneshot::channel();
+        let sent = match self.flush_tx.lock() {
+            Ok(sender) => sender.send(tx).map_err(|e| e.0),
+            Err(_) => Err(tx),
+        };
+        if let Err(tx) = sent {
+            // The flusher is gone (shutting down): flush here rather than promise durability we lack.
+            let _ = tx.send(self.db.flush().map(|_| ()).map_err(|e| e.to_string()));
+        }
+        rx
+    }
+
+    fn outbox(&self, limit: usize) -> Result<Vec<QueuedSms>, StoreError> {
+        self.outbox.iter().take(limit).map(|kv| kv.map_err(backend).and_then(|(_, v)| decode("outbox", &v))).collect()
+    }
+
+    fn outbox_done(&self, id: u64) -> Result<(), StoreError> {
+        self.outbox.remove(id.to_be_bytes()).map(|_| ()).map_err(backend)
+    }
+
+    fn audit(&self) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit.iter().map(|kv| kv.map_err(backend).and_then(|(_, v)| decode("audit", &v))).collect()
+    }
+}
