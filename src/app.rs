@@ -29,7 +29,11 @@ pub enum StartError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error("{what} {path}: {why}")]
-    Io { what: &'static str, path: String, why: String },
+    Io {
+        what: &'static str,
+        path: String,
+        why: String,
+    },
 }
 
 pub struct App {
@@ -42,7 +46,11 @@ pub struct App {
 
 impl App {
     /// Opens everything; must run inside a tokio runtime (it spawns the delivery worker).
-    pub fn open(settings: &Settings, clock: Arc<dyn Clock>, cost: HashCost) -> Result<App, StartError> {
+    pub fn open(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+        cost: HashCost,
+    ) -> Result<App, StartError> {
         Self::open_with_sender(settings, clock, cost, None)
     }
 
@@ -53,8 +61,12 @@ impl App {
         cost: HashCost,
         sender: Option<Arc<dyn SmsSender>>,
     ) -> Result<App, StartError> {
-        let flow = Flow::load(&settings.flows, settings.ussd_charset)
-            .map_err(|problems| StartError::Flows { dir: settings.flows.display().to_string(), problems })?;
+        let flow = Flow::load(&settings.flows, settings.ussd_charset).map_err(|problems| {
+            StartError::Flows {
+                dir: settings.flows.display().to_string(),
+                problems,
+            }
+        })?;
         std::fs::create_dir_all(&settings.data_dir).map_err(|e| StartError::Io {
             what: "data dir",
             path: settings.data_dir.display().to_string(),
@@ -67,20 +79,41 @@ impl App {
             warn!(registry = %settings.registry.display(), line, why = %why, "registry row skipped");
         }
         info!(registry = %settings.registry.display(), citizens = report.imported, skipped = report.skipped.len(), "registry imported");
-        let sender: Arc<dyn SmsSender> = match sender {
-            Some(s) => s,
-            None => Arc::new(FileSender::open(&settings.sms_outbox).map_err(|e| StartError::Io {
-                what: "sms outbox",
-                path: settings.sms_outbox.display().to_string(),
-                why: e.to_string(),
-            })?),
-        };
+        let sender: Arc<dyn SmsSender> =
+            match sender {
+                Some(s) => s,
+                None => Arc::new(FileSender::open(&settings.sms_outbox).map_err(|e| {
+                    StartError::Io {
+                        what: "sms outbox",
+                        path: settings.sms_outbox.display().to_string(),
+                        why: e.to_string(),
+                    }
+                })?),
+            };
         let dyn_store: Arc<dyn Store> = store.clone();
         let crypto = Arc::new(crypto);
-        let service = Arc::new(Service::new(dyn_store.clone(), Arc::new(flow), crypto.clone(), clock, settings.ussd_charset));
+        let service = Arc::new(Service::new(
+            dyn_store.clone(),
+            Arc::new(flow),
+            crypto.clone(),
+            clock,
+            settings.ussd_charset,
+        ));
         let stop = Arc::new(Notify::new());
-        let worker = tokio::spawn(worker::run(dyn_store, crypto, sender.clone(), service.outbox_ready.clone(), stop.clone()));
-        Ok(App { service, store, sender, stop, worker: Some(worker) })
+        let worker = tokio::spawn(worker::run(
+            dyn_store,
+            crypto,
+            sender.clone(),
+            service.outbox_ready.clone(),
+            stop.clone(),
+        ));
+        Ok(App {
+            service,
+            store,
+            sender,
+            stop,
+            worker: Some(worker),
+        })
     }
 
     /// Stops the delivery worker after a last delivery round, and flushes the store.
@@ -89,7 +122,12 @@ impl App {
         if let Some(w) = self.worker.take() {
             let _ = w.await;
         }
-        let _ = worker::deliver_pending(self.store.as_ref(), &self.service.crypto, self.sender.as_ref()).await;
+        let _ = worker::deliver_pending(
+            self.store.as_ref(),
+            &self.service.crypto,
+            self.sender.as_ref(),
+        )
+        .await;
         if let Err(e) = self.store.flush() {
             warn!(error = %e, "final flush failed");
         }

@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::flow::Charset;
 
 #[derive(Debug, Parser)]
-#[command(name = "kichhoat", version, about = "Activate a VNeID account from a keypad phone, over USSD")]
+#[command(
+    name = "kichhoat",
+    version,
+    about = "Activate a VNeID account from a keypad phone, over USSD"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -32,7 +36,11 @@ pub struct Common {
     #[arg(long, env = "KICHHOAT_FLOWS", default_value = "flows")]
     pub flows: PathBuf,
     /// Citizens CSV (`national_id,phone,full_name,status`), imported at start.
-    #[arg(long, env = "KICHHOAT_REGISTRY", default_value = "fixtures/registry.csv")]
+    #[arg(
+        long,
+        env = "KICHHOAT_REGISTRY",
+        default_value = "fixtures/registry.csv"
+    )]
     pub registry: PathBuf,
     /// File holding the 32-byte master key (hex), kept outside the database; created if absent.
     /// Default: `<data-dir>/secret.key`.
@@ -75,7 +83,11 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub phone: String,
     /// Its own data directory, so it never disturbs a running server's.
-    #[arg(long, env = "KICHHOAT_SIMULATE_DATA_DIR", default_value = "data-simulate")]
+    #[arg(
+        long,
+        env = "KICHHOAT_SIMULATE_DATA_DIR",
+        default_value = "data-simulate"
+    )]
     pub data_dir: PathBuf,
     /// Outgoing SMS file. Default: `<data-dir>/outbox.jsonl`.
     #[arg(long)]
@@ -104,7 +116,10 @@ pub struct Settings {
 impl Settings {
     pub fn new(data_dir: PathBuf, sms_outbox: Option<PathBuf>, common: &Common) -> Settings {
         Settings {
-            key_file: common.key_file.clone().unwrap_or_else(|| data_dir.join("secret.key")),
+            key_file: common
+                .key_file
+                .clone()
+                .unwrap_or_else(|| data_dir.join("secret.key")),
             sms_outbox: sms_outbox.unwrap_or_else(|| data_dir.join("outbox.jsonl")),
             flows: common.flows.clone(),
             registry: common.registry.clone(),

@@ -17,7 +17,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => match Flow::load(&args.flows, args.ussd_charset) {
             Ok(flow) => {
-                println!("{}: {} states, {} languages: ok", args.flows.display(), flow.states.len(), flow.catalogs.len());
+                println!(
+                    "{}: {} states, {} languages: ok",
+                    args.flows.display(),
+                    flow.states.len(),
+                    flow.catalogs.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(problems) => {
@@ -37,7 +42,10 @@ fn main() -> ExitCode {
 }
 
 fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -58,7 +66,10 @@ fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KICHHOAT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -67,8 +78,11 @@ fn init_logs(format: LogFormat) {
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), &args.common);
-    let app = App::open(&settings, Arc::new(SystemClock), HashCost::OWASP).map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("listen on {}: {e}", args.listen))?;
+    let app =
+        App::open(&settings, Arc::new(SystemClock), HashCost::OWASP).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     info!(
         %addr,
@@ -79,7 +93,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         "kichhoat listening on http://{addr} (POST /ussd/africastalking)"
     );
     let router = kichhoat::http::router(app.service.clone());
-    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await;
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
     info!("shutting down");
     app.shutdown().await;
     served.map_err(|e| e.to_string())

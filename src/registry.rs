@@ -45,7 +45,8 @@ pub fn parse_row(fields: &[&str], current_year: i32) -> Result<Citizen, String> 
     let [id, phone, name, status] = fields else {
         return Err(format!("expected 4 fields, found {}", fields.len()));
     };
-    let national_id = NationalId::parse(id, current_year).map_err(|e| format!("national_id: {e}"))?;
+    let national_id =
+        NationalId::parse(id, current_year).map_err(|e| format!("national_id: {e}"))?;
     let phone = Msisdn::parse(phone).map_err(|e| format!("phone: {e}"))?;
     let full_name = name.trim().to_string();
     if full_name.is_empty() {
@@ -56,19 +57,34 @@ pub fn parse_row(fields: &[&str], current_year: i32) -> Result<Citizen, String> 
         "pending" => CitizenStatus::Pending,
         other => return Err(format!("status {other:?} is neither approved nor pending")),
     };
-    Ok(Citizen { national_id, phone, full_name, status })
+    Ok(Citizen {
+        national_id,
+        phone,
+        full_name,
+        status,
+    })
 }
 
 /// Imports the CSV at `path` into `store`.
-pub fn import_csv(path: &Path, store: &dyn Store, current_year: i32) -> Result<ImportReport, RegistryError> {
-    let file_err = |why: String| RegistryError::File { path: path.display().to_string(), why };
+pub fn import_csv(
+    path: &Path,
+    store: &dyn Store,
+    current_year: i32,
+) -> Result<ImportReport, RegistryError> {
+    let file_err = |why: String| RegistryError::File {
+        path: path.display().to_string(),
+        why,
+    };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
         .trim(csv::Trim::All)
         .from_path(path)
         .map_err(|e| file_err(e.to_string()))?;
-    let headers = reader.headers().map_err(|e| file_err(e.to_string()))?.clone();
+    let headers = reader
+        .headers()
+        .map_err(|e| file_err(e.to_string()))?
+        .clone();
     if headers.iter().collect::<Vec<_>>() != HEADER {
         return Err(file_err(format!("header must be {}", HEADER.join(","))));
     }
@@ -112,8 +128,16 @@ mod tests {
 
     #[test]
     fn a_bad_status_or_id_is_refused_with_a_reason() {
-        assert!(parse_row(&["001099012345", "0912345678", "A", "maybe"], 2026).unwrap_err().contains("status"));
-        assert!(parse_row(&["12345", "0912345678", "A", "approved"], 2026).unwrap_err().contains("national_id"));
-        assert!(parse_row(&["001099012345", "0912345678"], 2026).unwrap_err().contains("4 fields"));
+        assert!(
+            parse_row(&["001099012345", "0912345678", "A", "maybe"], 2026)
+                .unwrap_err()
+                .contains("status")
+        );
+        assert!(parse_row(&["12345", "0912345678", "A", "approved"], 2026)
+            .unwrap_err()
+            .contains("national_id"));
+        assert!(parse_row(&["001099012345", "0912345678"], 2026)
+            .unwrap_err()
+            .contains("4 fields"));
     }
 }

@@ -31,7 +31,11 @@ impl SmsSender for ShowingSender {
         Box::pin(async move {
             self.file.send(sms).await?;
             let line = if sms.to == self.phone {
-                format!("  [SMS to {}] {}", sms.to.e164(), to_gsm7(sms.text.expose()))
+                format!(
+                    "  [SMS to {}] {}",
+                    sms.to.e164(),
+                    to_gsm7(sms.text.expose())
+                )
             } else {
                 format!("  [an SMS went to another phone, {}]", sms.to.masked())
             };
@@ -47,10 +51,23 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
     let phone = Msisdn::parse(&args.phone).map_err(|e| format!("--phone: {e}"))?;
     let settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), &args.common);
     let file = FileSender::open(&settings.sms_outbox).map_err(|e| format!("sms outbox: {e}"))?;
-    let sender = Arc::new(ShowingSender { file, phone: phone.clone(), shown: Mutex::new(Vec::new()) });
-    let app = App::open_with_sender(&settings, Arc::new(SystemClock), HashCost::OWASP, Some(sender.clone()))
-        .map_err(|e| e.to_string())?;
-    println!("kichhoat simulator: phone {} (data in {})", phone.e164(), settings.data_dir.display());
+    let sender = Arc::new(ShowingSender {
+        file,
+        phone: phone.clone(),
+        shown: Mutex::new(Vec::new()),
+    });
+    let app = App::open_with_sender(
+        &settings,
+        Arc::new(SystemClock),
+        HashCost::OWASP,
+        Some(sender.clone()),
+    )
+    .map_err(|e| e.to_string())?;
+    println!(
+        "kichhoat simulator: phone {} (data in {})",
+        phone.e164(),
+        settings.data_dir.display()
+    );
     println!("Type your keypad input and press Enter. Ctrl-D hangs up.\n");
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut dial = 0u32;
@@ -60,14 +77,22 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
         let mut text = String::new();
         let mut first = true;
         loop {
-            let hop = Hop { phone: phone.clone(), session_id: session_id.clone(), text: Secret::new(text.clone()) };
+            let hop = Hop {
+                phone: phone.clone(),
+                session_id: session_id.clone(),
+                text: Secret::new(text.clone()),
+            };
             let reply = match app.service.ussd(hop).await {
                 Ok(r) => r,
                 Err(e) => app.service.fault_reply(&e),
             };
-            crate::sms::worker::deliver_pending(app.store.as_ref(), &app.service.crypto, app.sender.as_ref())
-                .await
-                .map_err(|e| e.to_string())?;
+            crate::sms::worker::deliver_pending(
+                app.store.as_ref(),
+                &app.service.crypto,
+                app.sender.as_ref(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             println!("{}", screen(&at::response(&reply, app.service.charset)));
             if let Ok(mut shown) = sender.shown.lock() {
                 for s in shown.drain(..) {
@@ -77,12 +102,18 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
             if reply.end {
                 println!("(session ended; press Enter to dial again)");
             }
-            let Ok(Some(line)) = lines.next_line().await else { break 'dial };
+            let Ok(Some(line)) = lines.next_line().await else {
+                break 'dial;
+            };
             if reply.end {
                 continue 'dial;
             }
             let input = line.trim_end_matches(['\r', '\n']);
-            text = if first { input.to_string() } else { format!("{text}*{input}") };
+            text = if first {
+                input.to_string()
+            } else {
+                format!("{text}*{input}")
+            };
             first = false;
         }
     }

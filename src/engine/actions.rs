@@ -9,9 +9,14 @@ use std::time::Duration;
 
 use rand::RngCore;
 
-use super::{Account, Answered, AuditEvent, CitizenStatus, Ctx, EngineError, Effect, OtpRecord, Out, Session, Slots, SmsPurpose};
+use super::{
+    Account, Answered, AuditEvent, CitizenStatus, Ctx, Effect, EngineError, OtpRecord, Out,
+    Session, Slots, SmsPurpose,
+};
 use crate::crypto::mac_eq;
-use crate::domain::{Msisdn, NationalId, Otp, Passcode, Password, PasswordContext, Secret, SecurityAnswer};
+use crate::domain::{
+    Msisdn, NationalId, Otp, Passcode, Password, PasswordContext, Secret, SecurityAnswer,
+};
 use crate::engine::keys;
 
 /// VNeID's OTP lifetime (press guides; NIST allows up to 10 minutes).
@@ -30,7 +35,6 @@ pub enum Act {
     /// Re-ask the same prompt with this reason.
     Retry(&'static str),
 }
-
 
 /// Parsers from a keypad entry to a domain value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,13 +69,27 @@ impl Validator {
         VALIDATORS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     }
     pub fn name(self) -> &'static str {
-        VALIDATORS.iter().find(|(_, v)| *v == self).map(|(n, _)| *n).unwrap_or("?")
+        VALIDATORS
+            .iter()
+            .find(|(_, v)| *v == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
     }
     /// Every reason this validator can show.
     pub fn reasons(self) -> Vec<&'static str> {
         match self {
-            Validator::NationalId => vec!["err.id_empty", "err.id_digits", "err.id_length", "err.id_invalid"],
-            Validator::Phone => vec!["err.phone_empty", "err.phone_digits", "err.phone_length", "err.phone_not_mobile"],
+            Validator::NationalId => vec![
+                "err.id_empty",
+                "err.id_digits",
+                "err.id_length",
+                "err.id_invalid",
+            ],
+            Validator::Phone => vec![
+                "err.phone_empty",
+                "err.phone_digits",
+                "err.phone_length",
+                "err.phone_not_mobile",
+            ],
             Validator::Otp => vec!["err.otp_format"],
             Validator::NewPassword => crate::domain::password::all_reason_keys().to_vec(),
             Validator::NewPasscode => crate::domain::passcode::all_reason_keys().to_vec(),
@@ -107,25 +125,36 @@ pub fn parse(v: Validator, input: &Secret, s: &Session, ctx: &Ctx) -> Result<Val
         }
     };
     Ok(match v {
-        Validator::NationalId => Value::Id(NationalId::parse(raw, ctx.now.year()).map_err(|e| e.reason_key())?),
+        Validator::NationalId => {
+            Value::Id(NationalId::parse(raw, ctx.now.year()).map_err(|e| e.reason_key())?)
+        }
         Validator::Phone if raw.trim() == "1" => Value::Phone(ctx.caller.clone()),
         Validator::Phone => Value::Phone(Msisdn::parse(raw).map_err(|e| e.reason_key())?),
         Validator::Otp => Value::Otp(Otp::parse(raw).map_err(|e| e.reason_key())?),
         Validator::NewPassword => {
             let (id, phone) = personal()?;
-            let pc = PasswordContext { national_id: &id, phone: &phone };
+            let pc = PasswordContext {
+                national_id: &id,
+                phone: &phone,
+            };
             Value::Password(Password::parse(input.clone(), &pc).map_err(|e| e.reason_key())?)
         }
         Validator::NewPasscode => {
             let (id, phone) = personal()?;
-            let pc = PasswordContext { national_id: &id, phone: &phone };
+            let pc = PasswordContext {
+                national_id: &id,
+                phone: &phone,
+            };
             Value::Passcode(Passcode::parse(input.clone(), &pc).map_err(|e| e.reason_key())?)
         }
         Validator::Secret if raw.trim().is_empty() => return Err(ERR_EMPTY),
         Validator::Secret => Value::Secret(input.clone()),
         Validator::Question => {
             let n: usize = raw.trim().parse().map_err(|_| ERR_QUESTION)?;
-            let q = n.checked_sub(1).and_then(|i| ctx.flow.questions.get(i)).ok_or(ERR_QUESTION)?;
+            let q = n
+                .checked_sub(1)
+                .and_then(|i| ctx.flow.questions.get(i))
+                .ok_or(ERR_QUESTION)?;
             if s.slots.questions.iter().any(|a| &a.question == q) {
                 return Err(ERR_QUESTION);
             }
@@ -133,7 +162,10 @@ pub fn parse(v: Validator, input: &Secret, s: &Session, ctx: &Ctx) -> Result<Val
         }
         Validator::Answer => {
             let (id, phone) = personal()?;
-            let pc = PasswordContext { national_id: &id, phone: &phone };
+            let pc = PasswordContext {
+                national_id: &id,
+                phone: &phone,
+            };
             Value::Answer(SecurityAnswer::parse(input.clone(), &pc).map_err(|e| e.reason_key())?)
         }
     })
@@ -168,8 +200,22 @@ struct Spec {
 }
 
 const SPECS: &[Spec] = &[
-    Spec { name: "switch_language", kind: ActionKind::SwitchLanguage, input: None, outcomes: &["done"], reasons: &[], notices: &[] },
-    Spec { name: "start_activation", kind: ActionKind::StartActivation, input: Some(Validator::NationalId), outcomes: &["done"], reasons: &[], notices: &[] },
+    Spec {
+        name: "switch_language",
+        kind: ActionKind::SwitchLanguage,
+        input: None,
+        outcomes: &["done"],
+        reasons: &[],
+        notices: &[],
+    },
+    Spec {
+        name: "start_activation",
+        kind: ActionKind::StartActivation,
+        input: Some(Validator::NationalId),
+        outcomes: &["done"],
+        reasons: &[],
+        notices: &[],
+    },
     Spec {
         name: "request_otp",
         kind: ActionKind::RequestOtp,
@@ -194,7 +240,14 @@ const SPECS: &[Spec] = &[
         reasons: &["err.otp_wrong"],
         notices: &[],
     },
-    Spec { name: "choose_password", kind: ActionKind::ChoosePassword, input: Some(Validator::NewPassword), outcomes: &["done"], reasons: &[], notices: &[] },
+    Spec {
+        name: "choose_password",
+        kind: ActionKind::ChoosePassword,
+        input: Some(Validator::NewPassword),
+        outcomes: &["done"],
+        reasons: &[],
+        notices: &[],
+    },
     Spec {
         name: "confirm_password",
         kind: ActionKind::ConfirmPassword,
@@ -203,7 +256,14 @@ const SPECS: &[Spec] = &[
         reasons: &[],
         notices: &[("mismatch", "err.pw_mismatch")],
     },
-    Spec { name: "choose_passcode", kind: ActionKind::ChoosePasscode, input: Some(Validator::NewPasscode), outcomes: &["done"], reasons: &[], notices: &[] },
+    Spec {
+        name: "choose_passcode",
+        kind: ActionKind::ChoosePasscode,
+        input: Some(Validator::NewPasscode),
+        outcomes: &["done"],
+        reasons: &[],
+        notices: &[],
+    },
     Spec {
         name: "confirm_passcode",
         kind: ActionKind::ConfirmPasscode,
@@ -212,7 +272,14 @@ const SPECS: &[Spec] = &[
         reasons: &[],
         notices: &[("mismatch", "err.pc_mismatch")],
     },
-    Spec { name: "choose_question", kind: ActionKind::ChooseQuestion, input: Some(Validator::Question), outcomes: &["done"], reasons: &[], notices: &[] },
+    Spec {
+        name: "choose_question",
+        kind: ActionKind::ChooseQuestion,
+        input: Some(Validator::Question),
+        outcomes: &["done"],
+        reasons: &[],
+        notices: &[],
+    },
     Spec {
         name: "set_answer",
         kind: ActionKind::SetAnswer,
@@ -229,8 +296,22 @@ const SPECS: &[Spec] = &[
         reasons: &[],
         notices: &[],
     },
-    Spec { name: "start_login", kind: ActionKind::StartLogin, input: Some(Validator::NationalId), outcomes: &["done"], reasons: &[], notices: &[] },
-    Spec { name: "login", kind: ActionKind::Login, input: Some(Validator::Secret), outcomes: &["ok", "refused"], reasons: &[], notices: &[] },
+    Spec {
+        name: "start_login",
+        kind: ActionKind::StartLogin,
+        input: Some(Validator::NationalId),
+        outcomes: &["done"],
+        reasons: &[],
+        notices: &[],
+    },
+    Spec {
+        name: "login",
+        kind: ActionKind::Login,
+        input: Some(Validator::Secret),
+        outcomes: &["ok", "refused"],
+        reasons: &[],
+        notices: &[],
+    },
 ];
 
 impl ActionKind {
@@ -262,11 +343,18 @@ impl ActionKind {
 }
 
 fn audit(out: &mut Out, event: &str, id: Option<&NationalId>, phone: Option<&Msisdn>) {
-    out.effects.push(Effect::Audit(AuditEvent { event: event.into(), national_id: id.cloned(), phone: phone.cloned() }));
+    out.effects.push(Effect::Audit(AuditEvent {
+        event: event.into(),
+        national_id: id.cloned(),
+        phone: phone.cloned(),
+    }));
 }
 
 fn misuse(s: &Session, why: &'static str) -> EngineError {
-    EngineError::Flow { state: s.state.clone(), why }
+    EngineError::Flow {
+        state: s.state.clone(),
+        why,
+    }
 }
 
 /// Runs `kind` with the parsed value (and the raw entry it came from), or with none for automatic actions.
@@ -290,11 +378,19 @@ pub(crate) fn run(
             Act::Go("done", None)
         }
         (ActionKind::StartActivation, Some(Value::Id(id))) => {
-            s.slots = Slots { started_at: Some(now), national_id: Some(id), ..Slots::default() };
+            s.slots = Slots {
+                started_at: Some(now),
+                national_id: Some(id),
+                ..Slots::default()
+            };
             Act::Go("done", None)
         }
         (ActionKind::RequestOtp, Some(Value::Phone(phone))) => {
-            let id = s.slots.national_id.clone().ok_or_else(|| misuse(s, "request_otp before an ID number"))?;
+            let id = s
+                .slots
+                .national_id
+                .clone()
+                .ok_or_else(|| misuse(s, "request_otp before an ID number"))?;
             let citizen = ctx.directory.citizen(&id)?;
             // Unknown ID and mismatched phone take the same path to the same words (OWASP enumeration).
             let Some(citizen) = citizen.filter(|c| c.phone == phone) else {
@@ -316,23 +412,34 @@ pub(crate) fn run(
         (ActionKind::ResendOtp, None) => {
             if s.slots.otp_sends >= OTP_MAX_SENDS || s.slots.phone.is_none() {
                 s.slots.otp = None;
-                audit(out, "otp_send_limit", s.slots.national_id.as_ref(), s.slots.phone.as_ref());
+                audit(
+                    out,
+                    "otp_send_limit",
+                    s.slots.national_id.as_ref(),
+                    s.slots.phone.as_ref(),
+                );
                 return Ok(Act::Go("limit", None));
             }
             send_otp(s, ctx, out, rng)?;
             Act::Go("sent", Some("note.otp_resent"))
         }
         (ActionKind::VerifyOtp, Some(Value::Otp(code))) => {
-            let (Some(id), Some(phone)) = (s.slots.national_id.clone(), s.slots.phone.clone()) else {
+            let (Some(id), Some(phone)) = (s.slots.national_id.clone(), s.slots.phone.clone())
+            else {
                 return Err(misuse(s, "verify_otp before request_otp"));
             };
-            let Some(rec) = s.slots.otp.as_mut() else { return Ok(Act::Go("expired", None)) };
+            let Some(rec) = s.slots.otp.as_mut() else {
+                return Ok(Act::Go("expired", None));
+            };
             if now > rec.expires_at {
                 s.slots.otp = None;
                 audit(out, "otp_expired", Some(&id), Some(&phone));
                 return Ok(Act::Go("expired", None));
             }
-            let expected = hex::decode(&rec.mac).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).unwrap_or([0; 32]);
+            let expected = hex::decode(&rec.mac)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .unwrap_or([0; 32]);
             let given = crypto.otp_mac(id.as_str(), phone.as_str(), &Secret::new(code.expose()));
             if mac_eq(&expected, &given) {
                 s.slots.otp = None; // single use
@@ -357,7 +464,11 @@ pub(crate) fn run(
             Act::Go("done", None)
         }
         (ActionKind::ConfirmPassword, Some(Value::Secret(again))) => {
-            let hash = s.slots.password_hash.clone().ok_or_else(|| misuse(s, "confirm_password before choose_password"))?;
+            let hash = s
+                .slots
+                .password_hash
+                .clone()
+                .ok_or_else(|| misuse(s, "confirm_password before choose_password"))?;
             if crypto.verify_secret(again.expose(), &hash) {
                 Act::Go("ok", None)
             } else {
@@ -371,7 +482,11 @@ pub(crate) fn run(
             Act::Go("done", None)
         }
         (ActionKind::ConfirmPasscode, Some(Value::Secret(again))) => {
-            let hash = s.slots.passcode_hash.clone().ok_or_else(|| misuse(s, "confirm_passcode before choose_passcode"))?;
+            let hash = s
+                .slots
+                .passcode_hash
+                .clone()
+                .ok_or_else(|| misuse(s, "confirm_passcode before choose_passcode"))?;
             if crypto.verify_secret(again.expose().trim(), &hash) {
                 Act::Go("ok", None)
             } else {
@@ -385,7 +500,11 @@ pub(crate) fn run(
         }
         (ActionKind::SetAnswer, Some(Value::Answer(answer))) => {
             require_verified(s)?;
-            let question = s.slots.question.clone().ok_or_else(|| misuse(s, "set_answer before choose_question"))?;
+            let question = s
+                .slots
+                .question
+                .clone()
+                .ok_or_else(|| misuse(s, "set_answer before choose_question"))?;
             // An answer must not be the password (domain.md §5): the password is only a hash by now.
             if let (Some(pw), Some(raw)) = (&s.slots.password_hash, raw) {
                 if crypto.verify_secret(raw.expose().trim(), pw) {
@@ -393,7 +512,10 @@ pub(crate) fn run(
                 }
             }
             let answer_hash = crypto.hash_secret(answer.expose(), rng)?;
-            s.slots.questions.push(Answered { question, answer_hash });
+            s.slots.questions.push(Answered {
+                question,
+                answer_hash,
+            });
             s.slots.question = None;
             if s.slots.questions.len() >= QUESTIONS_REQUIRED {
                 Act::Go("done", None)
@@ -404,10 +526,16 @@ pub(crate) fn run(
         (ActionKind::FinishActivation, None) => {
             require_verified(s)?;
             let sl = &s.slots;
-            let (Some(id), Some(phone), Some(password_hash), Some(passcode_hash)) =
-                (sl.national_id.clone(), sl.phone.clone(), sl.password_hash.clone(), sl.passcode_hash.clone())
-            else {
-                return Err(misuse(s, "finish_activation before every credential is set"));
+            let (Some(id), Some(phone), Some(password_hash), Some(passcode_hash)) = (
+                sl.national_id.clone(),
+                sl.phone.clone(),
+                sl.password_hash.clone(),
+                sl.passcode_hash.clone(),
+            ) else {
+                return Err(misuse(
+                    s,
+                    "finish_activation before every credential is set",
+                ));
             };
             if sl.questions.len() < QUESTIONS_REQUIRED {
                 return Err(misuse(s, "finish_activation before the security questions"));
@@ -426,16 +554,28 @@ pub(crate) fn run(
             };
             out.effects.push(Effect::Activate(account));
             let body = ctx.flow.catalog(s.lang).render(keys::SMS_ACTIVATED, &[]);
-            out.effects.push(Effect::Sms { to: phone.clone(), body: Secret::new(body), purpose: SmsPurpose::Activated });
+            out.effects.push(Effect::Sms {
+                to: phone.clone(),
+                body: Secret::new(body),
+                purpose: SmsPurpose::Activated,
+            });
             audit(out, "activated", Some(&id), Some(&phone));
             Act::Go("activated", None)
         }
         (ActionKind::StartLogin, Some(Value::Id(id))) => {
-            s.slots = Slots { started_at: Some(now), national_id: Some(id), ..Slots::default() };
+            s.slots = Slots {
+                started_at: Some(now),
+                national_id: Some(id),
+                ..Slots::default()
+            };
             Act::Go("done", None)
         }
         (ActionKind::Login, Some(Value::Secret(pw))) => {
-            let id = s.slots.national_id.clone().ok_or_else(|| misuse(s, "login before an ID number"))?;
+            let id = s
+                .slots
+                .national_id
+                .clone()
+                .ok_or_else(|| misuse(s, "login before an ID number"))?;
             let account = ctx.directory.account(&id)?;
             let ok = match &account {
                 Some(a) => crypto.verify_secret(pw.expose(), &a.password_hash),
@@ -444,10 +584,20 @@ pub(crate) fn run(
                     false
                 }
             };
-            let citizen = if ok { ctx.directory.citizen(&id)? } else { None };
+            let citizen = if ok {
+                ctx.directory.citizen(&id)?
+            } else {
+                None
+            };
             match citizen {
                 Some(c) => {
-                    out.args.push(("name", c.full_name.chars().take(crate::flow::catalog::NAME_MAX).collect()));
+                    out.args.push((
+                        "name",
+                        c.full_name
+                            .chars()
+                            .take(crate::flow::catalog::NAME_MAX)
+                            .collect(),
+                    ));
                     audit(out, "login_ok", Some(&id), Some(ctx.caller));
                     Act::Go("ok", None)
                 }
@@ -470,17 +620,35 @@ fn require_verified(s: &Session) -> Result<(), EngineError> {
 }
 
 /// Issues a fresh OTP (voiding any earlier one) and queues its SMS.
-fn send_otp(s: &mut Session, ctx: &Ctx, out: &mut Out, rng: &mut dyn RngCore) -> Result<(), EngineError> {
+fn send_otp(
+    s: &mut Session,
+    ctx: &Ctx,
+    out: &mut Out,
+    rng: &mut dyn RngCore,
+) -> Result<(), EngineError> {
     let (Some(id), Some(phone)) = (s.slots.national_id.clone(), s.slots.phone.clone()) else {
         return Err(misuse(s, "send_otp without ID and phone"));
     };
     let code = Otp::generate(rng);
-    let mac = ctx.crypto.otp_mac(id.as_str(), phone.as_str(), &Secret::new(code.expose()));
-    s.slots.otp = Some(OtpRecord { mac: hex::encode(mac), expires_at: ctx.now.plus(OTP_LIFETIME), wrong: 0 });
+    let mac = ctx
+        .crypto
+        .otp_mac(id.as_str(), phone.as_str(), &Secret::new(code.expose()));
+    s.slots.otp = Some(OtpRecord {
+        mac: hex::encode(mac),
+        expires_at: ctx.now.plus(OTP_LIFETIME),
+        wrong: 0,
+    });
     s.slots.otp_sends = s.slots.otp_sends.saturating_add(1);
     let minutes = (OTP_LIFETIME.as_secs() / 60).to_string();
-    let body = ctx.flow.catalog(s.lang).render(keys::SMS_OTP, &[("otp", code.expose().to_string()), ("minutes", minutes)]);
-    out.effects.push(Effect::Sms { to: phone.clone(), body: Secret::new(body), purpose: SmsPurpose::Otp });
+    let body = ctx.flow.catalog(s.lang).render(
+        keys::SMS_OTP,
+        &[("otp", code.expose().to_string()), ("minutes", minutes)],
+    );
+    out.effects.push(Effect::Sms {
+        to: phone.clone(),
+        body: Secret::new(body),
+        purpose: SmsPurpose::Otp,
+    });
     audit(out, "otp_sent", Some(&id), Some(&phone));
     Ok(())
 }

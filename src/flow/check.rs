@@ -24,7 +24,11 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, file: &str, state: &str, problem: impl Into<String>) {
-        self.0.push(Problem { file: file.to_string(), state: state.to_string(), problem: problem.into() });
+        self.0.push(Problem {
+            file: file.to_string(),
+            state: state.to_string(),
+            problem: problem.into(),
+        });
     }
 }
 
@@ -35,15 +39,25 @@ pub fn load(dir: &Path, charset: Charset) -> Result<Flow, Vec<Problem>> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            p.add(&dir_name, "-", format!("cannot read the flow directory: {e}"));
+            p.add(
+                &dir_name,
+                "-",
+                format!("cannot read the flow directory: {e}"),
+            );
             return Err(p.0);
         }
     };
     let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
-    for path in paths.iter().filter(|p| p.extension().is_some_and(|x| x == "toml")) {
+    for path in paths
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+    {
         let name = path.display().to_string();
-        match fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| toml::from_str::<FileDef>(&t).map_err(|e| e.to_string())) {
+        match fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| toml::from_str::<FileDef>(&t).map_err(|e| e.to_string()))
+        {
             Ok(def) => files.push((name, def)),
             Err(e) => p.add(&name, "-", one_line(&e)),
         }
@@ -54,7 +68,14 @@ pub fn load(dir: &Path, charset: Charset) -> Result<Flow, Vec<Problem>> {
     let (mut start, mut max_tries, mut questions) = (None, None, None);
     for (file, def) in &files {
         if def.spec_version != SPEC_VERSION {
-            p.add(file, "-", format!("spec_version {} is not supported (this build reads {SPEC_VERSION})", def.spec_version));
+            p.add(
+                file,
+                "-",
+                format!(
+                    "spec_version {} is not supported (this build reads {SPEC_VERSION})",
+                    def.spec_version
+                ),
+            );
         }
         if let Some(s) = &def.settings {
             set_once(&mut start, &s.start, file, "start", &mut p);
@@ -68,11 +89,22 @@ pub fn load(dir: &Path, charset: Charset) -> Result<Flow, Vec<Problem>> {
     });
     let max_tries = max_tries.map(|(v, _)| v).unwrap_or(MIN_TRIES);
     if max_tries < MIN_TRIES {
-        p.add(&dir_name, "-", format!("settings.max_tries is {max_tries}; a citizen gets at least {MIN_TRIES} tries"));
+        p.add(
+            &dir_name,
+            "-",
+            format!("settings.max_tries is {max_tries}; a citizen gets at least {MIN_TRIES} tries"),
+        );
     }
     let (questions, questions_file) = questions.unwrap_or_else(|| (Vec::new(), dir_name.clone()));
     if questions.len() < MIN_QUESTIONS {
-        p.add(&questions_file, "-", format!("settings.questions lists {}; at least {MIN_QUESTIONS} are needed", questions.len()));
+        p.add(
+            &questions_file,
+            "-",
+            format!(
+                "settings.questions lists {}; at least {MIN_QUESTIONS} are needed",
+                questions.len()
+            ),
+        );
     }
 
     // States.
@@ -80,7 +112,11 @@ pub fn load(dir: &Path, charset: Charset) -> Result<Flow, Vec<Problem>> {
     for (file, def) in &files {
         for (name, sd) in &def.states {
             if let Some(prev) = states.get(name) {
-                p.add(file, name, format!("state is also defined in {}", prev.file));
+                p.add(
+                    file,
+                    name,
+                    format!("state is also defined in {}", prev.file),
+                );
                 continue;
             }
             if let Some(state) = build_state(file, name, sd, &mut p) {
@@ -89,11 +125,22 @@ pub fn load(dir: &Path, charset: Charset) -> Result<Flow, Vec<Problem>> {
         }
     }
     if !start.is_empty() && !states.contains_key(&start) {
-        p.add(&dir_name, &start, "settings.start names a state that does not exist");
+        p.add(
+            &dir_name,
+            &start,
+            "settings.start names a state that does not exist",
+        );
     }
     check_graph(&start, &states, &mut p);
 
-    let flow = Flow { start, max_tries, questions, states, catalogs, dir: dir.to_path_buf() };
+    let flow = Flow {
+        start,
+        max_tries,
+        questions,
+        states,
+        catalogs,
+        dir: dir.to_path_buf(),
+    };
     check_messages(&flow, &questions_file, charset, &mut p);
     if p.0.is_empty() {
         Ok(flow)
@@ -106,7 +153,13 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn set_once<T: Clone>(slot: &mut Option<(T, String)>, value: &Option<T>, file: &str, what: &str, p: &mut Problems) {
+fn set_once<T: Clone>(
+    slot: &mut Option<(T, String)>,
+    value: &Option<T>,
+    file: &str,
+    what: &str,
+    p: &mut Problems,
+) {
     if let Some(v) = value {
         match slot {
             Some((_, first)) => p.add(file, "-", format!("settings.{what} is also set in {first}")),
@@ -127,7 +180,11 @@ fn load_catalogs(dir: &Path, p: &mut Problems) -> BTreeMap<Lang, Catalog> {
                 }
                 Err(e) => p.add(&name, "-", one_line(&e)),
             },
-            Err(e) => p.add(&name, "-", format!("missing message catalogue for {}: {e}", lang.code())),
+            Err(e) => p.add(
+                &name,
+                "-",
+                format!("missing message catalogue for {}: {e}", lang.code()),
+            ),
         }
     }
     if let Ok(entries) = fs::read_dir(dir) {
@@ -135,7 +192,11 @@ fn load_catalogs(dir: &Path, p: &mut Problems) -> BTreeMap<Lang, Catalog> {
             let path = e.path();
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
             if path.extension().is_some_and(|x| x == "toml") && Lang::from_code(stem).is_none() {
-                p.add(&path.display().to_string(), "-", format!("unknown language {stem:?}"));
+                p.add(
+                    &path.display().to_string(),
+                    "-",
+                    format!("unknown language {stem:?}"),
+                );
             }
         }
     }
@@ -175,37 +236,72 @@ fn build_state(file: &str, name: &str, sd: &StateDef, p: &mut Problems) -> Optio
             return None;
         }
         (Some(message), None) => {
-            if action.is_some() || validator.is_some() || !on.is_empty() || !sd.options.is_empty() || sd.resume {
-                p.add(file, name, "an end state takes no input, action, transitions, options or resume");
+            if action.is_some()
+                || validator.is_some()
+                || !on.is_empty()
+                || !sd.options.is_empty()
+                || sd.resume
+            {
+                p.add(
+                    file,
+                    name,
+                    "an end state takes no input, action, transitions, options or resume",
+                );
                 return None;
             }
-            Kind::End { message: message.clone() }
+            Kind::End {
+                message: message.clone(),
+            }
         }
         (None, Some(prompt)) => {
             let input = match (validator, action) {
                 (Some(v), Some(a)) => {
                     if a.input() != Some(v) {
                         let wants = a.input().map(|v| v.name()).unwrap_or("no input");
-                        p.add(file, name, format!("action {:?} takes {wants}, not input {:?}", a.name(), v.name()));
+                        p.add(
+                            file,
+                            name,
+                            format!(
+                                "action {:?} takes {wants}, not input {:?}",
+                                a.name(),
+                                v.name()
+                            ),
+                        );
                         return None;
                     }
                     Some((v, a))
                 }
                 (Some(v), None) => {
-                    p.add(file, name, format!("input {:?} needs an action to receive it", v.name()));
+                    p.add(
+                        file,
+                        name,
+                        format!("input {:?} needs an action to receive it", v.name()),
+                    );
                     return None;
                 }
                 (None, Some(a)) => {
-                    p.add(file, name, format!("action {:?} on a prompt needs an input", a.name()));
+                    p.add(
+                        file,
+                        name,
+                        format!("action {:?} on a prompt needs an input", a.name()),
+                    );
                     return None;
                 }
                 (None, None) => None,
             };
             if input.is_none() && sd.options.is_empty() {
-                p.add(file, name, "a prompt needs options or an input, or the citizen is stuck");
+                p.add(
+                    file,
+                    name,
+                    "a prompt needs options or an input, or the citizen is stuck",
+                );
                 return None;
             }
-            Kind::Input { prompt: prompt.clone(), input, options: sd.options.clone() }
+            Kind::Input {
+                prompt: prompt.clone(),
+                input,
+                options: sd.options.clone(),
+            }
         }
         (None, None) => match (action, validator) {
             (Some(a), None) if a.input().is_none() => {
@@ -216,7 +312,11 @@ fn build_state(file: &str, name: &str, sd: &StateDef, p: &mut Problems) -> Optio
                 Kind::Auto { action: a }
             }
             (Some(a), _) => {
-                p.add(file, name, format!("action {:?} needs an input and a prompt", a.name()));
+                p.add(
+                    file,
+                    name,
+                    format!("action {:?} needs an input and a prompt", a.name()),
+                );
                 return None;
             }
             _ => {
@@ -227,12 +327,23 @@ fn build_state(file: &str, name: &str, sd: &StateDef, p: &mut Problems) -> Optio
     };
     // Outcomes: exactly those of the action.
     let outcomes: &[&str] = match &kind {
-        Kind::Input { input: Some((_, a)), .. } | Kind::Auto { action: a } => a.outcomes(),
+        Kind::Input {
+            input: Some((_, a)),
+            ..
+        }
+        | Kind::Auto { action: a } => a.outcomes(),
         _ => &[],
     };
     for o in outcomes {
         if !on.contains_key(*o) {
-            p.add(file, name, format!("outcome {o:?} of action {:?} has no transition", action.map(|a| a.name()).unwrap_or("")));
+            p.add(
+                file,
+                name,
+                format!(
+                    "outcome {o:?} of action {:?} has no transition",
+                    action.map(|a| a.name()).unwrap_or("")
+                ),
+            );
         }
     }
     for o in on.keys() {
@@ -240,7 +351,13 @@ fn build_state(file: &str, name: &str, sd: &StateDef, p: &mut Problems) -> Optio
             p.add(file, name, format!("transition on unknown outcome {o:?}"));
         }
     }
-    Some(State { name: name.to_string(), file: file.to_string(), kind, on, resume: sd.resume })
+    Some(State {
+        name: name.to_string(),
+        file: file.to_string(),
+        kind,
+        on,
+        resume: sd.resume,
+    })
 }
 
 /// Targets of a state's transitions and options.
@@ -258,7 +375,11 @@ fn check_graph(start: &str, states: &HashMap<String, State>, p: &mut Problems) {
     for s in &sorted {
         for t in targets(s) {
             if !states.contains_key(t) {
-                p.add(&s.file, &s.name, format!("transition to {t:?}, which does not exist"));
+                p.add(
+                    &s.file,
+                    &s.name,
+                    format!("transition to {t:?}, which does not exist"),
+                );
             }
         }
     }
@@ -278,7 +399,11 @@ fn check_graph(start: &str, states: &HashMap<String, State>, p: &mut Problems) {
     }
     for s in sorted {
         if !seen.contains(&s.name) {
-            p.add(&s.file, &s.name, format!("unreachable from the start state {start:?}"));
+            p.add(
+                &s.file,
+                &s.name,
+                format!("unreachable from the start state {start:?}"),
+            );
         }
     }
 }
@@ -288,7 +413,11 @@ fn notices_into(flow: &Flow) -> HashMap<&str, BTreeSet<&'static str>> {
     let mut out: HashMap<&str, BTreeSet<&'static str>> = HashMap::new();
     for s in flow.states.values() {
         let action = match &s.kind {
-            Kind::Input { input: Some((_, a)), .. } | Kind::Auto { action: a } => *a,
+            Kind::Input {
+                input: Some((_, a)),
+                ..
+            }
+            | Kind::Auto { action: a } => *a,
             _ => continue,
         };
         for (outcome, key) in action.notices() {
@@ -305,7 +434,8 @@ fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, p: &mut P
     // Every key each catalogue must hold, with where it is used.
     let mut used: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut use_key = |k: &str, file: &str, state: &str| {
-        used.entry(k.to_string()).or_insert((file.to_string(), state.to_string()));
+        used.entry(k.to_string())
+            .or_insert((file.to_string(), state.to_string()));
     };
     for k in keys::FIXED {
         use_key(k, "(engine)", k);
@@ -319,7 +449,11 @@ fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, p: &mut P
     sorted.sort_by(|a, b| (&a.file, &a.name).cmp(&(&b.file, &b.name)));
     for s in sorted {
         match &s.kind {
-            Kind::Input { prompt, input, options } => {
+            Kind::Input {
+                prompt,
+                input,
+                options,
+            } => {
                 let mut prefixes: Vec<&str> = Vec::new();
                 if let Some((v, a)) = input {
                     prefixes.extend(v.reasons());
@@ -356,7 +490,15 @@ fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, p: &mut P
     for (lang, cat) in &flow.catalogs {
         for (k, (file, state)) in &used {
             if !cat.messages.contains_key(k) {
-                p.add(file, state, format!("message {k:?} is missing from {} ({})", cat.file, lang.code()));
+                p.add(
+                    file,
+                    state,
+                    format!(
+                        "message {k:?} is missing from {} ({})",
+                        cat.file,
+                        lang.code()
+                    ),
+                );
             }
         }
         for (k, text) in &cat.messages {
@@ -373,7 +515,12 @@ fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, p: &mut P
     // Budgets, with every placeholder at its widest.
     for (lang, cat) in &flow.catalogs {
         let list = crate::engine::question_list(flow, *lang, &[]);
-        let longest = flow.questions.iter().map(|q| cat.get(q)).max_by_key(|t| t.chars().count()).unwrap_or("");
+        let longest = flow
+            .questions
+            .iter()
+            .map(|q| cat.get(q))
+            .max_by_key(|t| t.chars().count())
+            .unwrap_or("");
         let widest = |key: &str| -> String {
             let mut t = cat.get(key).to_string();
             for (name, width) in PLACEHOLDERS {
@@ -390,7 +537,10 @@ fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, p: &mut P
             let body_text = widest(body);
             let mut candidates = vec![(String::from("prompt"), body_text.clone())];
             for pre in prefixes {
-                candidates.push((format!("{pre:?} above the prompt"), format!("{}\n{}", widest(pre), body_text)));
+                candidates.push((
+                    format!("{pre:?} above the prompt"),
+                    format!("{}\n{}", widest(pre), body_text),
+                ));
             }
             for (what, screen) in candidates {
                 if let Some(why) = ussd_overflow(&screen, charset) {

@@ -108,9 +108,17 @@ struct StateDef {
 /// What a state does.
 #[derive(Debug, Clone)]
 pub enum Kind {
-    Input { prompt: String, input: Option<(Validator, ActionKind)>, options: BTreeMap<String, String> },
-    Auto { action: ActionKind },
-    End { message: String },
+    Input {
+        prompt: String,
+        input: Option<(Validator, ActionKind)>,
+        options: BTreeMap<String, String>,
+    },
+    Auto {
+        action: ActionKind,
+    },
+    End {
+        message: String,
+    },
 }
 
 /// A checked state.
@@ -144,7 +152,10 @@ impl Flow {
 
     pub fn catalog(&self, lang: Lang) -> &Catalog {
         // Every language is present after checking; fall back to any catalogue rather than panic.
-        self.catalogs.get(&lang).or_else(|| self.catalogs.values().next()).unwrap_or(&catalog::EMPTY)
+        self.catalogs
+            .get(&lang)
+            .or_else(|| self.catalogs.values().next())
+            .unwrap_or(&catalog::EMPTY)
     }
 
     /// Loads and checks every flow file and catalogue under `dir`.

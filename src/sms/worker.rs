@@ -13,7 +13,11 @@ use crate::crypto::Crypto;
 use crate::store::{Store, StoreError};
 
 /// Delivers what is queued now; returns how many were sent.
-pub async fn deliver_pending(store: &dyn Store, crypto: &Crypto, sender: &dyn SmsSender) -> Result<usize, StoreError> {
+pub async fn deliver_pending(
+    store: &dyn Store,
+    crypto: &Crypto,
+    sender: &dyn SmsSender,
+) -> Result<usize, StoreError> {
     let mut sent = 0;
     loop {
         let batch = store.outbox(64)?;
@@ -32,7 +36,13 @@ pub async fn deliver_pending(store: &dyn Store, crypto: &Crypto, sender: &dyn Sm
                     continue;
                 }
             };
-            let sms = OutgoingSms { id: q.id, to: q.to.clone(), text, purpose: q.purpose, at: q.queued_at };
+            let sms = OutgoingSms {
+                id: q.id,
+                to: q.to.clone(),
+                text,
+                purpose: q.purpose,
+                at: q.queued_at,
+            };
             match sender.send(&sms).await {
                 Ok(()) => {
                     store.outbox_done(q.id)?;
@@ -51,13 +61,23 @@ pub async fn deliver_pending(store: &dyn Store, crypto: &Crypto, sender: &dyn Sm
         }
     }
     if sent > 0 {
-        store.durable().await.map_err(|e| StoreError::Backend(e.to_string()))?.map_err(StoreError::Backend)?;
+        store
+            .durable()
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+            .map_err(StoreError::Backend)?;
     }
     Ok(sent)
 }
 
 /// Runs until `stop` is notified.
-pub async fn run(store: Arc<dyn Store>, crypto: Arc<Crypto>, sender: Arc<dyn SmsSender>, wake: Arc<Notify>, stop: Arc<Notify>) {
+pub async fn run(
+    store: Arc<dyn Store>,
+    crypto: Arc<Crypto>,
+    sender: Arc<dyn SmsSender>,
+    wake: Arc<Notify>,
+    stop: Arc<Notify>,
+) {
     loop {
         if let Err(e) = deliver_pending(store.as_ref(), &crypto, sender.as_ref()).await {
             error!(error = %e, "sms delivery failed");

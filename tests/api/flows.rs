@@ -1,0 +1,131 @@
+//! `kichhoat check`: the shipped flows pass; broken copies are refused, naming file and state.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::helpers::repo;
+
+fn check(dir: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kichhoat"))
+        .args(["check", "--flows"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+/// A copy of the shipped flows with `edit` applied to `file`.
+fn broken(file: &str, edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = repo().join("flows");
+    std::fs::create_dir_all(dir.path().join("messages")).unwrap();
+    for sub in ["", "messages"] {
+        for e in std::fs::read_dir(src.join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                let rel = p.strip_prefix(&src).unwrap().to_path_buf();
+                let mut text = std::fs::read_to_string(&p).unwrap();
+                if rel.to_str() == Some(file) {
+                    text = edit(text);
+                }
+                std::fs::write(dir.path().join(rel), text).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+#[test]
+fn the_shipped_flows_pass_the_check() {
+    let (ok, out) = check(&repo().join("flows"));
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_dangling_transition_is_refused_naming_file_and_state() {
+    let dir = broken("activation.toml", |t| {
+        t.replace("next = \"act_phone\"", "next = \"act_phonee\"")
+    });
+    let (ok, out) = check(dir.path());
+    assert!(!ok);
+    assert!(
+        out.contains("activation.toml: act_id: transition to \"act_phonee\", which does not exist"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unknown_fields_actions_and_validators_are_refused() {
+    let dir = broken("login.toml", |t| {
+        t.replace(
+            "input = \"secret\"\naction = \"login\"",
+            "input = \"secrett\"\naction = \"login\"",
+        )
+        .replace(
+            "[states.login_ok]\nend",
+            "[states.login_ok]\ncolour = \"red\"\nend",
+        )
+    });
+    let (ok, out) = check(dir.path());
+    assert!(!ok);
+    assert!(out.contains("login.toml"), "{out}");
+    assert!(out.contains("unknown field `colour`"), "{out}");
+    let dir = broken("main.toml", |t| {
+        t.replace("action = \"switch_language\"", "action = \"fly\"")
+    });
+    let (_, out) = check(dir.path());
+    assert!(
+        out.contains("main.toml: switch_language: unknown action \"fly\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_unreachable_state_and_a_missing_outcome_are_refused() {
+    let dir = broken("login.toml", |t| {
+        format!("{t}\n[states.orphan]\nend = \"login.ok\"\n")
+    });
+    let (_, out) = check(dir.path());
+    assert!(
+        out.contains("login.toml: orphan: unreachable from the start state \"menu\""),
+        "{out}"
+    );
+    let dir = broken("activation.toml", |t| {
+        t.replace(", pending = \"act_pending\"", "")
+    });
+    let (_, out) = check(dir.path());
+    assert!(
+        out.contains("act_phone: outcome \"pending\" of action \"request_otp\" has no transition"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_missing_translation_and_an_oversized_screen_are_refused() {
+    let dir = broken("messages/en.toml", |t| {
+        t.replace(
+            "ask_password_again = \"Enter the password again:\\n0. Menu\"\n",
+            "",
+        )
+    });
+    let (_, out) = check(dir.path());
+    assert!(
+        out.contains("act_password_again: message \"act.ask_password_again\" is missing from"),
+        "{out}"
+    );
+    let dir = broken("messages/vi.toml", |t| {
+        t.replace(
+            "ask_password_again = \"",
+            &format!("ask_password_again = \"{}", "x".repeat(170)),
+        )
+    });
+    let (_, out) = check(dir.path());
+    assert!(
+        out.contains("vi.toml: act_password_again: prompt: screen is"),
+        "{out}"
+    );
+    assert!(out.contains("over the USSD budget of 182"), "{out}");
+}

@@ -1,0 +1,10 @@
+//! One black-box test binary (cargo links it once). Modules by concern:
+//! transcripts (data-driven conversations, engine and server), webhook (carrier contract, retries and
+//! races), flows (`kichhoat check`), restart (kill -9), secrets (nothing secret on disk or in logs).
+
+mod flows;
+mod helpers;
+mod restart;
+mod secrets;
+mod transcripts;
+mod webhook;

@@ -1,0 +1,315 @@
+//! Transcripts are the spec: each file in `fixtures/transcripts/` is a conversation (dials, inputs, clock
+//! moves) with what the citizen sees (CON/END and words, compared without diacritics) and the SMS that
+//! must (and must not) go out. Every transcript runs twice:
+//! - against the pure engine, writing the session out as JSON and reading it back between every turn;
+//! - against the real HTTP server on a random port, driven as Africa's Talking drives it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use serde::Deserialize;
+
+use kichhoat::channel::africastalking::response;
+use kichhoat::clock::Millis;
+use kichhoat::crypto::{Crypto, HashCost};
+use kichhoat::domain::{Msisdn, NationalId, Secret};
+use kichhoat::engine::{
+    self, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Session,
+};
+use kichhoat::flow::catalog::to_gsm7;
+use kichhoat::flow::{Charset, Flow};
+
+use crate::helpers::{fold, otp_in, repo, AtPhone, TestServer, T0};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Transcript {
+    name: String,
+    /// The phone calling.
+    phone: String,
+    turn: Vec<Turn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Turn {
+    /// Start a new USSD session (empty text).
+    #[serde(default)]
+    dial: bool,
+    /// Type this at the current prompt. `{otp}` is the last code received, `{otp_prev}` the one before.
+    send: Option<String>,
+    /// Move the clock forward first, e.g. "4m", "16m".
+    advance: Option<String>,
+    /// "CON" or "END".
+    expect: String,
+    #[serde(default)]
+    contains: Vec<String>,
+    #[serde(default)]
+    not_contains: Vec<String>,
+    /// How many SMS this turn sends (0 unless given).
+    #[serde(default)]
+    sms: usize,
+    sms_to: Option<String>,
+    #[serde(default)]
+    sms_contains: Vec<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    note: Option<String>,
+}
+
+fn load_all() -> Vec<(String, Transcript)> {
+    let dir = repo().join("fixtures/transcripts");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let all: Vec<_> = files
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .map(|p| {
+            let t: Transcript = toml::from_str(&std::fs::read_to_string(&p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p.file_name().unwrap().to_string_lossy().to_string(), t)
+        })
+        .collect();
+    assert!(
+        all.len() >= 10,
+        "expected the transcript suite, found {}",
+        all.len()
+    );
+    all
+}
+
+fn duration(s: &str) -> Duration {
+    humantime::parse_duration(s).unwrap_or_else(|e| panic!("bad duration {s:?}: {e}"))
+}
+
+/// What one turn showed: the carrier response and the SMS sent during it (to, text).
+struct Seen {
+    response: String,
+    sms: Vec<(String, String)>,
+}
+
+trait Driver {
+    async fn advance(&mut self, d: Duration);
+    async fn dial(&mut self) -> Seen;
+    async fn send(&mut self, input: &str) -> Seen;
+}
+
+async fn run(file: &str, t: &Transcript, driver: &mut impl Driver, via: &str) {
+    let mut otps: Vec<String> = Vec::new();
+    for (i, turn) in t.turn.iter().enumerate() {
+        let at = format!("{file} ({}) turn {} via {via}", t.name, i + 1);
+        if let Some(a) = &turn.advance {
+            driver.advance(duration(a)).await;
+        }
+        let seen = match (&turn.send, turn.dial) {
+            (None, true) => driver.dial().await,
+            (Some(input), false) => {
+                let last = otps.last().cloned().unwrap_or_default();
+                let prev = otps
+                    .len()
+                    .checked_sub(2)
+                    .and_then(|i| otps.get(i))
+                    .cloned()
+                    .unwrap_or_default();
+                let input = input.replace("{otp_prev}", &prev).replace("{otp}", &last);
+                driver.send(&input).await
+            }
+            _ => panic!("{at}: a turn either dials or sends"),
+        };
+        let shown = fold(&seen.response);
+        assert!(
+            shown.starts_with(&format!("{} ", turn.expect)),
+            "{at}: expected {}, got {shown:?}",
+            turn.expect
+        );
+        for c in &turn.contains {
+            assert!(
+                shown.contains(&fold(c)),
+                "{at}: {shown:?} should contain {c:?}"
+            );
+        }
+        for c in &turn.not_contains {
+            assert!(
+                !shown.contains(&fold(c)),
+                "{at}: {shown:?} should not contain {c:?}"
+            );
+        }
+        assert_eq!(
+            seen.sms.len(),
+            turn.sms,
+            "{at}: SMS sent: {:?}",
+            seen.sms.iter().map(|s| &s.0).collect::<Vec<_>>()
+        );
+        for (to, text) in &seen.sms {
+            if let Some(want) = &turn.sms_to {
+                assert_eq!(to, want, "{at}: SMS recipient");
+            }
+            for c in &turn.sms_contains {
+                assert!(
+                    fold(text).contains(&fold(c)),
+                    "{at}: SMS {text:?} should contain {c:?}"
+                );
+            }
+            assert!(
+                !text.contains("http") && !text.contains("www."),
+                "{at}: SMS carry no links"
+            );
+            if let Some(code) = otp_in(text) {
+                otps.push(code);
+            }
+        }
+    }
+}
+
+// ---- the pure engine, session round-tripped through JSON on every turn ----
+
+#[derive(Default)]
+struct MemDirectory {
+    citizens: HashMap<String, Citizen>,
+    accounts: HashMap<String, Account>,
+}
+
+impl Directory for MemDirectory {
+    fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, DirectoryError> {
+        Ok(self.citizens.get(id.as_str()).cloned())
+    }
+    fn account(&self, id: &NationalId) -> Result<Option<Account>, DirectoryError> {
+        Ok(self.accounts.get(id.as_str()).cloned())
+    }
+}
+
+struct EngineDriver {
+    flow: Flow,
+    crypto: Crypto,
+    dir: MemDirectory,
+    saved: Option<String>,
+    now: Millis,
+    rng: rand::rngs::StdRng,
+    caller: Msisdn,
+}
+
+impl EngineDriver {
+    fn new(phone: &str) -> EngineDriver {
+        let mut dir = MemDirectory::default();
+        let csv = std::fs::read_to_string(repo().join("fixtures/registry.csv")).unwrap();
+        for line in csv.lines().skip(1) {
+            let fields: Vec<&str> = line.split(',').collect();
+            let c = kichhoat::registry::parse_row(&fields, 2026).unwrap();
+            dir.citizens.insert(c.national_id.as_str().to_string(), c);
+        }
+        EngineDriver {
+            flow: Flow::load(&repo().join("flows"), Charset::Gsm7).unwrap(),
+            crypto: Crypto::from_master(&[9; 32], HashCost::DANGER_TEST_ONLY).unwrap(),
+            dir,
+            saved: None,
+            now: T0,
+            rng: rand::rngs::StdRng::seed_from_u64(7),
+            caller: Msisdn::parse(phone).unwrap(),
+        }
+    }
+
+    fn step(&mut self, inbound: Inbound) -> Seen {
+        let session: Option<Session> = self
+            .saved
+            .as_deref()
+            .map(|j| serde_json::from_str(j).unwrap());
+        let ctx = Ctx {
+            flow: &self.flow,
+            directory: &self.dir,
+            crypto: &self.crypto,
+            now: self.now,
+            caller: &self.caller,
+        };
+        let turn = engine::step(&ctx, session, inbound, &mut self.rng).unwrap();
+        self.saved = Some(serde_json::to_string(&turn.session).unwrap());
+        let mut sms = Vec::new();
+        for e in turn.effects {
+            match e {
+                Effect::Sms { to, body, .. } => sms.push((to.e164(), to_gsm7(body.expose()))),
+                Effect::Activate(a) => {
+                    self.dir
+                        .accounts
+                        .insert(a.national_id.as_str().to_string(), a);
+                }
+                Effect::Audit(_) => {}
+            }
+        }
+        Seen {
+            response: response(&turn.reply, Charset::Gsm7),
+            sms,
+        }
+    }
+}
+
+impl Driver for EngineDriver {
+    async fn advance(&mut self, d: Duration) {
+        self.now = self.now.plus(d);
+    }
+    async fn dial(&mut self) -> Seen {
+        self.step(Inbound::Dial)
+    }
+    async fn send(&mut self, input: &str) -> Seen {
+        self.step(Inbound::Text(Secret::new(input)))
+    }
+}
+
+// ---- the real server over HTTP ----
+
+struct ServerDriver {
+    server: TestServer,
+    phone: AtPhone,
+    seen_sms: usize,
+}
+
+impl ServerDriver {
+    async fn collect(&mut self, response: String) -> Seen {
+        let lines = self.server.outbox().await;
+        let sms = lines[self.seen_sms..]
+            .iter()
+            .map(|l| (l.to.clone(), l.text.clone()))
+            .collect();
+        self.seen_sms = lines.len();
+        Seen { response, sms }
+    }
+}
+
+impl Driver for ServerDriver {
+    async fn advance(&mut self, d: Duration) {
+        self.server.clock.advance(d);
+    }
+    async fn dial(&mut self) -> Seen {
+        let r = self.phone.dial().await;
+        self.collect(r).await
+    }
+    async fn send(&mut self, input: &str) -> Seen {
+        let r = self.phone.send(input).await;
+        self.collect(r).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transcript_holds_against_the_engine() {
+    for (file, t) in load_all() {
+        let mut d = EngineDriver::new(&t.phone);
+        run(&file, &t, &mut d, "engine").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transcript_holds_against_the_http_server() {
+    for (file, t) in load_all() {
+        let server = TestServer::start().await;
+        let phone = AtPhone::new(&server.url, &Msisdn::parse(&t.phone).unwrap().e164());
+        let mut d = ServerDriver {
+            server,
+            phone,
+            seen_sms: 0,
+        };
+        run(&file, &t, &mut d, "http").await;
+        d.server.stop().await;
+    }
+}
