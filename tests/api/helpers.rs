@@ -2,8 +2,8 @@
 //! Talking client that builds cumulative `text` like the aggregator does, and the outbox reader.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use kichhoat::app::App;
 use kichhoat::clock::{Clock, ManualClock, Millis};
@@ -184,11 +184,12 @@ impl AtPhone {
     }
 
     pub async fn dial(&mut self) -> String {
+        static SESSIONS: AtomicU32 = AtomicU32::new(0);
         self.dials += 1;
+        let n = SESSIONS.fetch_add(1, Ordering::SeqCst);
         self.session = format!(
-            "ATUid_{}_{}_{}",
+            "ATUid_{}_{n}_{}",
             self.phone.trim_start_matches('+'),
-            self.dials,
             std::process::id()
         );
         self.inputs.clear();
@@ -208,4 +209,81 @@ impl AtPhone {
 /// Folded, for comparing texts regardless of diacritics.
 pub fn fold(s: &str) -> String {
     fold_diacritics(s)
+}
+
+/// The release-like binary, started as an operator would, for crash and log tests.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Proc {
+    pub async fn spawn(data: &Path, outbox: &Path, log: &Path, log_level: &str) -> Proc {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_kichhoat"))
+            .arg("serve")
+            .args(["--listen", &addr])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--sms-outbox")
+            .arg(outbox)
+            .arg("--registry")
+            .arg(repo().join("fixtures/registry.csv"))
+            .arg("--flows")
+            .arg(repo().join("flows"))
+            .env("KICHHOAT_LOG", log_level)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let url = format!("http://{addr}");
+        for _ in 0..200 {
+            if let Ok(r) = reqwest::get(format!("{url}/healthz")).await {
+                if r.status() == 200 {
+                    return Proc { child, url };
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("server did not start");
+    }
+
+    /// kill -9: no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and wait for the clean shutdown.
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "clean shutdown on SIGTERM: {status:?}");
+    }
+}
+
+/// Waits until the outbox file has `n` lines (the delivery worker runs in the background).
+pub async fn wait_outbox(path: &Path, n: usize) -> Vec<OutboxLine> {
+    for _ in 0..200 {
+        let lines = read_outbox(path);
+        if lines.len() >= n {
+            return lines;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    read_outbox(path)
 }

@@ -4,6 +4,7 @@
 
 mod flows;
 mod helpers;
+mod registry;
 mod restart;
 mod secrets;
 mod transcripts;

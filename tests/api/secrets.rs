@@ -1,1 +1,111 @@
-//! placeholder
+//! After a whole conversation (with trace logging on), no password, passcode, OTP or security answer is
+//! anywhere in the data directory or the logs, and ID numbers and phones appear in logs only masked.
+
+use std::path::Path;
+
+use crate::helpers::{fold, otp_in, wait_outbox, AtPhone, Proc};
+
+fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// Occurrences of `needle` not embedded in a longer run of hex digits (a hash or a timestamp that
+/// happens to contain the same six digits is not a leak).
+fn leaks(hay: &[u8], needle: &[u8]) -> bool {
+    let hexish = |b: u8| b.is_ascii_hexdigit();
+    hay.windows(needle.len()).enumerate().any(|(i, w)| {
+        w == needle
+            && !(i > 0 && hexish(hay[i - 1]) && hexish(needle[0]))
+            && !(hay.get(i + needle.len()).is_some_and(|&b| hexish(b))
+                && hexish(needle[needle.len() - 1]))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_is_stored_or_logged_after_a_full_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let outbox = dir.path().join("outbox.jsonl"); // the SMS "delivered": outside the data dir
+    let log = dir.path().join("server.log");
+    let server = Proc::spawn(&data, &outbox, &log, "trace").await;
+
+    let password = "Zq*8!mWx#2";
+    let passcode = "604918";
+    let answers = ["Chuồn Chuồn", "Bến  Tre"];
+    let mut p = AtPhone::new(&server.url, "+84912345678");
+    p.dial().await;
+    p.send("1").await;
+    p.send("001099012345").await;
+    p.send("1").await;
+    let otp = otp_in(&wait_outbox(&outbox, 1).await[0].text).unwrap();
+    p.send("999999").await; // a wrong code too
+    assert!(fold(&p.send(&otp).await).contains("Dat mat khau"));
+    let cumulative_with_password = {
+        p.send(password).await;
+        p.text()
+    };
+    for input in [
+        password, passcode, passcode, "2", answers[0], "5", answers[1],
+    ] {
+        p.send(input).await;
+    }
+    let mut l = AtPhone::new(&server.url, "+84912345678");
+    l.dial().await;
+    l.send("2").await;
+    l.send("001099012345").await;
+    assert!(fold(&l.send(password).await).contains("Xin chao"));
+    let mut l = AtPhone::new(&server.url, "+84912345678");
+    l.dial().await;
+    l.send("2").await;
+    l.send("001099012345").await;
+    l.send("Wr0ng*pass!").await;
+    server.terminate();
+
+    let mut all = Vec::new();
+    files(&data, &mut all);
+    all.push(log.clone());
+    assert!(all.len() > 3, "{all:?}");
+    let needles: Vec<String> = vec![
+        password.into(),
+        passcode.into(),
+        otp.clone(),
+        "Wr0ng*pass!".into(),
+        answers[0].into(),
+        answers[1].into(),
+        "chuon chuon".into(),
+        "ben tre".into(),
+        cumulative_with_password,
+    ];
+    let stored = all.iter().any(|f| {
+        std::fs::read(f)
+            .unwrap()
+            .windows(10)
+            .any(|w| w == b"$argon2id$")
+    });
+    assert!(stored, "the scan saw the stored account");
+    for f in &all {
+        let bytes = std::fs::read(f).unwrap();
+        for n in &needles {
+            assert!(
+                !leaks(&bytes, n.as_bytes()),
+                "{n:?} found in {}",
+                f.display()
+            );
+        }
+    }
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("ussd hop answered"), "the log is real");
+    for personal in ["001099012345", "0912345678", "84912345678"] {
+        assert!(
+            !logs.contains(personal),
+            "{personal} appears unmasked in the logs"
+        );
+    }
+}

@@ -1,1 +1,200 @@
-//! placeholder
+//! The Africa's Talking contract: what a carrier sends and sees, retries, races and refusals.
+
+use std::sync::Arc;
+
+use kichhoat::domain::Msisdn;
+use kichhoat::store::Store;
+
+use crate::helpers::{fold, otp_in, post_at, AtPhone, TestServer};
+
+/// Runs a whole activation from `phone` and returns the OTP it used.
+pub async fn activate(server: &TestServer, phone: &str, id: &str, password: &str) {
+    let mut p = AtPhone::new(&server.url, phone);
+    p.dial().await;
+    p.send("1").await;
+    p.send(id).await;
+    assert!(fold(&p.send("1").await).contains("Nhap ma"));
+    let otp = otp_in(&server.outbox().await.last().unwrap().text).unwrap();
+    assert!(fold(&p.send(&otp).await).contains("Dat mat khau"));
+    assert!(p.send(password).await.starts_with("CON "));
+    assert!(fold(&p.send(password).await).contains("passcode"));
+    for input in ["258147", "258147", "1", "Truong Kim Dong", "4"] {
+        assert!(p.send(input).await.starts_with("CON "), "at {input}");
+    }
+    let done = p.send("Pho").await;
+    assert!(fold(&done).contains("thanh cong"), "{done}");
+}
+
+async fn login(server: &TestServer, phone: &str, id: &str, password: &str) -> String {
+    let mut p = AtPhone::new(&server.url, phone);
+    p.dial().await;
+    p.send("2").await;
+    p.send(id).await;
+    p.send(password).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_full_of_stars_arrives_whole_and_logs_in() {
+    let server = TestServer::start().await;
+    let password = "*A*b*1*2*c*";
+    activate(&server, "+84912345678", "001099012345", password).await;
+    assert!(
+        fold(&login(&server, "+84912345678", "001099012345", password).await)
+            .starts_with("END Xin chao Nguyen Van An")
+    );
+    // Any split of the password at its stars is a different (wrong) password.
+    assert!(
+        fold(&login(&server, "+84912345678", "001099012345", "A*b*1*2*c").await)
+            .contains("khong dung")
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_id_and_phone_mismatch_get_byte_identical_replies_and_no_sms() {
+    let server = TestServer::start().await;
+    let mut replies = Vec::new();
+    for id in ["001199012346", "001099099999"] {
+        let mut p = AtPhone::new(&server.url, "+84912345678");
+        p.dial().await;
+        p.send("1").await;
+        p.send(id).await;
+        replies.push(p.send("1").await);
+    }
+    assert!(replies[0].starts_with("END "), "{}", replies[0]);
+    assert_eq!(replies[0], replies[1]);
+    assert!(server.outbox().await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_retry_gets_the_same_reply_and_sends_no_second_otp() {
+    let server = TestServer::start().await;
+    let mut p = AtPhone::new(&server.url, "+84912345678");
+    let menu = p.dial().await;
+    assert_eq!(p.hop().await.1, menu, "a retried first hop");
+    p.send("1").await;
+    p.send("001099012345").await;
+    let first = p.send("1").await;
+    for _ in 0..3 {
+        assert_eq!(p.hop().await, (200, first.clone()));
+    }
+    assert_eq!(server.outbox().await.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicates_of_a_hop_send_one_otp() {
+    let server = TestServer::start().await;
+    let mut p = AtPhone::new(&server.url, "+84912345678");
+    p.dial().await;
+    p.send("1").await;
+    p.send("001099012345").await;
+    p.inputs.push("1".into());
+    let p = Arc::new(p);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move { p.hop().await }));
+    }
+    let mut bodies = Vec::new();
+    for t in tasks {
+        bodies.push(t.await.unwrap());
+    }
+    assert!(bodies.iter().all(|b| b == &bodies[0]), "{bodies:?}");
+    assert!(fold(&bodies[0].1).contains("Nhap ma"));
+    assert_eq!(server.outbox().await.len(), 1, "exactly one OTP SMS");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phones_racing_to_activate_one_id_make_one_account() {
+    let server = TestServer::start().await;
+    // Both callers name An's registered phone, so both get codes on it; both finish.
+    activate(&server, "+84912345678", "001099012345", "Abc*1234x").await;
+    let mut p = AtPhone::new(&server.url, "+84988000111");
+    p.dial().await;
+    p.send("1").await;
+    p.send("001099012345").await;
+    let reply = p.send("0912345678").await;
+    assert!(
+        fold(&reply).contains("Tai khoan cua ban da thuc hien kich hoat"),
+        "{reply}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_server_cannot_understand_get_a_4xx_and_change_nothing() {
+    let server = TestServer::start().await;
+    let base = [
+        ("sessionId", "s1"),
+        ("serviceCode", "*384#"),
+        ("phoneNumber", "+84912345678"),
+        ("networkCode", "45204"),
+        ("text", ""),
+    ];
+    let without = |name: &str| {
+        base.iter()
+            .filter(|(k, _)| *k != name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let with = |name: &str, v: &'static str| {
+        base.iter()
+            .map(|(k, old)| if *k == name { (*k, v) } else { (*k, *old) })
+            .collect::<Vec<_>>()
+    };
+    let long_id = "x".repeat(200);
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        without("sessionId"),
+        without("phoneNumber"),
+        with("phoneNumber", "+254711XXXYYY"),
+        with("phoneNumber", "+254711082000"),
+        with("sessionId", ""),
+        vec![
+            ("sessionId", &long_id),
+            ("phoneNumber", "+84912345678"),
+            ("text", ""),
+        ],
+    ];
+    for case in cases {
+        let (status, body) = post_at(&server.url, &case).await;
+        assert!(
+            (400..500).contains(&status),
+            "{case:?} gave {status} {body}"
+        );
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{}/ussd/africastalking", server.url))
+        .header("content-type", "application/json")
+        .body(r#"{"sessionId":"s1","phoneNumber":"+84912345678","text":""}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_client_error());
+    let phone = Msisdn::parse("+84912345678").unwrap();
+    assert!(
+        server.app().store.conversation(&phone).unwrap().is_none(),
+        "nothing was stored"
+    );
+    let health = reqwest::get(format!("{}/healthz", server.url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_session_notification_is_accepted() {
+    let server = TestServer::start().await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/ussd/africastalking/events", server.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("sessionId=s1&status=Incomplete&input=Abc%2A1234x&hopsCount=3&durationInMillis=20000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    server.stop().await;
+}
