@@ -29,11 +29,7 @@ pub enum StartError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error("{what} {path}: {why}")]
-    Io {
-        what: &'static str,
-        path: String,
-        why: String,
-    },
+    Io { what: &'static str, path: String, why: String },
 }
 
 pub struct App {
@@ -46,11 +42,7 @@ pub struct App {
 
 impl App {
     /// Opens everything; must run inside a tokio runtime (it spawns the delivery worker).
-    pub fn open(
-        settings: &Settings,
-        clock: Arc<dyn Clock>,
-        cost: HashCost,
-    ) -> Result<App, StartError> {
+    pub fn open(settings: &Settings, clock: Arc<dyn Clock>, cost: HashCost) -> Result<App, StartError> {
         Self::open_with_sender(settings, clock, cost, None)
     }
 
@@ -61,11 +53,10 @@ impl App {
         cost: HashCost,
         sender: Option<Arc<dyn SmsSender>>,
     ) -> Result<App, StartError> {
-        let flow = Flow::load(&settings.flows, settings.ussd_charset).map_err(|problems| {
-            StartError::Flows {
-                dir: settings.flows.display().to_string(),
-                problems,
-            }
+        let flow = Flow::load_from(settings.flows.as_deref(), settings.ussd_charset).map_err(|problems| {
+            let dir =
+                settings.flows.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "built-in flows".into());
+            StartError::Flows { dir, problems }
         })?;
         std::fs::create_dir_all(&settings.data_dir).map_err(|e| StartError::Io {
             what: "data dir",
@@ -74,46 +65,34 @@ impl App {
         })?;
         let crypto = Crypto::load_or_create(&settings.key_file, cost)?;
         let store = Arc::new(SledStore::open(&settings.db_dir())?);
-        let report = registry::import_csv(&settings.registry, store.as_ref(), clock.now().year())?;
+        let year = clock.now().year();
+        let (registry_name, report) = match &settings.registry {
+            Some(path) => (path.display().to_string(), registry::import_csv(path, store.as_ref(), year)?),
+            None => ("demo registry (built in)".to_string(), registry::import_demo(store.as_ref(), year)?),
+        };
         for (line, why) in &report.skipped {
-            warn!(registry = %settings.registry.display(), line, why = %why, "registry row skipped");
+            warn!(registry = %registry_name, line, why = %why, "registry row skipped");
         }
-        info!(registry = %settings.registry.display(), citizens = report.imported, skipped = report.skipped.len(), "registry imported");
-        let sender: Arc<dyn SmsSender> =
-            match sender {
-                Some(s) => s,
-                None => Arc::new(FileSender::open(&settings.sms_outbox).map_err(|e| {
-                    StartError::Io {
-                        what: "sms outbox",
-                        path: settings.sms_outbox.display().to_string(),
-                        why: e.to_string(),
-                    }
-                })?),
-            };
+        for (line, why) in &report.warnings {
+            warn!(registry = %registry_name, line, why = %why, "registry row imported with a warning");
+        }
+        info!(registry = %registry_name, citizens = report.imported, skipped = report.skipped.len(), "registry imported");
+        let sender: Arc<dyn SmsSender> = match sender {
+            Some(s) => s,
+            None => Arc::new(FileSender::open(&settings.sms_outbox).map_err(|e| StartError::Io {
+                what: "sms outbox",
+                path: settings.sms_outbox.display().to_string(),
+                why: e.to_string(),
+            })?),
+        };
         let dyn_store: Arc<dyn Store> = store.clone();
         let crypto = Arc::new(crypto);
-        let service = Arc::new(Service::new(
-            dyn_store.clone(),
-            Arc::new(flow),
-            crypto.clone(),
-            clock,
-            settings.ussd_charset,
-        ));
+        let service =
+            Arc::new(Service::new(dyn_store.clone(), Arc::new(flow), crypto.clone(), clock, settings.ussd_charset));
         let stop = Arc::new(Notify::new());
-        let worker = tokio::spawn(worker::run(
-            dyn_store,
-            crypto,
-            sender.clone(),
-            service.outbox_ready.clone(),
-            stop.clone(),
-        ));
-        Ok(App {
-            service,
-            store,
-            sender,
-            stop,
-            worker: Some(worker),
-        })
+        let worker =
+            tokio::spawn(worker::run(dyn_store, crypto, sender.clone(), service.outbox_ready.clone(), stop.clone()));
+        Ok(App { service, store, sender, stop, worker: Some(worker) })
     }
 
     /// Stops the delivery worker after a last delivery round, and flushes the store.
@@ -122,12 +101,7 @@ impl App {
         if let Some(w) = self.worker.take() {
             let _ = w.await;
         }
-        let _ = worker::deliver_pending(
-            self.store.as_ref(),
-            &self.service.crypto,
-            self.sender.as_ref(),
-        )
-        .await;
+        let _ = worker::deliver_pending(self.store.as_ref(), &self.service.crypto, self.sender.as_ref()).await;
         if let Err(e) = self.store.flush() {
             warn!(error = %e, "final flush failed");
         }

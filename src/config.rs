@@ -9,11 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::flow::Charset;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "kichhoat",
-    version,
-    about = "Activate a VNeID account from a keypad phone, over USSD"
-)]
+#[command(name = "kichhoat", version, about = "Activate a VNeID account from a keypad phone, over USSD")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -32,16 +28,14 @@ pub enum Command {
 /// Settings shared by `serve` and `simulate`.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Directory of flow files and message catalogues.
-    #[arg(long, env = "KICHHOAT_FLOWS", default_value = "flows")]
-    pub flows: PathBuf,
-    /// Citizens CSV (`national_id,phone,full_name,status`), imported at start.
-    #[arg(
-        long,
-        env = "KICHHOAT_REGISTRY",
-        default_value = "fixtures/registry.csv"
-    )]
-    pub registry: PathBuf,
+    /// Directory of flow files and message catalogues. Default: `flows/` in the working directory,
+    /// or the copy built into the binary when there is none.
+    #[arg(long, env = "KICHHOAT_FLOWS")]
+    pub flows: Option<PathBuf>,
+    /// Citizens CSV (`national_id,phone,full_name,status`), imported at start. Default:
+    /// `fixtures/registry.csv` in the working directory, or the demo registry built into the binary.
+    #[arg(long, env = "KICHHOAT_REGISTRY")]
+    pub registry: Option<PathBuf>,
     /// File holding the 32-byte master key (hex), kept outside the database; created if absent.
     /// Default: `<data-dir>/secret.key`.
     #[arg(long, env = "KICHHOAT_KEY_FILE")]
@@ -71,8 +65,9 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
-    #[arg(long, env = "KICHHOAT_FLOWS", default_value = "flows")]
-    pub flows: PathBuf,
+    /// Default: `flows/` in the working directory, or the copy built into the binary.
+    #[arg(long, env = "KICHHOAT_FLOWS")]
+    pub flows: Option<PathBuf>,
     #[arg(long, env = "KICHHOAT_USSD_CHARSET", value_enum, default_value_t = Charset::Gsm7)]
     pub ussd_charset: Charset,
 }
@@ -83,11 +78,7 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub phone: String,
     /// Its own data directory, so it never disturbs a running server's.
-    #[arg(
-        long,
-        env = "KICHHOAT_SIMULATE_DATA_DIR",
-        default_value = "data-simulate"
-    )]
+    #[arg(long, env = "KICHHOAT_SIMULATE_DATA_DIR", default_value = "data-simulate")]
     pub data_dir: PathBuf,
     /// Outgoing SMS file. Default: `<data-dir>/outbox.jsonl`.
     #[arg(long)]
@@ -106,8 +97,10 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub data_dir: PathBuf,
-    pub flows: PathBuf,
-    pub registry: PathBuf,
+    /// `None`: the flows built into the binary.
+    pub flows: Option<PathBuf>,
+    /// `None`: the demo registry built into the binary.
+    pub registry: Option<PathBuf>,
     pub key_file: PathBuf,
     pub sms_outbox: PathBuf,
     pub ussd_charset: Charset,
@@ -116,13 +109,10 @@ pub struct Settings {
 impl Settings {
     pub fn new(data_dir: PathBuf, sms_outbox: Option<PathBuf>, common: &Common) -> Settings {
         Settings {
-            key_file: common
-                .key_file
-                .clone()
-                .unwrap_or_else(|| data_dir.join("secret.key")),
+            key_file: common.key_file.clone().unwrap_or_else(|| data_dir.join("secret.key")),
             sms_outbox: sms_outbox.unwrap_or_else(|| data_dir.join("outbox.jsonl")),
-            flows: common.flows.clone(),
-            registry: common.registry.clone(),
+            flows: resolve(&common.flows, DEFAULT_FLOWS),
+            registry: resolve(&common.registry, DEFAULT_REGISTRY),
             ussd_charset: common.ussd_charset,
             data_dir,
         }
@@ -131,5 +121,16 @@ impl Settings {
     /// The sled database lives in its own folder inside the data directory.
     pub fn db_dir(&self) -> PathBuf {
         self.data_dir.join("db")
+    }
+}
+
+pub const DEFAULT_FLOWS: &str = "flows";
+pub const DEFAULT_REGISTRY: &str = "fixtures/registry.csv";
+
+/// A path given is used as given; otherwise the default if it exists here, else the built-in copy.
+pub fn resolve(given: &Option<PathBuf>, default: &str) -> Option<PathBuf> {
+    match given {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from(default)).filter(|p| p.exists()),
     }
 }

@@ -45,17 +45,9 @@ pub struct HashCost {
 
 impl HashCost {
     /// OWASP Password Storage Cheat Sheet: argon2id, m = 19456 KiB, t = 2, p = 1.
-    pub const OWASP: HashCost = HashCost {
-        m_kib: 19_456,
-        t: 2,
-        p: 1,
-    };
+    pub const OWASP: HashCost = HashCost { m_kib: 19_456, t: 2, p: 1 };
     /// Cheap settings that keep long test suites fast. Never for production: the name says so.
-    pub const DANGER_TEST_ONLY: HashCost = HashCost {
-        m_kib: 64,
-        t: 1,
-        p: 1,
-    };
+    pub const DANGER_TEST_ONLY: HashCost = HashCost { m_kib: 64, t: 1, p: 1 };
 }
 
 /// A 32-byte key; its `Debug` never prints the bytes.
@@ -106,10 +98,7 @@ impl Crypto {
 
     /// Reads the master key from `path` (64 hex characters), creating it with mode 0600 if absent.
     pub fn load_or_create(path: &Path, cost: HashCost) -> Result<Crypto, CryptoError> {
-        let err = |reason: String| CryptoError::KeyFile {
-            path: path.display().to_string(),
-            reason,
-        };
+        let err = |reason: String| CryptoError::KeyFile { path: path.display().to_string(), reason };
         let master = match fs::read_to_string(path) {
             Ok(text) => {
                 let bytes = hex::decode(text.trim()).map_err(|_| err("not hex".into()))?;
@@ -126,8 +115,7 @@ impl Crypto {
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
                 let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
-                f.write_all(hex::encode(key).as_bytes())
-                    .map_err(|e| err(e.to_string()))?;
+                f.write_all(hex::encode(key).as_bytes()).map_err(|e| err(e.to_string()))?;
                 f.sync_all().map_err(|e| err(e.to_string()))?;
                 key
             }
@@ -137,8 +125,7 @@ impl Crypto {
     }
 
     fn argon(&self) -> Result<Argon2<'static>, CryptoError> {
-        let params = Params::new(self.cost.m_kib, self.cost.t, self.cost.p, None)
-            .map_err(|_| CryptoError::Hash)?;
+        let params = Params::new(self.cost.m_kib, self.cost.t, self.cost.p, None).map_err(|_| CryptoError::Hash)?;
         Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
     }
 
@@ -147,10 +134,7 @@ impl Crypto {
         let mut salt = [0u8; 16];
         rng.fill_bytes(&mut salt);
         let salt = SaltString::encode_b64(&salt).map_err(|_| CryptoError::Hash)?;
-        let hash = self
-            .argon()?
-            .hash_password(secret.as_bytes(), &salt)
-            .map_err(|_| CryptoError::Hash)?;
+        let hash = self.argon()?.hash_password(secret.as_bytes(), &salt).map_err(|_| CryptoError::Hash)?;
         Ok(hash.to_string())
     }
 
@@ -160,9 +144,7 @@ impl Crypto {
         let Ok(parsed) = PasswordHash::new(phc) else {
             return false;
         };
-        Argon2::default()
-            .verify_password(secret.as_bytes(), &parsed)
-            .is_ok()
+        Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok()
     }
 
     /// Spends the time of one verification against a hash that matches nothing.
@@ -173,63 +155,37 @@ impl Crypto {
     /// Keyed hash of an OTP, bound to the ID number and phone it was issued for (NIST SP 800-63B
     /// §5.1.3: the code is bound to the request).
     pub fn otp_mac(&self, national_id: &str, phone: &str, code: &Secret) -> [u8; 32] {
-        mac(
-            &self.otp,
-            &[
-                national_id.as_bytes(),
-                phone.as_bytes(),
-                code.expose().as_bytes(),
-            ],
-        )
+        mac(&self.otp, &[national_id.as_bytes(), phone.as_bytes(), code.expose().as_bytes()])
     }
 
     /// Keyed hash of a carrier hop (phone, session id, cumulative text): lets retries be recognised
     /// without ever storing the text, which repeats typed passwords.
     pub fn hop_mac(&self, phone: &str, session_id: &str, text: &str) -> [u8; 32] {
-        mac(
-            &self.hop,
-            &[phone.as_bytes(), session_id.as_bytes(), text.as_bytes()],
-        )
+        mac(&self.hop, &[phone.as_bytes(), session_id.as_bytes(), text.as_bytes()])
     }
 
     /// Seals `plain` with ChaCha20-Poly1305 under a random nonce; `aad` binds it to its record.
-    pub fn seal(
-        &self,
-        plain: &Secret,
-        aad: &[u8],
-        rng: &mut dyn RngCore,
-    ) -> Result<Vec<u8>, CryptoError> {
-        let cipher =
-            ChaCha20Poly1305::new_from_slice(&self.seal.0).map_err(|_| CryptoError::Hash)?;
+    pub fn seal(&self, plain: &Secret, aad: &[u8], rng: &mut dyn RngCore) -> Result<Vec<u8>, CryptoError> {
+        let cipher = ChaCha20Poly1305::new_from_slice(&self.seal.0).map_err(|_| CryptoError::Hash)?;
         let mut nonce = [0u8; 12];
         rng.fill_bytes(&mut nonce);
         let mut out = nonce.to_vec();
         let ct = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plain.expose().as_bytes(),
-                    aad,
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain.expose().as_bytes(), aad })
             .map_err(|_| CryptoError::Hash)?;
         out.extend_from_slice(&ct);
         Ok(out)
     }
 
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Secret, CryptoError> {
-        let cipher =
-            ChaCha20Poly1305::new_from_slice(&self.seal.0).map_err(|_| CryptoError::Open)?;
+        let cipher = ChaCha20Poly1305::new_from_slice(&self.seal.0).map_err(|_| CryptoError::Open)?;
         if sealed.len() < 12 {
             return Err(CryptoError::Open);
         }
         let (nonce, ct) = sealed.split_at(12);
-        let plain = cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
-            .map_err(|_| CryptoError::Open)?;
-        String::from_utf8(plain)
-            .map(Secret::new)
-            .map_err(|_| CryptoError::Open)
+        let plain =
+            cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).map_err(|_| CryptoError::Open)?;
+        String::from_utf8(plain).map(Secret::new).map_err(|_| CryptoError::Open)
     }
 }
 
@@ -284,22 +240,14 @@ mod tests {
         let code = Secret::new("123456");
         let a = c.otp_mac("001099012345", "84912345678", &code);
         assert!(mac_eq(&a, &c.otp_mac("001099012345", "84912345678", &code)));
-        assert!(!mac_eq(
-            &a,
-            &c.otp_mac("001099012346", "84912345678", &code)
-        ));
-        assert!(!mac_eq(
-            &a,
-            &c.otp_mac("001099012345", "84912345679", &code)
-        ));
+        assert!(!mac_eq(&a, &c.otp_mac("001099012346", "84912345678", &code)));
+        assert!(!mac_eq(&a, &c.otp_mac("001099012345", "84912345679", &code)));
     }
 
     #[test]
     fn sealed_bodies_open_only_with_their_record_binding() {
         let c = crypto();
-        let sealed = c
-            .seal(&Secret::new("Ma OTP 123456"), b"42", &mut rand::rngs::OsRng)
-            .unwrap();
+        let sealed = c.seal(&Secret::new("Ma OTP 123456"), b"42", &mut rand::rngs::OsRng).unwrap();
         assert!(!sealed.windows(6).any(|w| w == b"123456"));
         assert_eq!(c.open(&sealed, b"42").unwrap().expose(), "Ma OTP 123456");
         assert!(c.open(&sealed, b"43").is_err());

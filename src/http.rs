@@ -37,27 +37,16 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/ussd/africastalking/events", post(africastalking_event))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            REQUEST_TIMEOUT,
-        ))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .layer(TraceLayer::new_for_http())
         .with_state(service)
 }
 
 fn plain(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
-async fn africastalking(
-    State(service): State<Arc<Service>>,
-    form: Result<Form<AtForm>, FormRejection>,
-) -> Response {
+async fn africastalking(State(service): State<Arc<Service>>, form: Result<Form<AtForm>, FormRejection>) -> Response {
     let form = match form {
         Ok(Form(f)) => f,
         Err(rejection) => {

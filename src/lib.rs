@@ -24,6 +24,8 @@
 //! - [`service`]: one inbound hop from a carrier to a durable reply; shared by HTTP and `simulate`.
 //! - [`http`], [`config`], [`simulate`]: the server, its settings and the terminal keypad phone.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod app;
 pub mod channel;
 pub mod clock;

@@ -8,44 +8,41 @@ use tracing::{error, info};
 
 use kichhoat::app::App;
 use kichhoat::clock::SystemClock;
-use kichhoat::config::{Cli, Command, LogFormat, ServeArgs, Settings};
+use kichhoat::config::{resolve, Cli, Command, LogFormat, ServeArgs, Settings, DEFAULT_FLOWS};
 use kichhoat::crypto::HashCost;
 use kichhoat::flow::Flow;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check(args) => match Flow::load(&args.flows, args.ussd_charset) {
-            Ok(flow) => {
-                println!(
-                    "{}: {} states, {} languages: ok",
-                    args.flows.display(),
-                    flow.states.len(),
-                    flow.catalogs.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(problems) => {
-                for p in &problems {
-                    println!("{p}");
+        Command::Check(args) => {
+            match Flow::load_from(resolve(&args.flows, DEFAULT_FLOWS).as_deref(), args.ussd_charset) {
+                Ok(flow) => {
+                    println!("{}: {} states, {} languages: ok", flow.source, flow.states.len(), flow.catalogs.len());
+                    ExitCode::SUCCESS
                 }
-                eprintln!("{} problem(s)", problems.len());
-                ExitCode::FAILURE
+                Err(problems) => {
+                    for p in &problems {
+                        println!("{p}");
+                    }
+                    eprintln!("{} problem(s)", problems.len());
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Serve(args) => {
-            init_logs(args.log_format);
+            init_logs(args.log_format, "info");
             run(serve(args))
         }
-        Command::Simulate(args) => run(kichhoat::simulate::run(args)),
+        Command::Simulate(args) => {
+            init_logs(LogFormat::Text, "warn");
+            run(kichhoat::simulate::run(args))
+        }
     }
 }
 
 fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -62,14 +59,11 @@ fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     }
 }
 
-fn init_logs(format: LogFormat) {
+fn init_logs(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KICHHOAT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -78,24 +72,19 @@ fn init_logs(format: LogFormat) {
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), &args.common);
-    let app =
-        App::open(&settings, Arc::new(SystemClock), HashCost::OWASP).map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("listen on {}: {e}", args.listen))?;
+    let app = App::open(&settings, Arc::new(SystemClock), HashCost::OWASP).map_err(|e| e.to_string())?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     info!(
         %addr,
         data_dir = %settings.data_dir.display(),
-        registry = %settings.registry.display(),
         sms_outbox = %settings.sms_outbox.display(),
-        flows = %settings.flows.display(),
+        flows = %app.service.flow.source,
         "kichhoat listening on http://{addr} (POST /ussd/africastalking)"
     );
     let router = kichhoat::http::router(app.service.clone());
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await;
     info!("shutting down");
     app.shutdown().await;
     served.map_err(|e| e.to_string())

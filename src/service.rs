@@ -18,13 +18,10 @@ use crate::clock::{Clock, Millis};
 use crate::crypto::{Crypto, CryptoError};
 use crate::domain::{Msisdn, NationalId, Secret};
 use crate::engine::{
-    self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound,
-    Reply, Session,
+    self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound, Reply, Session,
 };
 use crate::flow::{Charset, Flow};
-use crate::store::{
-    AuditRecord, Commit, CommitOutcome, Conversation, QueuedSms, Store, StoreError,
-};
+use crate::store::{AuditRecord, Commit, CommitOutcome, Conversation, QueuedSms, Store, StoreError};
 
 /// Lock stripes for per-phone serialization: bounded memory, rare false sharing.
 const LOCK_STRIPES: usize = 1024;
@@ -65,14 +62,10 @@ struct StoreDirectory(Arc<dyn Store>);
 
 impl Directory for StoreDirectory {
     fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, DirectoryError> {
-        self.0
-            .citizen(id)
-            .map_err(|e| DirectoryError(e.to_string()))
+        self.0.citizen(id).map_err(|e| DirectoryError(e.to_string()))
     }
     fn account(&self, id: &NationalId) -> Result<Option<Account>, DirectoryError> {
-        self.0
-            .account(id)
-            .map_err(|e| DirectoryError(e.to_string()))
+        self.0.account(id).map_err(|e| DirectoryError(e.to_string()))
     }
 }
 
@@ -84,10 +77,7 @@ impl Service {
         clock: Arc<dyn Clock>,
         charset: Charset,
     ) -> Service {
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .max(2);
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
         Service {
             store,
             flow,
@@ -120,23 +110,13 @@ impl Service {
             }
             Derived::Lost => {
                 info!(phone = %hop.phone.masked(), "ussd text does not extend the previous hop");
-                let lang = conv
-                    .as_ref()
-                    .map(|c| c.session.lang)
-                    .unwrap_or(crate::flow::Lang::Vi);
-                return Ok(Reply {
-                    text: self
-                        .flow
-                        .catalog(lang)
-                        .get(keys::END_DIAL_AGAIN)
-                        .to_string(),
-                    end: true,
-                });
+                let lang = conv.as_ref().map(|c| c.session.lang).unwrap_or(crate::flow::Lang::Vi);
+                return Ok(Reply { text: self.flow.catalog(lang).get(keys::END_DIAL_AGAIN).to_string(), end: true });
             }
             Derived::Dial => vec![Inbound::Dial],
-            Derived::DialThen(parts) => std::iter::once(Inbound::Dial)
-                .chain(parts.into_iter().map(Inbound::Text))
-                .collect(),
+            Derived::DialThen(parts) => {
+                std::iter::once(Inbound::Dial).chain(parts.into_iter().map(Inbound::Text)).collect()
+            }
             Derived::Input(s) => vec![Inbound::Text(s)],
         };
         let session = conv.as_ref().map(|c| c.session.clone());
@@ -148,15 +128,10 @@ impl Service {
             };
             let kept = clone_inputs(&inputs);
             let now = self.clock.now();
-            let (session, reply, effects) = self
-                .run_steps(hop.phone.clone(), session.clone(), inputs, now)
-                .await?;
+            let (session, reply, effects) = self.run_steps(hop.phone.clone(), session.clone(), inputs, now).await?;
             let state = session.state.clone();
             let cursor = at::advance(&self.crypto, &hop, cursor, &reply);
-            let conversation = Conversation {
-                session,
-                hop: Some(cursor),
-            };
+            let conversation = Conversation { session, hop: Some(cursor) };
             let queued_sms = effects.iter().any(|e| matches!(e, Effect::Sms { .. }));
             let commit = self.commit_of(&hop.phone, conversation, effects, now)?;
             match self.store.commit(commit)? {
@@ -193,24 +168,13 @@ impl Service {
         inputs: Vec<Inbound>,
         now: Millis,
     ) -> Result<(Session, Reply, Vec<Effect>), ServiceError> {
-        let permit = self
-            .hashing
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| ServiceError::Pool(e.to_string()))?;
+        let permit = self.hashing.clone().acquire_owned().await.map_err(|e| ServiceError::Pool(e.to_string()))?;
         let flow = self.flow.clone();
         let crypto = self.crypto.clone();
         let directory = StoreDirectory(self.store.clone());
         let job = move || -> Result<(Session, Reply, Vec<Effect>), EngineError> {
             let _permit = permit;
-            let ctx = Ctx {
-                flow: &flow,
-                directory: &directory,
-                crypto: &crypto,
-                now,
-                caller: &caller,
-            };
+            let ctx = Ctx { flow: &flow, directory: &directory, crypto: &crypto, now, caller: &caller };
             let mut session = session;
             let mut effects = Vec::new();
             let mut reply = None;
@@ -226,15 +190,10 @@ impl Service {
             }
             match (session, reply) {
                 (Some(s), Some(r)) => Ok((s, r, effects)),
-                _ => Err(EngineError::Flow {
-                    state: String::new(),
-                    why: "no input to run",
-                }),
+                _ => Err(EngineError::Flow { state: String::new(), why: "no input to run" }),
             }
         };
-        let result = tokio::task::spawn_blocking(job)
-            .await
-            .map_err(|e| ServiceError::Pool(e.to_string()))?;
+        let result = tokio::task::spawn_blocking(job).await.map_err(|e| ServiceError::Pool(e.to_string()))?;
         Ok(result?)
     }
 
@@ -245,35 +204,18 @@ impl Service {
         effects: Vec<Effect>,
         now: Millis,
     ) -> Result<Commit, ServiceError> {
-        let mut commit = Commit {
-            phone: phone.clone(),
-            conversation,
-            activate: None,
-            sms: Vec::new(),
-            audit: Vec::new(),
-        };
+        let mut commit =
+            Commit { phone: phone.clone(), conversation, activate: None, sms: Vec::new(), audit: Vec::new() };
         for e in effects {
             match e {
                 Effect::Sms { to, body, purpose } => {
-                    let sealed = self
-                        .crypto
-                        .seal(&body, to.as_str().as_bytes(), &mut OsRng)?;
-                    commit.sms.push(QueuedSms {
-                        id: 0,
-                        to,
-                        purpose,
-                        sealed,
-                        queued_at: now,
-                    });
+                    let sealed = self.crypto.seal(&body, to.as_str().as_bytes(), &mut OsRng)?;
+                    commit.sms.push(QueuedSms { id: 0, to, purpose, sealed, queued_at: now });
                 }
                 Effect::Activate(account) => commit.activate = Some(account),
                 Effect::Audit(event) => {
                     info!(event = %event.event, id = ?event.national_id, phone = ?event.phone, caller = %phone.masked(), "audit");
-                    commit.audit.push(AuditRecord {
-                        at: now,
-                        caller: phone.clone(),
-                        event,
-                    });
+                    commit.audit.push(AuditRecord { at: now, caller: phone.clone(), event });
                 }
             }
         }
@@ -283,14 +225,7 @@ impl Service {
     /// The reply for an operational fault: logged here once, with no detail for the caller.
     pub fn fault_reply(&self, err: &ServiceError) -> Reply {
         error!(error = %err, "hop failed");
-        Reply {
-            text: self
-                .flow
-                .catalog(crate::flow::Lang::Vi)
-                .get(keys::END_UNAVAILABLE)
-                .to_string(),
-            end: true,
-        }
+        Reply { text: self.flow.catalog(crate::flow::Lang::Vi).get(keys::END_UNAVAILABLE).to_string(), end: true }
     }
 }
 

@@ -24,18 +24,19 @@ struct ShowingSender {
     file: FileSender,
     phone: Msisdn,
     shown: Mutex<Vec<String>>,
+    /// The background worker and the simulator may both deliver a message; show it once.
+    seen: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl SmsSender for ShowingSender {
     fn send<'a>(&'a self, sms: &'a OutgoingSms) -> SendFuture<'a> {
         Box::pin(async move {
             self.file.send(sms).await?;
+            if !self.seen.lock().map(|mut s| s.insert(sms.id)).unwrap_or(true) {
+                return Ok(());
+            }
             let line = if sms.to == self.phone {
-                format!(
-                    "  [SMS to {}] {}",
-                    sms.to.e164(),
-                    to_gsm7(sms.text.expose())
-                )
+                format!("  [SMS to {}] {}", sms.to.e164(), to_gsm7(sms.text.expose()))
             } else {
                 format!("  [an SMS went to another phone, {}]", sms.to.masked())
             };
@@ -51,23 +52,11 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
     let phone = Msisdn::parse(&args.phone).map_err(|e| format!("--phone: {e}"))?;
     let settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), &args.common);
     let file = FileSender::open(&settings.sms_outbox).map_err(|e| format!("sms outbox: {e}"))?;
-    let sender = Arc::new(ShowingSender {
-        file,
-        phone: phone.clone(),
-        shown: Mutex::new(Vec::new()),
-    });
-    let app = App::open_with_sender(
-        &settings,
-        Arc::new(SystemClock),
-        HashCost::OWASP,
-        Some(sender.clone()),
-    )
-    .map_err(|e| e.to_string())?;
-    println!(
-        "kichhoat simulator: phone {} (data in {})",
-        phone.e164(),
-        settings.data_dir.display()
-    );
+    let sender =
+        Arc::new(ShowingSender { file, phone: phone.clone(), shown: Mutex::new(Vec::new()), seen: Mutex::default() });
+    let app = App::open_with_sender(&settings, Arc::new(SystemClock), HashCost::OWASP, Some(sender.clone()))
+        .map_err(|e| e.to_string())?;
+    println!("kichhoat simulator: phone {} (data in {})", phone.e164(), settings.data_dir.display());
     println!("Type your keypad input and press Enter. Ctrl-D hangs up.\n");
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut dial = 0u32;
@@ -77,23 +66,16 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
         let mut text = String::new();
         let mut first = true;
         loop {
-            let hop = Hop {
-                phone: phone.clone(),
-                session_id: session_id.clone(),
-                text: Secret::new(text.clone()),
-            };
+            let hop = Hop { phone: phone.clone(), session_id: session_id.clone(), text: Secret::new(text.clone()) };
             let reply = match app.service.ussd(hop).await {
                 Ok(r) => r,
                 Err(e) => app.service.fault_reply(&e),
             };
-            crate::sms::worker::deliver_pending(
-                app.store.as_ref(),
-                &app.service.crypto,
-                app.sender.as_ref(),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            println!("{}", screen(&at::response(&reply, app.service.charset)));
+            crate::sms::worker::deliver_pending(app.store.as_ref(), &app.service.crypto, app.sender.as_ref())
+                .await
+                .map_err(|e| e.to_string())?;
+            let body = at::response(&reply, app.service.charset);
+            println!("{}", screen(body.get(4..).unwrap_or_default()));
             if let Ok(mut shown) = sender.shown.lock() {
                 for s in shown.drain(..) {
                     println!("{s}\n");
@@ -109,11 +91,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
                 continue 'dial;
             }
             let input = line.trim_end_matches(['\r', '\n']);
-            text = if first {
-                input.to_string()
-            } else {
-                format!("{text}*{input}")
-            };
+            text = if first { input.to_string() } else { format!("{text}*{input}") };
             first = false;
         }
     }

@@ -65,11 +65,7 @@ impl AtForm {
         if self.text.len() > MAX_TEXT {
             return Err(BadHop::Text);
         }
-        Ok(Hop {
-            phone,
-            session_id: self.session_id,
-            text: Secret::new(self.text),
-        })
+        Ok(Hop { phone, session_id: self.session_id, text: Secret::new(self.text) })
     }
 }
 
@@ -89,10 +85,7 @@ pub enum Derived {
 }
 
 fn hex32(s: &str) -> [u8; 32] {
-    hex::decode(s)
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .unwrap_or([0; 32])
+    hex::decode(s).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).unwrap_or([0; 32])
 }
 
 pub fn derive(crypto: &Crypto, hop: &Hop, cursor: Option<&HopCursor>) -> Derived {
@@ -107,11 +100,7 @@ pub fn derive(crypto: &Crypto, hop: &Hop, cursor: Option<&HopCursor>) -> Derived
         return Derived::DialThen(text.split('*').map(Secret::new).collect());
     };
     let text_mac = crypto.hop_mac(phone, sid, text);
-    if let Some(r) = c
-        .recent
-        .iter()
-        .find(|r| mac_eq(&hex32(&r.text_mac), &text_mac))
-    {
+    if let Some(r) = c.recent.iter().find(|r| mac_eq(&hex32(&r.text_mac), &text_mac)) {
         return Derived::Replay(r.reply.clone());
     }
     let n = c.text_len;
@@ -130,32 +119,17 @@ pub fn derive(crypto: &Crypto, hop: &Hop, cursor: Option<&HopCursor>) -> Derived
 }
 
 /// The cursor after answering `hop` with `reply`.
-pub fn advance(
-    crypto: &Crypto,
-    hop: &Hop,
-    previous: Option<&HopCursor>,
-    reply: &Reply,
-) -> HopCursor {
+pub fn advance(crypto: &Crypto, hop: &Hop, previous: Option<&HopCursor>, reply: &Reply) -> HopCursor {
     let phone = hop.phone.as_str();
     let session_mac = hex::encode(crypto.hop_mac(phone, &hop.session_id, ""));
     let text_mac = hex::encode(crypto.hop_mac(phone, &hop.session_id, hop.text.expose()));
-    let mut recent: Vec<RecentHop> = previous
-        .filter(|p| p.session_mac == session_mac)
-        .map(|p| p.recent.clone())
-        .unwrap_or_default();
-    recent.push(RecentHop {
-        text_mac: text_mac.clone(),
-        reply: reply.clone(),
-    });
+    let mut recent: Vec<RecentHop> =
+        previous.filter(|p| p.session_mac == session_mac).map(|p| p.recent.clone()).unwrap_or_default();
+    recent.push(RecentHop { text_mac: text_mac.clone(), reply: reply.clone() });
     if recent.len() > RECENT_HOPS {
         recent.drain(..recent.len() - RECENT_HOPS);
     }
-    HopCursor {
-        session_mac,
-        text_len: hop.text.expose().len(),
-        text_mac,
-        recent,
-    }
+    HopCursor { session_mac, text_len: hop.text.expose().len(), text_mac, recent }
 }
 
 /// The response body: `CON ` or `END ` and the screen for the configured charset.
@@ -170,11 +144,7 @@ mod tests {
     use crate::crypto::HashCost;
 
     fn hop(sid: &str, text: &str) -> Hop {
-        Hop {
-            phone: Msisdn::parse("0912345678").unwrap(),
-            session_id: sid.into(),
-            text: Secret::new(text),
-        }
+        Hop { phone: Msisdn::parse("0912345678").unwrap(), session_id: sid.into(), text: Secret::new(text) }
     }
 
     fn walk(c: &Crypto, texts: &[&str]) -> Vec<String> {
@@ -187,10 +157,7 @@ mod tests {
                 Derived::Input(s) => inputs.push(s.expose().to_string()),
                 other => panic!("unexpected {other:?} at {t:?}"),
             }
-            let reply = Reply {
-                text: format!("after {t}"),
-                end: false,
-            };
+            let reply = Reply { text: format!("after {t}"), end: false };
             cursor = Some(advance(c, &h, cursor.as_ref(), &reply));
         }
         inputs
@@ -199,16 +166,7 @@ mod tests {
     #[test]
     fn a_password_with_stars_arrives_whole() {
         let c = Crypto::from_master(&[3; 32], HashCost::DANGER_TEST_ONLY).unwrap();
-        let inputs = walk(
-            &c,
-            &[
-                "",
-                "1",
-                "1*001099012345",
-                "1*001099012345*1",
-                "1*001099012345*1*Ab*12*cd!9",
-            ],
-        );
+        let inputs = walk(&c, &["", "1", "1*001099012345", "1*001099012345*1", "1*001099012345*1*Ab*12*cd!9"]);
         assert_eq!(inputs, ["<dial>", "1", "001099012345", "1", "Ab*12*cd!9"]);
     }
 
@@ -216,37 +174,20 @@ mod tests {
     fn a_retried_hop_replays_and_a_stranger_text_is_lost() {
         let c = Crypto::from_master(&[3; 32], HashCost::DANGER_TEST_ONLY).unwrap();
         let first = hop("s1", "");
-        let reply = Reply {
-            text: "menu".into(),
-            end: false,
-        };
+        let reply = Reply { text: "menu".into(), end: false };
         let cur = advance(&c, &first, None, &reply);
         assert!(matches!(derive(&c, &first, Some(&cur)), Derived::Replay(r) if r == reply));
         let second = hop("s1", "1");
         let cur = advance(&c, &second, Some(&cur), &reply);
-        assert!(matches!(
-            derive(&c, &hop("s1", "2*5"), Some(&cur)),
-            Derived::Lost
-        ));
-        assert!(matches!(
-            derive(&c, &hop("s2", ""), Some(&cur)),
-            Derived::Dial
-        ));
-        assert!(
-            matches!(derive(&c, &hop("s3", "1*2"), Some(&cur)), Derived::DialThen(v) if v.len() == 2)
-        );
+        assert!(matches!(derive(&c, &hop("s1", "2*5"), Some(&cur)), Derived::Lost));
+        assert!(matches!(derive(&c, &hop("s2", ""), Some(&cur)), Derived::Dial));
+        assert!(matches!(derive(&c, &hop("s3", "1*2"), Some(&cur)), Derived::DialThen(v) if v.len() == 2));
     }
 
     #[test]
     fn replies_start_with_con_or_end_and_fold_for_gsm7() {
-        let r = Reply {
-            text: "Tài khoản".into(),
-            end: true,
-        };
+        let r = Reply { text: "Tài khoản".into(), end: true };
         assert_eq!(response(&r, Charset::Gsm7), "END Tai khoan");
-        assert_eq!(
-            response(&Reply { end: false, ..r }, Charset::Ucs2),
-            "CON Tài khoản"
-        );
+        assert_eq!(response(&Reply { end: false, ..r }, Charset::Ucs2), "CON Tài khoản");
     }
 }

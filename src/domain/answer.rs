@@ -62,10 +62,7 @@ fn normalize(raw: &str) -> String {
 /// True when the answer is only a number (digits and phone punctuation) equal to the ID or the
 /// phone in any written form.
 fn is_personal(answer: &str, ctx: &PasswordContext) -> bool {
-    if !answer
-        .chars()
-        .all(|c| c.is_ascii_digit() || " +.-()".contains(c))
-    {
+    if !answer.chars().all(|c| c.is_ascii_digit() || " +.-()".contains(c)) {
         return false;
     }
     let digits: String = answer.chars().filter(char::is_ascii_digit).collect();
@@ -119,10 +116,7 @@ mod tests {
     fn check(answer: &str) -> Result<SecurityAnswer, AnswerProblem> {
         let id = NationalId::parse("001099012345", 2025).unwrap();
         let phone = Msisdn::parse("0912345678").unwrap();
-        let ctx = PasswordContext {
-            national_id: &id,
-            phone: &phone,
-        };
+        let ctx = PasswordContext { national_id: &id, phone: &phone };
         SecurityAnswer::parse(Secret::new(answer), &ctx)
     }
 
@@ -136,10 +130,7 @@ mod tests {
 
     #[test]
     fn decomposed_and_full_width_input_normalize_too() {
-        assert_eq!(
-            check("Đa\u{300} Nă\u{306}\u{301}ng").unwrap().expose(),
-            "da nang"
-        );
+        assert_eq!(check("Đa\u{300} Nă\u{306}\u{301}ng").unwrap().expose(), "da nang");
         assert_eq!(check("ＬＡＮ").unwrap().expose(), "lan");
     }
 
@@ -155,14 +146,7 @@ mod tests {
 
     #[test]
     fn refuses_the_id_and_every_form_of_the_phone() {
-        for s in [
-            "001099012345",
-            "001 099 012 345",
-            "0912345678",
-            "+84 912 345 678",
-            "84912345678",
-            "912345678",
-        ] {
+        for s in ["001099012345", "001 099 012 345", "0912345678", "+84 912 345 678", "84912345678", "912345678"] {
             assert_eq!(check(s).err(), Some(Personal), "{s}");
         }
     }
@@ -175,19 +159,13 @@ mod tests {
 
     #[test]
     fn reason_keys_are_all_listed_in_enum_order() {
-        let keys: Vec<_> = [TooShort, TooLong, Personal]
-            .iter()
-            .map(|p| p.reason_key())
-            .collect();
+        let keys: Vec<_> = [TooShort, TooLong, Personal].iter().map(|p| p.reason_key()).collect();
         assert_eq!(keys, all_reason_keys());
     }
 
     #[test]
     fn debug_is_redacted() {
-        assert_eq!(
-            format!("{:?}", check("ha noi").unwrap()),
-            "SecurityAnswer(***)"
-        );
+        assert_eq!(format!("{:?}", check("ha noi").unwrap()), "SecurityAnswer(***)");
     }
 
     proptest! {

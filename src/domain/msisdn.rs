@@ -66,10 +66,8 @@ impl Msisdn {
     /// Parses `0xxxxxxxxx`, `84xxxxxxxxx`, `+84xxxxxxxxx` or `0084xxxxxxxxx`; spaces, dots,
     /// dashes and parentheses are ignored.
     pub fn parse(input: &str) -> Result<Msisdn, MsisdnError> {
-        let cleaned: String = input
-            .chars()
-            .filter(|c| !(c.is_whitespace() || matches!(c, '.' | '-' | '(' | ')')))
-            .collect();
+        let cleaned: String =
+            input.chars().filter(|c| !(c.is_whitespace() || matches!(c, '.' | '-' | '(' | ')'))).collect();
         if cleaned.is_empty() {
             return Err(MsisdnError::Empty);
         }
@@ -81,12 +79,9 @@ impl Msisdn {
             return Err(MsisdnError::NotDigits);
         }
         let nsn = if plus {
-            digits
-                .strip_prefix("84")
-                .ok_or(MsisdnError::NotVietnameseMobile)?
+            digits.strip_prefix("84").ok_or(MsisdnError::NotVietnameseMobile)?
         } else if let Some(intl) = digits.strip_prefix("00") {
-            intl.strip_prefix("84")
-                .ok_or(MsisdnError::NotVietnameseMobile)?
+            intl.strip_prefix("84").ok_or(MsisdnError::NotVietnameseMobile)?
         } else if let Some(rest) = digits.strip_prefix('0') {
             rest
         } else if let Some(rest) = digits.strip_prefix("84").filter(|_| digits.len() == 11) {
@@ -143,9 +138,7 @@ impl TryFrom<String> for Msisdn {
 
     fn try_from(value: String) -> Result<Self, Self::Error> {
         Msisdn::parse(&value).or_else(|e| {
-            let canonical = value.len() == 11
-                && value.starts_with("84")
-                && value.bytes().all(|b| b.is_ascii_digit());
+            let canonical = value.len() == 11 && value.starts_with("84") && value.bytes().all(|b| b.is_ascii_digit());
             if canonical {
                 Ok(Msisdn(value))
             } else {
@@ -167,7 +160,8 @@ mod tests {
     use proptest::prelude::*;
     use regex::Regex;
 
-    const LIBPHONENUMBER_VN_MOBILE: &str = r"^(?:(?:5(?:2[238]|59)|89[6-9]|99[013-9])\d{6}|(?:3\d|5[689]|7[06-9]|8[1-8]|9[0-8])\d{7})$";
+    const LIBPHONENUMBER_VN_MOBILE: &str =
+        r"^(?:(?:5(?:2[238]|59)|89[6-9]|99[013-9])\d{6}|(?:3\d|5[689]|7[06-9]|8[1-8]|9[0-8])\d{7})$";
 
     #[test]
     fn the_prefix_match_agrees_with_libphonenumber_for_every_three_digit_prefix() {
@@ -182,14 +176,7 @@ mod tests {
 
     #[test]
     fn all_written_forms_give_the_canonical_value() {
-        for s in [
-            "0912345678",
-            "84912345678",
-            "+84912345678",
-            "0084912345678",
-            "+84 (91) 234-5678",
-            "091.234.5678",
-        ] {
+        for s in ["0912345678", "84912345678", "+84912345678", "0084912345678", "+84 (91) 234-5678", "091.234.5678"] {
             assert_eq!(Msisdn::parse(s).unwrap().as_str(), "84912345678", "{s}");
         }
     }
@@ -217,39 +204,24 @@ mod tests {
     fn refuses_wrong_lengths_including_the_old_eleven_digit_numbers() {
         assert_eq!(Msisdn::parse("091234567"), Err(MsisdnError::WrongLength));
         assert_eq!(Msisdn::parse("01623456789"), Err(MsisdnError::WrongLength));
-        assert_eq!(
-            Msisdn::parse("+849123456789"),
-            Err(MsisdnError::WrongLength)
-        );
+        assert_eq!(Msisdn::parse("+849123456789"), Err(MsisdnError::WrongLength));
         assert_eq!(Msisdn::parse("912345678"), Err(MsisdnError::WrongLength));
         assert_eq!(Msisdn::parse("8491234567"), Err(MsisdnError::WrongLength));
     }
 
     #[test]
     fn refuses_landlines_and_foreign_numbers() {
-        assert_eq!(
-            Msisdn::parse("0243123456"),
-            Err(MsisdnError::NotVietnameseMobile)
-        );
-        assert_eq!(
-            Msisdn::parse("+12025550123"),
-            Err(MsisdnError::NotVietnameseMobile)
-        );
-        assert_eq!(
-            Msisdn::parse("0012025550123"),
-            Err(MsisdnError::NotVietnameseMobile)
-        );
-        assert_eq!(
-            Msisdn::parse("0551234567"),
-            Err(MsisdnError::NotVietnameseMobile)
-        );
+        assert_eq!(Msisdn::parse("0243123456"), Err(MsisdnError::NotVietnameseMobile));
+        assert_eq!(Msisdn::parse("+12025550123"), Err(MsisdnError::NotVietnameseMobile));
+        assert_eq!(Msisdn::parse("0012025550123"), Err(MsisdnError::NotVietnameseMobile));
+        assert_eq!(Msisdn::parse("0551234567"), Err(MsisdnError::NotVietnameseMobile));
     }
 
     #[test]
     fn accepts_the_carrier_prefixes_listed_in_the_reference() {
         for p in [
-            "032", "039", "086", "096", "098", "081", "085", "088", "091", "094", "070", "076",
-            "079", "089", "090", "093", "052", "056", "058", "092", "059", "087",
+            "032", "039", "086", "096", "098", "081", "085", "088", "091", "094", "070", "076", "079", "089", "090",
+            "093", "052", "056", "058", "092", "059", "087",
         ] {
             assert!(Msisdn::parse(&format!("{p}8765432")).is_ok(), "{p}");
         }
@@ -262,10 +234,7 @@ mod tests {
         assert_eq!(MsisdnError::Empty.reason_key(), "err.phone_empty");
         assert_eq!(MsisdnError::NotDigits.reason_key(), "err.phone_digits");
         assert_eq!(MsisdnError::WrongLength.reason_key(), "err.phone_length");
-        assert_eq!(
-            MsisdnError::NotVietnameseMobile.reason_key(),
-            "err.phone_not_mobile"
-        );
+        assert_eq!(MsisdnError::NotVietnameseMobile.reason_key(), "err.phone_not_mobile");
     }
 
     #[test]

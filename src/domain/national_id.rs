@@ -37,9 +37,7 @@ impl NationalIdError {
             NationalIdError::Empty => "err.id_empty",
             NationalIdError::NotDigits => "err.id_digits",
             NationalIdError::WrongLength => "err.id_length",
-            NationalIdError::ImpossibleCentury | NationalIdError::FutureBirthYear => {
-                "err.id_invalid"
-            }
+            NationalIdError::ImpossibleCentury | NationalIdError::FutureBirthYear => "err.id_invalid",
         }
     }
 }
@@ -48,12 +46,22 @@ impl NationalId {
     /// Parses what a citizen typed: spaces, dots and dashes inside are ignored; the century digit
     /// must be 0–5 and the birth year must not be after `current_year`.
     pub fn parse(input: &str, current_year: i32) -> Result<NationalId, NationalIdError> {
-        let digits: String = input
-            .chars()
-            .filter(|c| !(c.is_whitespace() || *c == '.' || *c == '-'))
-            .collect();
-        let id = Self::lenient(digits)?;
-        let b = id.0.as_bytes();
+        let id = Self::parse_shape(input)?;
+        id.plausibility(current_year)?;
+        Ok(id)
+    }
+
+    /// The shape alone (12 digits once spaces, dots and dashes are dropped). The registry is the
+    /// authority on which numbers exist, so it is imported with this and [`Self::plausibility`] only
+    /// warns there.
+    pub fn parse_shape(input: &str) -> Result<NationalId, NationalIdError> {
+        let digits: String = input.chars().filter(|c| !(c.is_whitespace() || *c == '.' || *c == '-')).collect();
+        Self::lenient(digits)
+    }
+
+    /// Whether the century digit exists and the birth year is not after `current_year`.
+    pub fn plausibility(&self, current_year: i32) -> Result<(), NationalIdError> {
+        let b = self.0.as_bytes();
         let century = match b[3] {
             b'0' | b'1' => 1900,
             b'2' | b'3' => 2000,
@@ -64,7 +72,7 @@ impl NationalId {
         if birth_year > current_year {
             return Err(NationalIdError::FutureBirthYear);
         }
-        Ok(id)
+        Ok(())
     }
 
     /// Shape check only (12 ASCII digits), so stored data reloads whatever the year is.
@@ -131,50 +139,29 @@ mod tests {
 
     #[test]
     fn refuses_letters_and_non_ascii_digits() {
-        assert_eq!(
-            NationalId::parse("00109901234a", YEAR),
-            Err(NationalIdError::NotDigits)
-        );
-        assert_eq!(
-            NationalId::parse("００１０９９０１２３４５", YEAR),
-            Err(NationalIdError::NotDigits)
-        );
+        assert_eq!(NationalId::parse("00109901234a", YEAR), Err(NationalIdError::NotDigits));
+        assert_eq!(NationalId::parse("００１０９９０１２３４５", YEAR), Err(NationalIdError::NotDigits));
     }
 
     #[test]
     fn refuses_eleven_or_thirteen_digits() {
-        assert_eq!(
-            NationalId::parse("00109901234", YEAR),
-            Err(NationalIdError::WrongLength)
-        );
-        assert_eq!(
-            NationalId::parse("0010990123456", YEAR),
-            Err(NationalIdError::WrongLength)
-        );
+        assert_eq!(NationalId::parse("00109901234", YEAR), Err(NationalIdError::WrongLength));
+        assert_eq!(NationalId::parse("0010990123456", YEAR), Err(NationalIdError::WrongLength));
     }
 
     #[test]
     fn refuses_century_digits_six_to_nine() {
         for d in 6..=9 {
             let s = format!("001{d}99012345");
-            assert_eq!(
-                NationalId::parse(&s, YEAR),
-                Err(NationalIdError::ImpossibleCentury)
-            );
+            assert_eq!(NationalId::parse(&s, YEAR), Err(NationalIdError::ImpossibleCentury));
         }
     }
 
     #[test]
     fn refuses_a_birth_year_after_the_current_year() {
         assert!(NationalId::parse("001225012345", YEAR).is_ok());
-        assert_eq!(
-            NationalId::parse("001226012345", YEAR),
-            Err(NationalIdError::FutureBirthYear)
-        );
-        assert_eq!(
-            NationalId::parse("001400012345", YEAR),
-            Err(NationalIdError::FutureBirthYear)
-        );
+        assert_eq!(NationalId::parse("001226012345", YEAR), Err(NationalIdError::FutureBirthYear));
+        assert_eq!(NationalId::parse("001400012345", YEAR), Err(NationalIdError::FutureBirthYear));
         assert!(NationalId::parse("001400012345", 2100).is_ok());
     }
 
@@ -185,14 +172,8 @@ mod tests {
 
     #[test]
     fn both_invalid_reasons_share_one_message_key() {
-        assert_eq!(
-            NationalIdError::ImpossibleCentury.reason_key(),
-            "err.id_invalid"
-        );
-        assert_eq!(
-            NationalIdError::FutureBirthYear.reason_key(),
-            "err.id_invalid"
-        );
+        assert_eq!(NationalIdError::ImpossibleCentury.reason_key(), "err.id_invalid");
+        assert_eq!(NationalIdError::FutureBirthYear.reason_key(), "err.id_invalid");
         assert_eq!(NationalIdError::Empty.reason_key(), "err.id_empty");
         assert_eq!(NationalIdError::NotDigits.reason_key(), "err.id_digits");
         assert_eq!(NationalIdError::WrongLength.reason_key(), "err.id_length");

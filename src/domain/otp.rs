@@ -75,15 +75,7 @@ mod tests {
 
     #[test]
     fn refuses_other_lengths_and_non_digits() {
-        for bad in [
-            "",
-            "12345",
-            "1234567",
-            "12 456",
-            "12a456",
-            "１２３４５６",
-            "-12345",
-        ] {
+        for bad in ["", "12345", "1234567", "12 456", "12a456", "１２３４５６", "-12345"] {
             assert_eq!(Otp::parse(bad).err(), Some(OtpError::Format), "{bad}");
         }
         assert_eq!(OtpError::Format.reason_key(), "err.otp_format");

@@ -29,13 +29,8 @@ pub enum PasscodeProblem {
     PartOfIdOrPhone,
 }
 
-const REASON_KEYS: &[&str] = &[
-    "err.pc_format",
-    "err.pc_repeated",
-    "err.pc_sequence",
-    "err.pc_pattern",
-    "err.pc_personal",
-];
+const REASON_KEYS: &[&str] =
+    &["err.pc_format", "err.pc_repeated", "err.pc_sequence", "err.pc_pattern", "err.pc_personal"];
 
 impl PasscodeProblem {
     /// Message key for the citizen-facing text.
@@ -103,10 +98,7 @@ mod tests {
     fn check(code: &str) -> Result<Passcode, PasscodeProblem> {
         let id = NationalId::parse("001099012345", 2025).unwrap();
         let phone = Msisdn::parse("0912345678").unwrap();
-        let ctx = PasswordContext {
-            national_id: &id,
-            phone: &phone,
-        };
+        let ctx = PasswordContext { national_id: &id, phone: &phone };
         Passcode::parse(Secret::new(code), &ctx)
     }
 
@@ -117,15 +109,7 @@ mod tests {
 
     #[test]
     fn refuses_anything_but_six_ascii_digits() {
-        for bad in [
-            "",
-            "12345",
-            "1234567",
-            "12 345",
-            "12a456",
-            "１２３４５６",
-            "+12345",
-        ] {
+        for bad in ["", "12345", "1234567", "12 345", "12a456", "１２３４５６", "+12345"] {
             assert_eq!(check(bad).err(), Some(NotSixDigits), "{bad}");
         }
     }
@@ -138,9 +122,7 @@ mod tests {
 
     #[test]
     fn refuses_runs_up_and_down_including_across_nine_to_zero() {
-        for s in [
-            "123456", "654321", "890123", "098765", "012345", "987654", "789012",
-        ] {
+        for s in ["123456", "654321", "890123", "098765", "012345", "987654", "789012"] {
             assert_eq!(check(s).err(), Some(Sequence), "{s}");
         }
     }

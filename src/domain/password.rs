@@ -216,18 +216,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn ids() -> (NationalId, Msisdn) {
-        (
-            NationalId::parse("001099012345", 2025).unwrap(),
-            Msisdn::parse("0912345678").unwrap(),
-        )
+        (NationalId::parse("001099012345", 2025).unwrap(), Msisdn::parse("0912345678").unwrap())
     }
 
     fn check(pw: &str) -> Result<Password, PasswordProblem> {
         let (id, phone) = ids();
-        let ctx = PasswordContext {
-            national_id: &id,
-            phone: &phone,
-        };
+        let ctx = PasswordContext { national_id: &id, phone: &phone };
         Password::parse(Secret::new(pw), &ctx)
     }
 
@@ -287,10 +281,7 @@ mod tests {
     fn every_blocklist_entry_passes_composition_so_the_list_is_not_dead_weight() {
         for entry in BLOCKLIST {
             let got = check(entry).err();
-            assert!(
-                matches!(got, Some(Common | ContainsServiceName)),
-                "{entry}: {got:?}"
-            );
+            assert!(matches!(got, Some(Common | ContainsServiceName)), "{entry}: {got:?}");
         }
         assert!(BLOCKLIST.len() >= 30);
     }
@@ -301,10 +292,7 @@ mod tests {
         assert!(Password::parse_login(Secret::new("old pass ừ")).is_ok());
         assert_eq!(Password::parse_login(Secret::new("")).err(), Some(TooShort));
         assert!(Password::parse_login(Secret::new("x".repeat(64))).is_ok());
-        assert_eq!(
-            Password::parse_login(Secret::new("x".repeat(65))).err(),
-            Some(TooLong)
-        );
+        assert_eq!(Password::parse_login(Secret::new("x".repeat(65))).err(), Some(TooLong));
     }
 
     #[test]

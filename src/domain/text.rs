@@ -112,22 +112,15 @@ mod tests {
 
     /// One Vietnamese letter, lower or upper case, with any of the five tone marks.
     fn vietnamese_char() -> impl Strategy<Value = String> {
-        let bases: Vec<char> = "aăâeêioôơuưyAĂÂEÊIOÔƠUƯYbcdđghklmnpqrstvxĐ0123456789 .,!?:;-()'\""
-            .chars()
-            .collect();
+        let bases: Vec<char> = "aăâeêioôơuưyAĂÂEÊIOÔƠUƯYbcdđghklmnpqrstvxĐ0123456789 .,!?:;-()'\"".chars().collect();
         let tones = ['\0', '\u{300}', '\u{301}', '\u{309}', '\u{303}', '\u{323}'];
-        (
-            prop::sample::select(bases),
-            prop::sample::select(tones.to_vec()),
-        )
-            .prop_map(|(b, t)| {
-                let mut s = String::from(b);
-                if t != '\0' && b.is_alphabetic() && "aăâeêioôơuưyAĂÂEÊIOÔƠUƯY".contains(b)
-                {
-                    s.push(t);
-                }
-                s.nfc().collect()
-            })
+        (prop::sample::select(bases), prop::sample::select(tones.to_vec())).prop_map(|(b, t)| {
+            let mut s = String::from(b);
+            if t != '\0' && b.is_alphabetic() && "aăâeêioôơuưyAĂÂEÊIOÔƠUƯY".contains(b) {
+                s.push(t);
+            }
+            s.nfc().collect()
+        })
     }
 
     proptest! {

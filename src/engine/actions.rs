@@ -10,13 +10,10 @@ use std::time::Duration;
 use rand::RngCore;
 
 use super::{
-    Account, Answered, AuditEvent, CitizenStatus, Ctx, Effect, EngineError, OtpRecord, Out,
-    Session, Slots, SmsPurpose,
+    Account, Answered, AuditEvent, CitizenStatus, Ctx, Effect, EngineError, OtpRecord, Out, Session, Slots, SmsPurpose,
 };
 use crate::crypto::mac_eq;
-use crate::domain::{
-    Msisdn, NationalId, Otp, Passcode, Password, PasswordContext, Secret, SecurityAnswer,
-};
+use crate::domain::{Msisdn, NationalId, Otp, Passcode, Password, PasswordContext, Secret, SecurityAnswer};
 use crate::engine::keys;
 
 /// VNeID's OTP lifetime (press guides; NIST allows up to 10 minutes).
@@ -69,27 +66,13 @@ impl Validator {
         VALIDATORS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     }
     pub fn name(self) -> &'static str {
-        VALIDATORS
-            .iter()
-            .find(|(_, v)| *v == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("?")
+        VALIDATORS.iter().find(|(_, v)| *v == self).map(|(n, _)| *n).unwrap_or("?")
     }
     /// Every reason this validator can show.
     pub fn reasons(self) -> Vec<&'static str> {
         match self {
-            Validator::NationalId => vec![
-                "err.id_empty",
-                "err.id_digits",
-                "err.id_length",
-                "err.id_invalid",
-            ],
-            Validator::Phone => vec![
-                "err.phone_empty",
-                "err.phone_digits",
-                "err.phone_length",
-                "err.phone_not_mobile",
-            ],
+            Validator::NationalId => vec!["err.id_empty", "err.id_digits", "err.id_length", "err.id_invalid"],
+            Validator::Phone => vec!["err.phone_empty", "err.phone_digits", "err.phone_length", "err.phone_not_mobile"],
             Validator::Otp => vec!["err.otp_format"],
             Validator::NewPassword => crate::domain::password::all_reason_keys().to_vec(),
             Validator::NewPasscode => crate::domain::passcode::all_reason_keys().to_vec(),
@@ -125,36 +108,25 @@ pub fn parse(v: Validator, input: &Secret, s: &Session, ctx: &Ctx) -> Result<Val
         }
     };
     Ok(match v {
-        Validator::NationalId => {
-            Value::Id(NationalId::parse(raw, ctx.now.year()).map_err(|e| e.reason_key())?)
-        }
+        Validator::NationalId => Value::Id(NationalId::parse(raw, ctx.now.year()).map_err(|e| e.reason_key())?),
         Validator::Phone if raw.trim() == "1" => Value::Phone(ctx.caller.clone()),
         Validator::Phone => Value::Phone(Msisdn::parse(raw).map_err(|e| e.reason_key())?),
         Validator::Otp => Value::Otp(Otp::parse(raw).map_err(|e| e.reason_key())?),
         Validator::NewPassword => {
             let (id, phone) = personal()?;
-            let pc = PasswordContext {
-                national_id: &id,
-                phone: &phone,
-            };
+            let pc = PasswordContext { national_id: &id, phone: &phone };
             Value::Password(Password::parse(input.clone(), &pc).map_err(|e| e.reason_key())?)
         }
         Validator::NewPasscode => {
             let (id, phone) = personal()?;
-            let pc = PasswordContext {
-                national_id: &id,
-                phone: &phone,
-            };
+            let pc = PasswordContext { national_id: &id, phone: &phone };
             Value::Passcode(Passcode::parse(input.clone(), &pc).map_err(|e| e.reason_key())?)
         }
         Validator::Secret if raw.trim().is_empty() => return Err(ERR_EMPTY),
         Validator::Secret => Value::Secret(input.clone()),
         Validator::Question => {
             let n: usize = raw.trim().parse().map_err(|_| ERR_QUESTION)?;
-            let q = n
-                .checked_sub(1)
-                .and_then(|i| ctx.flow.questions.get(i))
-                .ok_or(ERR_QUESTION)?;
+            let q = n.checked_sub(1).and_then(|i| ctx.flow.questions.get(i)).ok_or(ERR_QUESTION)?;
             if s.slots.questions.iter().any(|a| &a.question == q) {
                 return Err(ERR_QUESTION);
             }
@@ -162,10 +134,7 @@ pub fn parse(v: Validator, input: &Secret, s: &Session, ctx: &Ctx) -> Result<Val
         }
         Validator::Answer => {
             let (id, phone) = personal()?;
-            let pc = PasswordContext {
-                national_id: &id,
-                phone: &phone,
-            };
+            let pc = PasswordContext { national_id: &id, phone: &phone };
             Value::Answer(SecurityAnswer::parse(input.clone(), &pc).map_err(|e| e.reason_key())?)
         }
     })
@@ -351,10 +320,7 @@ fn audit(out: &mut Out, event: &str, id: Option<&NationalId>, phone: Option<&Msi
 }
 
 fn misuse(s: &Session, why: &'static str) -> EngineError {
-    EngineError::Flow {
-        state: s.state.clone(),
-        why,
-    }
+    EngineError::Flow { state: s.state.clone(), why }
 }
 
 /// Runs `kind` with the parsed value (and the raw entry it came from), or with none for automatic actions.
@@ -378,19 +344,11 @@ pub(crate) fn run(
             Act::Go("done", None)
         }
         (ActionKind::StartActivation, Some(Value::Id(id))) => {
-            s.slots = Slots {
-                started_at: Some(now),
-                national_id: Some(id),
-                ..Slots::default()
-            };
+            s.slots = Slots { started_at: Some(now), national_id: Some(id), ..Slots::default() };
             Act::Go("done", None)
         }
         (ActionKind::RequestOtp, Some(Value::Phone(phone))) => {
-            let id = s
-                .slots
-                .national_id
-                .clone()
-                .ok_or_else(|| misuse(s, "request_otp before an ID number"))?;
+            let id = s.slots.national_id.clone().ok_or_else(|| misuse(s, "request_otp before an ID number"))?;
             let citizen = ctx.directory.citizen(&id)?;
             // Unknown ID and mismatched phone take the same path to the same words (OWASP enumeration).
             let Some(citizen) = citizen.filter(|c| c.phone == phone) else {
@@ -412,20 +370,14 @@ pub(crate) fn run(
         (ActionKind::ResendOtp, None) => {
             if s.slots.otp_sends >= OTP_MAX_SENDS || s.slots.phone.is_none() {
                 s.slots.otp = None;
-                audit(
-                    out,
-                    "otp_send_limit",
-                    s.slots.national_id.as_ref(),
-                    s.slots.phone.as_ref(),
-                );
+                audit(out, "otp_send_limit", s.slots.national_id.as_ref(), s.slots.phone.as_ref());
                 return Ok(Act::Go("limit", None));
             }
             send_otp(s, ctx, out, rng)?;
             Act::Go("sent", Some("note.otp_resent"))
         }
         (ActionKind::VerifyOtp, Some(Value::Otp(code))) => {
-            let (Some(id), Some(phone)) = (s.slots.national_id.clone(), s.slots.phone.clone())
-            else {
+            let (Some(id), Some(phone)) = (s.slots.national_id.clone(), s.slots.phone.clone()) else {
                 return Err(misuse(s, "verify_otp before request_otp"));
             };
             let Some(rec) = s.slots.otp.as_mut() else {
@@ -436,10 +388,7 @@ pub(crate) fn run(
                 audit(out, "otp_expired", Some(&id), Some(&phone));
                 return Ok(Act::Go("expired", None));
             }
-            let expected = hex::decode(&rec.mac)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .unwrap_or([0; 32]);
+            let expected = hex::decode(&rec.mac).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).unwrap_or([0; 32]);
             let given = crypto.otp_mac(id.as_str(), phone.as_str(), &Secret::new(code.expose()));
             if mac_eq(&expected, &given) {
                 s.slots.otp = None; // single use
@@ -464,11 +413,8 @@ pub(crate) fn run(
             Act::Go("done", None)
         }
         (ActionKind::ConfirmPassword, Some(Value::Secret(again))) => {
-            let hash = s
-                .slots
-                .password_hash
-                .clone()
-                .ok_or_else(|| misuse(s, "confirm_password before choose_password"))?;
+            let hash =
+                s.slots.password_hash.clone().ok_or_else(|| misuse(s, "confirm_password before choose_password"))?;
             if crypto.verify_secret(again.expose(), &hash) {
                 Act::Go("ok", None)
             } else {
@@ -482,11 +428,8 @@ pub(crate) fn run(
             Act::Go("done", None)
         }
         (ActionKind::ConfirmPasscode, Some(Value::Secret(again))) => {
-            let hash = s
-                .slots
-                .passcode_hash
-                .clone()
-                .ok_or_else(|| misuse(s, "confirm_passcode before choose_passcode"))?;
+            let hash =
+                s.slots.passcode_hash.clone().ok_or_else(|| misuse(s, "confirm_passcode before choose_passcode"))?;
             if crypto.verify_secret(again.expose().trim(), &hash) {
                 Act::Go("ok", None)
             } else {
@@ -500,11 +443,7 @@ pub(crate) fn run(
         }
         (ActionKind::SetAnswer, Some(Value::Answer(answer))) => {
             require_verified(s)?;
-            let question = s
-                .slots
-                .question
-                .clone()
-                .ok_or_else(|| misuse(s, "set_answer before choose_question"))?;
+            let question = s.slots.question.clone().ok_or_else(|| misuse(s, "set_answer before choose_question"))?;
             // An answer must not be the password (domain.md §5): the password is only a hash by now.
             if let (Some(pw), Some(raw)) = (&s.slots.password_hash, raw) {
                 if crypto.verify_secret(raw.expose().trim(), pw) {
@@ -512,10 +451,7 @@ pub(crate) fn run(
                 }
             }
             let answer_hash = crypto.hash_secret(answer.expose(), rng)?;
-            s.slots.questions.push(Answered {
-                question,
-                answer_hash,
-            });
+            s.slots.questions.push(Answered { question, answer_hash });
             s.slots.question = None;
             if s.slots.questions.len() >= QUESTIONS_REQUIRED {
                 Act::Go("done", None)
@@ -526,16 +462,10 @@ pub(crate) fn run(
         (ActionKind::FinishActivation, None) => {
             require_verified(s)?;
             let sl = &s.slots;
-            let (Some(id), Some(phone), Some(password_hash), Some(passcode_hash)) = (
-                sl.national_id.clone(),
-                sl.phone.clone(),
-                sl.password_hash.clone(),
-                sl.passcode_hash.clone(),
-            ) else {
-                return Err(misuse(
-                    s,
-                    "finish_activation before every credential is set",
-                ));
+            let (Some(id), Some(phone), Some(password_hash), Some(passcode_hash)) =
+                (sl.national_id.clone(), sl.phone.clone(), sl.password_hash.clone(), sl.passcode_hash.clone())
+            else {
+                return Err(misuse(s, "finish_activation before every credential is set"));
             };
             if sl.questions.len() < QUESTIONS_REQUIRED {
                 return Err(misuse(s, "finish_activation before the security questions"));
@@ -563,19 +493,11 @@ pub(crate) fn run(
             Act::Go("activated", None)
         }
         (ActionKind::StartLogin, Some(Value::Id(id))) => {
-            s.slots = Slots {
-                started_at: Some(now),
-                national_id: Some(id),
-                ..Slots::default()
-            };
+            s.slots = Slots { started_at: Some(now), national_id: Some(id), ..Slots::default() };
             Act::Go("done", None)
         }
         (ActionKind::Login, Some(Value::Secret(pw))) => {
-            let id = s
-                .slots
-                .national_id
-                .clone()
-                .ok_or_else(|| misuse(s, "login before an ID number"))?;
+            let id = s.slots.national_id.clone().ok_or_else(|| misuse(s, "login before an ID number"))?;
             let account = ctx.directory.account(&id)?;
             let ok = match &account {
                 Some(a) => crypto.verify_secret(pw.expose(), &a.password_hash),
@@ -584,20 +506,10 @@ pub(crate) fn run(
                     false
                 }
             };
-            let citizen = if ok {
-                ctx.directory.citizen(&id)?
-            } else {
-                None
-            };
+            let citizen = if ok { ctx.directory.citizen(&id)? } else { None };
             match citizen {
                 Some(c) => {
-                    out.args.push((
-                        "name",
-                        c.full_name
-                            .chars()
-                            .take(crate::flow::catalog::NAME_MAX)
-                            .collect(),
-                    ));
+                    out.args.push(("name", c.full_name.chars().take(crate::flow::catalog::NAME_MAX).collect()));
                     audit(out, "login_ok", Some(&id), Some(ctx.caller));
                     Act::Go("ok", None)
                 }
@@ -620,35 +532,18 @@ fn require_verified(s: &Session) -> Result<(), EngineError> {
 }
 
 /// Issues a fresh OTP (voiding any earlier one) and queues its SMS.
-fn send_otp(
-    s: &mut Session,
-    ctx: &Ctx,
-    out: &mut Out,
-    rng: &mut dyn RngCore,
-) -> Result<(), EngineError> {
+fn send_otp(s: &mut Session, ctx: &Ctx, out: &mut Out, rng: &mut dyn RngCore) -> Result<(), EngineError> {
     let (Some(id), Some(phone)) = (s.slots.national_id.clone(), s.slots.phone.clone()) else {
         return Err(misuse(s, "send_otp without ID and phone"));
     };
     let code = Otp::generate(rng);
-    let mac = ctx
-        .crypto
-        .otp_mac(id.as_str(), phone.as_str(), &Secret::new(code.expose()));
-    s.slots.otp = Some(OtpRecord {
-        mac: hex::encode(mac),
-        expires_at: ctx.now.plus(OTP_LIFETIME),
-        wrong: 0,
-    });
+    let mac = ctx.crypto.otp_mac(id.as_str(), phone.as_str(), &Secret::new(code.expose()));
+    s.slots.otp = Some(OtpRecord { mac: hex::encode(mac), expires_at: ctx.now.plus(OTP_LIFETIME), wrong: 0 });
     s.slots.otp_sends = s.slots.otp_sends.saturating_add(1);
     let minutes = (OTP_LIFETIME.as_secs() / 60).to_string();
-    let body = ctx.flow.catalog(s.lang).render(
-        keys::SMS_OTP,
-        &[("otp", code.expose().to_string()), ("minutes", minutes)],
-    );
-    out.effects.push(Effect::Sms {
-        to: phone.clone(),
-        body: Secret::new(body),
-        purpose: SmsPurpose::Otp,
-    });
+    let body =
+        ctx.flow.catalog(s.lang).render(keys::SMS_OTP, &[("otp", code.expose().to_string()), ("minutes", minutes)]);
+    out.effects.push(Effect::Sms { to: phone.clone(), body: Secret::new(body), purpose: SmsPurpose::Otp });
     audit(out, "otp_sent", Some(&id), Some(&phone));
     Ok(())
 }

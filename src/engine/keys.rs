@@ -18,15 +18,7 @@ pub const SMS_OTP: &str = "sms.otp";
 /// The confirmation SMS after a successful activation.
 pub const SMS_ACTIVATED: &str = "sms.activated";
 
-pub const FIXED: &[&str] = &[
-    ERR_CHOICE,
-    NOTE_RESUME,
-    NOTE_RESTART,
-    END_TOO_MANY,
-    END_UNAVAILABLE,
-    END_DIAL_AGAIN,
-    SMS_OTP,
-    SMS_ACTIVATED,
-];
+pub const FIXED: &[&str] =
+    &[ERR_CHOICE, NOTE_RESUME, NOTE_RESTART, END_TOO_MANY, END_UNAVAILABLE, END_DIAL_AGAIN, SMS_OTP, SMS_ACTIVATED];
 pub const FIXED_SCREENS: &[&str] = &[END_TOO_MANY, END_UNAVAILABLE, END_DIAL_AGAIN];
 pub const SMS: &[&str] = &[SMS_OTP, SMS_ACTIVATED];

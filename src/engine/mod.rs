@@ -123,13 +123,7 @@ pub struct OtpRecord {
 
 impl Session {
     pub fn new(flow: &Flow, now: Millis) -> Session {
-        Session {
-            lang: Lang::Vi,
-            state: flow.start.clone(),
-            tries: 0,
-            updated_at: now,
-            slots: Slots::default(),
-        }
+        Session { lang: Lang::Vi, state: flow.start.clone(), tries: 0, updated_at: now, slots: Slots::default() }
     }
 }
 
@@ -204,26 +198,16 @@ pub(crate) struct Out {
 }
 
 /// Runs one step of the conversation.
-pub fn step(
-    ctx: &Ctx,
-    session: Option<Session>,
-    inbound: Inbound,
-    rng: &mut dyn RngCore,
-) -> Result<Turn, EngineError> {
+pub fn step(ctx: &Ctx, session: Option<Session>, inbound: Inbound, rng: &mut dyn RngCore) -> Result<Turn, EngineError> {
     let flow = ctx.flow;
     let mut s = session.unwrap_or_else(|| Session::new(flow, ctx.now));
-    let mut out = Out {
-        effects: Vec::new(),
-        args: Vec::new(),
-    };
+    let mut out = Out { effects: Vec::new(), args: Vec::new() };
     let idle = ctx.now.since(s.updated_at) > IDLE_RESET;
-    let here = flow
-        .state(&s.state)
-        .filter(|st| matches!(st.kind, Kind::Input { .. }));
+    let here = flow.state(&s.state).filter(|st| matches!(st.kind, Kind::Input { .. }));
     let reply = match (inbound, here) {
         (Inbound::Dial, Some(st)) if st.resume && !idle => {
             let st = st.clone();
-            screen(ctx, &mut s, &out, Some(keys::NOTE_RESUME), &st.name, false)
+            screen(ctx, &s, &out, Some(keys::NOTE_RESUME), &st.name, false)
         }
         (Inbound::Dial, _) => {
             let start = flow.start.clone();
@@ -243,11 +227,7 @@ pub fn step(
         }
     };
     s.updated_at = ctx.now;
-    Ok(Turn {
-        session: s,
-        reply,
-        effects: out.effects,
-    })
+    Ok(Turn { session: s, reply, effects: out.effects })
 }
 
 fn on_input(
@@ -258,16 +238,8 @@ fn on_input(
     input: Secret,
     rng: &mut dyn RngCore,
 ) -> Result<Reply, EngineError> {
-    let Kind::Input {
-        options,
-        input: parse,
-        ..
-    } = &st.kind
-    else {
-        return Err(EngineError::Flow {
-            state: st.name.clone(),
-            why: "input at a state without a prompt",
-        });
+    let Kind::Input { options, input: parse, .. } = &st.kind else {
+        return Err(EngineError::Flow { state: st.name.clone(), why: "input at a state without a prompt" });
     };
     if let Some(target) = options.get(input.expose().trim()) {
         let target = target.clone();
@@ -290,10 +262,7 @@ fn on_input(
 }
 
 fn transition(st: &crate::flow::State, outcome: &str) -> Result<String, EngineError> {
-    st.on.get(outcome).cloned().ok_or(EngineError::Flow {
-        state: st.name.clone(),
-        why: "outcome without transition",
-    })
+    st.on.get(outcome).cloned().ok_or(EngineError::Flow { state: st.name.clone(), why: "outcome without transition" })
 }
 
 /// A refused entry: re-ask with the reason, or end after too many.
@@ -301,10 +270,7 @@ fn retry(ctx: &Ctx, s: &mut Session, out: &Out, st: &crate::flow::State, reason:
     s.tries = s.tries.saturating_add(1);
     if s.tries >= ctx.flow.max_tries {
         reset(ctx.flow, s);
-        return Reply {
-            text: ctx.flow.catalog(s.lang).get(keys::END_TOO_MANY).to_string(),
-            end: true,
-        };
+        return Reply { text: ctx.flow.catalog(s.lang).get(keys::END_TOO_MANY).to_string(), end: true };
     }
     screen(ctx, s, out, Some(reason), &st.name, false)
 }
@@ -321,13 +287,7 @@ fn go(
     let flow = ctx.flow;
     let mut target = target.to_string();
     for _ in 0..MAX_HOPS {
-        let st = flow
-            .state(&target)
-            .ok_or(EngineError::Flow {
-                state: target.clone(),
-                why: "no such state",
-            })?
-            .clone();
+        let st = flow.state(&target).ok_or(EngineError::Flow { state: target.clone(), why: "no such state" })?.clone();
         match &st.kind {
             Kind::Input { .. } => {
                 if st.name == flow.start {
@@ -348,18 +308,12 @@ fn go(
                     target = transition(&st, outcome)?;
                 }
                 Act::Retry(_) => {
-                    return Err(EngineError::Flow {
-                        state: st.name.clone(),
-                        why: "automatic action asked to retry",
-                    })
+                    return Err(EngineError::Flow { state: st.name.clone(), why: "automatic action asked to retry" })
                 }
             },
         }
     }
-    Err(EngineError::Flow {
-        state: target,
-        why: "too many automatic states in a row",
-    })
+    Err(EngineError::Flow { state: target, why: "too many automatic states in a row" })
 }
 
 fn reset(flow: &Flow, s: &mut Session) {
@@ -384,17 +338,9 @@ fn screen(ctx: &Ctx, s: &Session, out: &Out, above: Option<&str>, state: &str, e
 
 /// Renders a message with the placeholders the session and the step provide.
 fn render(ctx: &Ctx, s: &Session, out: &Out, key: &str) -> String {
-    let chosen: Vec<String> = s
-        .slots
-        .questions
-        .iter()
-        .map(|a| a.question.clone())
-        .collect();
+    let chosen: Vec<String> = s.slots.questions.iter().map(|a| a.question.clone()).collect();
     let mut args: Vec<(&str, String)> = vec![
-        (
-            "minutes",
-            (actions::OTP_LIFETIME.as_secs() / 60).to_string(),
-        ),
+        ("minutes", (actions::OTP_LIFETIME.as_secs() / 60).to_string()),
         ("n", (s.slots.questions.len() + 1).to_string()),
         ("total", actions::QUESTIONS_REQUIRED.to_string()),
         ("questions", question_list(ctx.flow, s.lang, &chosen)),

@@ -37,16 +37,7 @@ pub fn for_channel(text: &str, charset: Charset) -> String {
 
 /// Folds diacritics and replaces anything still outside GSM-7 (a stray symbol in a name) with `?`.
 pub fn to_gsm7(text: &str) -> String {
-    fold_diacritics(text)
-        .chars()
-        .map(|c| {
-            if gsm7_len(&c.to_string()).is_some() {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
+    fold_diacritics(text).chars().map(|c| if gsm7_len(&c.to_string()).is_some() { c } else { '?' }).collect()
 }
 
 /// Placeholders a message may use, with the most characters each can take (for budget checks).
@@ -72,10 +63,7 @@ pub struct Catalog {
     pub messages: BTreeMap<String, String>,
 }
 
-pub static EMPTY: Catalog = Catalog {
-    file: String::new(),
-    messages: BTreeMap::new(),
-};
+pub static EMPTY: Catalog = Catalog { file: String::new(), messages: BTreeMap::new() };
 
 impl Catalog {
     /// Parses a catalogue; nested tables become dotted keys (`[err] id_length = ".."` is `err.id_length`).
@@ -83,10 +71,7 @@ impl Catalog {
         let value: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut messages = BTreeMap::new();
         flatten("", &value, &mut messages)?;
-        Ok(Catalog {
-            file: file.to_string(),
-            messages,
-        })
+        Ok(Catalog { file: file.to_string(), messages })
     }
 
     pub fn get<'a>(&'a self, key: &'a str) -> &'a str {
@@ -99,17 +84,9 @@ impl Catalog {
     }
 }
 
-fn flatten(
-    prefix: &str,
-    table: &toml::Table,
-    out: &mut BTreeMap<String, String>,
-) -> Result<(), String> {
+fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) -> Result<(), String> {
     for (k, v) in table {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
         match v {
             toml::Value::String(s) => {
                 out.insert(key, s.clone());
@@ -151,15 +128,9 @@ pub fn placeholders(template: &str) -> Vec<String> {
 pub fn ussd_overflow(screen: &str, charset: Charset) -> Option<String> {
     let gsm = fold_diacritics(screen);
     match gsm7_len(&gsm) {
-        None => {
-            return Some(format!(
-                "screen has characters outside GSM-7 even without diacritics: {gsm:?}"
-            ))
-        }
+        None => return Some(format!("screen has characters outside GSM-7 even without diacritics: {gsm:?}")),
         Some(n) if n > USSD_GSM7_BUDGET => {
-            return Some(format!(
-                "screen is {n} GSM-7 characters, over the USSD budget of {USSD_GSM7_BUDGET}"
-            ))
+            return Some(format!("screen is {n} GSM-7 characters, over the USSD budget of {USSD_GSM7_BUDGET}"))
         }
         _ => {}
     }
@@ -172,9 +143,9 @@ pub fn sms_overflow(text: &str) -> Option<String> {
     let gsm = fold_diacritics(text);
     match gsm7_len(&gsm) {
         None => Some("SMS has characters outside GSM-7 even without diacritics".into()),
-        Some(n) if n > SMS_GSM7_BUDGET => Some(format!(
-            "SMS is {n} GSM-7 characters, over one SMS of {SMS_GSM7_BUDGET}"
-        )),
+        Some(n) if n > SMS_GSM7_BUDGET => {
+            Some(format!("SMS is {n} GSM-7 characters, over one SMS of {SMS_GSM7_BUDGET}"))
+        }
         _ => None,
     }
 }
@@ -192,23 +163,14 @@ mod tests {
 
     #[test]
     fn placeholders_are_found_and_filled() {
-        assert_eq!(
-            placeholders("Ma gui toi {masked_phone}, {minutes} phut"),
-            vec!["masked_phone", "minutes"]
-        );
-        assert_eq!(
-            fill("con {attempts} lan", &[("attempts", "4".into())]),
-            "con 4 lan"
-        );
+        assert_eq!(placeholders("Ma gui toi {masked_phone}, {minutes} phut"), vec!["masked_phone", "minutes"]);
+        assert_eq!(fill("con {attempts} lan", &[("attempts", "4".into())]), "con 4 lan");
     }
 
     #[test]
     fn gsm7_rendering_drops_diacritics_and_ucs2_keeps_short_screens() {
         let t = "Tài khoản của bạn đã thực hiện kích hoạt";
-        assert_eq!(
-            for_channel(t, Charset::Gsm7),
-            "Tai khoan cua ban da thuc hien kich hoat"
-        );
+        assert_eq!(for_channel(t, Charset::Gsm7), "Tai khoan cua ban da thuc hien kich hoat");
         assert_eq!(for_channel(t, Charset::Ucs2), t);
         let long = "ạ".repeat(81);
         assert_eq!(for_channel(&long, Charset::Ucs2), "a".repeat(81));
@@ -218,9 +180,6 @@ mod tests {
     fn a_screen_over_182_gsm7_characters_overflows() {
         assert!(ussd_overflow(&"a".repeat(182), Charset::Gsm7).is_none());
         assert!(ussd_overflow(&"a".repeat(183), Charset::Gsm7).is_some());
-        assert!(
-            ussd_overflow(&"[".repeat(92), Charset::Gsm7).is_some(),
-            "extension characters cost two"
-        );
+        assert!(ussd_overflow(&"[".repeat(92), Charset::Gsm7).is_some(), "extension characters cost two");
     }
 }

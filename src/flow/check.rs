@@ -7,11 +7,9 @@
 //! screen (with each reason or notice that can stand above it) against the USSD budget.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::fs;
-use std::path::Path;
 
 use super::catalog::{placeholders, sms_overflow, ussd_overflow, Catalog, Charset, PLACEHOLDERS};
-use super::{FileDef, Flow, Kind, Lang, Problem, State, StateDef, SPEC_VERSION};
+use super::{FileDef, Flow, Kind, Lang, Problem, Source, State, StateDef, SPEC_VERSION};
 use crate::engine::actions::{ActionKind, Validator};
 use crate::engine::keys;
 
@@ -24,45 +22,26 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, file: &str, state: &str, problem: impl Into<String>) {
-        self.0.push(Problem {
-            file: file.to_string(),
-            state: state.to_string(),
-            problem: problem.into(),
-        });
+        self.0.push(Problem { file: file.to_string(), state: state.to_string(), problem: problem.into() });
     }
 }
 
-pub fn load(dir: &Path, charset: Charset) -> Result<Flow, Vec<Problem>> {
+pub fn load(src: &Source, charset: Charset) -> Result<Flow, Vec<Problem>> {
     let mut p = Problems(Vec::new());
-    let dir_name = dir.display().to_string();
+    let dir_name = src.name.clone();
     let mut files: Vec<(String, FileDef)> = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            p.add(
-                &dir_name,
-                "-",
-                format!("cannot read the flow directory: {e}"),
-            );
-            return Err(p.0);
-        }
-    };
-    let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for path in paths
-        .iter()
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-    {
-        let name = path.display().to_string();
-        match fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| toml::from_str::<FileDef>(&t).map_err(|e| e.to_string()))
-        {
+    if let Some(e) = &src.error {
+        p.add(&dir_name, "-", format!("cannot read the flow directory: {e}"));
+        return Err(p.0);
+    }
+    for (rel, text) in src.files.iter().filter(|(rel, _)| !rel.contains('/')) {
+        let name = src.path_of(rel);
+        match toml::from_str::<FileDef>(text) {
             Ok(def) => files.push((name, def)),
-            Err(e) => p.add(&name, "-", one_line(&e)),
+            Err(e) => p.add(&name, "-", one_line(&e.to_string())),
         }
     }
-    let catalogs = load_catalogs(&dir.join("messages"), &mut p);
+    let catalogs = load_catalogs(src, &mut p);
 
     // Settings, each given once.
     let (mut start, mut max_tries, mut questions) = (None, None, None);
@@ -71,10 +50,7 @@ pub fn load(dir: &Path, charset: Charset) -> Result<Flow, Vec<Problem>> {
             p.add(
                 file,
                 "-",
-                format!(
-                    "spec_version {} is not supported (this build reads {SPEC_VERSION})",
-                    def.spec_version
-                ),
+                format!("spec_version {} is not supported (this build reads {SPEC_VERSION})", def.spec_version),
             );
         }
         if let Some(s) = &def.settings {
@@ -89,21 +65,14 @@ pub fn load(dir: &Path, charset: Charset) -> Result<Flow, Vec<Problem>> {
     });
     let max_tries = max_tries.map(|(v, _)| v).unwrap_or(MIN_TRIES);
     if max_tries < MIN_TRIES {
-        p.add(
-            &dir_name,
-            "-",
-            format!("settings.max_tries is {max_tries}; a citizen gets at least {MIN_TRIES} tries"),
-        );
+        p.add(&dir_name, "-", format!("settings.max_tries is {max_tries}; a citizen gets at least {MIN_TRIES} tries"));
     }
     let (questions, questions_file) = questions.unwrap_or_else(|| (Vec::new(), dir_name.clone()));
     if questions.len() < MIN_QUESTIONS {
         p.add(
             &questions_file,
             "-",
-            format!(
-                "settings.questions lists {}; at least {MIN_QUESTIONS} are needed",
-                questions.len()
-            ),
+            format!("settings.questions lists {}; at least {MIN_QUESTIONS} are needed", questions.len()),
         );
     }
 
@@ -112,11 +81,7 @@ pub fn load(dir: &Path, charset: Charset) -> Result<Flow, Vec<Problem>> {
     for (file, def) in &files {
         for (name, sd) in &def.states {
             if let Some(prev) = states.get(name) {
-                p.add(
-                    file,
-                    name,
-                    format!("state is also defined in {}", prev.file),
-                );
+                p.add(file, name, format!("state is also defined in {}", prev.file));
                 continue;
             }
             if let Some(state) = build_state(file, name, sd, &mut p) {
@@ -125,22 +90,11 @@ pub fn load(dir: &Path, charset: Charset) -> Result<Flow, Vec<Problem>> {
         }
     }
     if !start.is_empty() && !states.contains_key(&start) {
-        p.add(
-            &dir_name,
-            &start,
-            "settings.start names a state that does not exist",
-        );
+        p.add(&dir_name, &start, "settings.start names a state that does not exist");
     }
     check_graph(&start, &states, &mut p);
 
-    let flow = Flow {
-        start,
-        max_tries,
-        questions,
-        states,
-        catalogs,
-        dir: dir.to_path_buf(),
-    };
+    let flow = Flow { start, max_tries, questions, states, catalogs, source: src.name.clone() };
     check_messages(&flow, &questions_file, charset, &mut p);
     if p.0.is_empty() {
         Ok(flow)
@@ -153,13 +107,7 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn set_once<T: Clone>(
-    slot: &mut Option<(T, String)>,
-    value: &Option<T>,
-    file: &str,
-    what: &str,
-    p: &mut Problems,
-) {
+fn set_once<T: Clone>(slot: &mut Option<(T, String)>, value: &Option<T>, file: &str, what: &str, p: &mut Problems) {
     if let Some(v) = value {
         match slot {
             Some((_, first)) => p.add(file, "-", format!("settings.{what} is also set in {first}")),
@@ -168,36 +116,25 @@ fn set_once<T: Clone>(
     }
 }
 
-fn load_catalogs(dir: &Path, p: &mut Problems) -> BTreeMap<Lang, Catalog> {
+fn load_catalogs(src: &Source, p: &mut Problems) -> BTreeMap<Lang, Catalog> {
     let mut out = BTreeMap::new();
     for lang in Lang::ALL {
-        let path = dir.join(format!("{}.toml", lang.code()));
-        let name = path.display().to_string();
-        match fs::read_to_string(&path) {
-            Ok(text) => match Catalog::parse(&name, &text) {
+        let rel = format!("messages/{}.toml", lang.code());
+        let name = src.path_of(&rel);
+        match src.files.get(&rel) {
+            Some(text) => match Catalog::parse(&name, text) {
                 Ok(c) => {
                     out.insert(lang, c);
                 }
                 Err(e) => p.add(&name, "-", one_line(&e)),
             },
-            Err(e) => p.add(
-                &name,
-                "-",
-                format!("missing message catalogue for {}: {e}", lang.code()),
-            ),
+            None => p.add(&name, "-", format!("missing message catalogue for {}", lang.code())),
         }
     }
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let path = e.path();
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-            if path.extension().is_some_and(|x| x == "toml") && Lang::from_code(stem).is_none() {
-                p.add(
-                    &path.display().to_string(),
-                    "-",
-                    format!("unknown language {stem:?}"),
-                );
-            }
+    for rel in src.files.keys().filter_map(|r| r.strip_prefix("messages/")) {
+        let stem = rel.trim_end_matches(".toml");
+        if Lang::from_code(stem).is_none() {
+            p.add(&src.path_of(&format!("messages/{rel}")), "-", format!("unknown language {stem:?}"));
         }
     }
     out
@@ -236,72 +173,37 @@ fn build_state(file: &str, name: &str, sd: &StateDef, p: &mut Problems) -> Optio
             return None;
         }
         (Some(message), None) => {
-            if action.is_some()
-                || validator.is_some()
-                || !on.is_empty()
-                || !sd.options.is_empty()
-                || sd.resume
-            {
-                p.add(
-                    file,
-                    name,
-                    "an end state takes no input, action, transitions, options or resume",
-                );
+            if action.is_some() || validator.is_some() || !on.is_empty() || !sd.options.is_empty() || sd.resume {
+                p.add(file, name, "an end state takes no input, action, transitions, options or resume");
                 return None;
             }
-            Kind::End {
-                message: message.clone(),
-            }
+            Kind::End { message: message.clone() }
         }
         (None, Some(prompt)) => {
             let input = match (validator, action) {
                 (Some(v), Some(a)) => {
                     if a.input() != Some(v) {
                         let wants = a.input().map(|v| v.name()).unwrap_or("no input");
-                        p.add(
-                            file,
-                            name,
-                            format!(
-                                "action {:?} takes {wants}, not input {:?}",
-                                a.name(),
-                                v.name()
-                            ),
-                        );
+                        p.add(file, name, format!("action {:?} takes {wants}, not input {:?}", a.name(), v.name()));
                         return None;
                     }
                     Some((v, a))
                 }
                 (Some(v), None) => {
-                    p.add(
-                        file,
-                        name,
-                        format!("input {:?} needs an action to receive it", v.name()),
-                    );
+                    p.add(file, name, format!("input {:?} needs an action to receive it", v.name()));
                     return None;
                 }
                 (None, Some(a)) => {
-                    p.add(
-                        file,
-                        name,
-                        format!("action {:?} on a prompt needs an input", a.name()),
-                    );
+                    p.add(file, name, format!("action {:?} on a prompt needs an input", a.name()));
                     return None;
                 }
                 (None, None) => None,
             };
             if input.is_none() && sd.options.is_empty() {
-                p.add(
-                    file,
-                    name,
-                    "a prompt needs options or an input, or the citizen is stuck",
-                );
+                p.add(file, name, "a prompt needs options or an input, or the citizen is stuck");
                 return None;
             }
-            Kind::Input {
-                prompt: prompt.clone(),
-                input,
-                options: sd.options.clone(),
-            }
+            Kind::Input { prompt: prompt.clone(), input, options: sd.options.clone() }
         }
         (None, None) => match (action, validator) {
             (Some(a), None) if a.input().is_none() => {
@@ -312,11 +214,7 @@ fn build_state(file: &str, name: &str, sd: &StateDef, p: &mut Problems) -> Optio
                 Kind::Auto { action: a }
             }
             (Some(a), _) => {
-                p.add(
-                    file,
-                    name,
-                    format!("action {:?} needs an input and a prompt", a.name()),
-                );
+                p.add(file, name, format!("action {:?} needs an input and a prompt", a.name()));
                 return None;
             }
             _ => {
@@ -327,11 +225,7 @@ fn build_state(file: &str, name: &str, sd: &StateDef, p: &mut Problems) -> Optio
     };
     // Outcomes: exactly those of the action.
     let outcomes: &[&str] = match &kind {
-        Kind::Input {
-            input: Some((_, a)),
-            ..
-        }
-        | Kind::Auto { action: a } => a.outcomes(),
+        Kind::Input { input: Some((_, a)), .. } | Kind::Auto { action: a } => a.outcomes(),
         _ => &[],
     };
     for o in outcomes {
@@ -339,10 +233,7 @@ fn build_state(file: &str, name: &str, sd: &StateDef, p: &mut Problems) -> Optio
             p.add(
                 file,
                 name,
-                format!(
-                    "outcome {o:?} of action {:?} has no transition",
-                    action.map(|a| a.name()).unwrap_or("")
-                ),
+                format!("outcome {o:?} of action {:?} has no transition", action.map(|a| a.name()).unwrap_or("")),
             );
         }
     }
@@ -351,13 +242,7 @@ fn build_state(file: &str, name: &str, sd: &StateDef, p: &mut Problems) -> Optio
             p.add(file, name, format!("transition on unknown outcome {o:?}"));
         }
     }
-    Some(State {
-        name: name.to_string(),
-        file: file.to_string(),
-        kind,
-        on,
-        resume: sd.resume,
-    })
+    Some(State { name: name.to_string(), file: file.to_string(), kind, on, resume: sd.resume })
 }
 
 /// Targets of a state's transitions and options.
@@ -375,11 +260,7 @@ fn check_graph(start: &str, states: &HashMap<String, State>, p: &mut Problems) {
     for s in &sorted {
         for t in targets(s) {
             if !states.contains_key(t) {
-                p.add(
-                    &s.file,
-                    &s.name,
-                    format!("transition to {t:?}, which does not exist"),
-                );
+                p.add(&s.file, &s.name, format!("transition to {t:?}, which does not exist"));
             }
         }
     }
@@ -399,11 +280,7 @@ fn check_graph(start: &str, states: &HashMap<String, State>, p: &mut Problems) {
     }
     for s in sorted {
         if !seen.contains(&s.name) {
-            p.add(
-                &s.file,
-                &s.name,
-                format!("unreachable from the start state {start:?}"),
-            );
+            p.add(&s.file, &s.name, format!("unreachable from the start state {start:?}"));
         }
     }
 }
@@ -413,11 +290,7 @@ fn notices_into(flow: &Flow) -> HashMap<&str, BTreeSet<&'static str>> {
     let mut out: HashMap<&str, BTreeSet<&'static str>> = HashMap::new();
     for s in flow.states.values() {
         let action = match &s.kind {
-            Kind::Input {
-                input: Some((_, a)),
-                ..
-            }
-            | Kind::Auto { action: a } => *a,
+            Kind::Input { input: Some((_, a)), .. } | Kind::Auto { action: a } => *a,
             _ => continue,
         };
         for (outcome, key) in action.notices() {
@@ -434,8 +307,7 @@ fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, p: &mut P
     // Every key each catalogue must hold, with where it is used.
     let mut used: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut use_key = |k: &str, file: &str, state: &str| {
-        used.entry(k.to_string())
-            .or_insert((file.to_string(), state.to_string()));
+        used.entry(k.to_string()).or_insert((file.to_string(), state.to_string()));
     };
     for k in keys::FIXED {
         use_key(k, "(engine)", k);
@@ -449,11 +321,7 @@ fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, p: &mut P
     sorted.sort_by(|a, b| (&a.file, &a.name).cmp(&(&b.file, &b.name)));
     for s in sorted {
         match &s.kind {
-            Kind::Input {
-                prompt,
-                input,
-                options,
-            } => {
+            Kind::Input { prompt, input, options } => {
                 let mut prefixes: Vec<&str> = Vec::new();
                 if let Some((v, a)) = input {
                     prefixes.extend(v.reasons());
@@ -490,15 +358,7 @@ fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, p: &mut P
     for (lang, cat) in &flow.catalogs {
         for (k, (file, state)) in &used {
             if !cat.messages.contains_key(k) {
-                p.add(
-                    file,
-                    state,
-                    format!(
-                        "message {k:?} is missing from {} ({})",
-                        cat.file,
-                        lang.code()
-                    ),
-                );
+                p.add(file, state, format!("message {k:?} is missing from {} ({})", cat.file, lang.code()));
             }
         }
         for (k, text) in &cat.messages {
@@ -515,12 +375,7 @@ fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, p: &mut P
     // Budgets, with every placeholder at its widest.
     for (lang, cat) in &flow.catalogs {
         let list = crate::engine::question_list(flow, *lang, &[]);
-        let longest = flow
-            .questions
-            .iter()
-            .map(|q| cat.get(q))
-            .max_by_key(|t| t.chars().count())
-            .unwrap_or("");
+        let longest = flow.questions.iter().map(|q| cat.get(q)).max_by_key(|t| t.chars().count()).unwrap_or("");
         let widest = |key: &str| -> String {
             let mut t = cat.get(key).to_string();
             for (name, width) in PLACEHOLDERS {
@@ -537,10 +392,7 @@ fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, p: &mut P
             let body_text = widest(body);
             let mut candidates = vec![(String::from("prompt"), body_text.clone())];
             for pre in prefixes {
-                candidates.push((
-                    format!("{pre:?} above the prompt"),
-                    format!("{}\n{}", widest(pre), body_text),
-                ));
+                candidates.push((format!("{pre:?} above the prompt"), format!("{}\n{}", widest(pre), body_text)));
             }
             for (what, screen) in candidates {
                 if let Some(why) = ussd_overflow(&screen, charset) {

@@ -18,7 +18,7 @@ pub mod check;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -108,17 +108,9 @@ struct StateDef {
 /// What a state does.
 #[derive(Debug, Clone)]
 pub enum Kind {
-    Input {
-        prompt: String,
-        input: Option<(Validator, ActionKind)>,
-        options: BTreeMap<String, String>,
-    },
-    Auto {
-        action: ActionKind,
-    },
-    End {
-        message: String,
-    },
+    Input { prompt: String, input: Option<(Validator, ActionKind)>, options: BTreeMap<String, String> },
+    Auto { action: ActionKind },
+    End { message: String },
 }
 
 /// A checked state.
@@ -142,7 +134,8 @@ pub struct Flow {
     pub questions: Vec<String>,
     pub states: HashMap<String, State>,
     pub catalogs: BTreeMap<Lang, Catalog>,
-    pub dir: PathBuf,
+    /// Where the flow was loaded from (a directory, or the copy built into the binary).
+    pub source: String,
 }
 
 impl Flow {
@@ -152,14 +145,81 @@ impl Flow {
 
     pub fn catalog(&self, lang: Lang) -> &Catalog {
         // Every language is present after checking; fall back to any catalogue rather than panic.
-        self.catalogs
-            .get(&lang)
-            .or_else(|| self.catalogs.values().next())
-            .unwrap_or(&catalog::EMPTY)
+        self.catalogs.get(&lang).or_else(|| self.catalogs.values().next()).unwrap_or(&catalog::EMPTY)
     }
 
     /// Loads and checks every flow file and catalogue under `dir`.
     pub fn load(dir: &Path, charset: Charset) -> Result<Flow, Vec<Problem>> {
-        check::load(dir, charset)
+        check::load(&Source::from_dir(dir), charset)
+    }
+
+    /// Loads and checks the flows at `dir`, or the copy built into the binary when `dir` is `None`.
+    pub fn load_from(dir: Option<&Path>, charset: Charset) -> Result<Flow, Vec<Problem>> {
+        match dir {
+            Some(d) => Flow::load(d, charset),
+            None => check::load(&Source::embedded(), charset),
+        }
+    }
+}
+
+/// The files of a flow directory: `*.toml` state files and `messages/<lang>.toml` catalogues, by
+/// relative path.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// How problems name it: the directory as given, or `flows (built in)`.
+    pub name: String,
+    pub files: BTreeMap<String, String>,
+    pub error: Option<String>,
+}
+
+/// The shipped flows, compiled in so the binary runs from any directory.
+const EMBEDDED: &[(&str, &str)] = &[
+    ("main.toml", include_str!("../../flows/main.toml")),
+    ("activation.toml", include_str!("../../flows/activation.toml")),
+    ("login.toml", include_str!("../../flows/login.toml")),
+    ("messages/vi.toml", include_str!("../../flows/messages/vi.toml")),
+    ("messages/en.toml", include_str!("../../flows/messages/en.toml")),
+];
+
+impl Source {
+    pub fn embedded() -> Source {
+        let files = EMBEDDED.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Source { name: "flows (built in)".into(), files, error: None }
+    }
+
+    pub fn from_dir(dir: &Path) -> Source {
+        let name = dir.display().to_string().trim_end_matches('/').to_string();
+        let mut files = BTreeMap::new();
+        let mut error = None;
+        for sub in ["", "messages"] {
+            let entries = match std::fs::read_dir(dir.join(sub)) {
+                Ok(e) => e,
+                Err(e) if sub.is_empty() => {
+                    error = Some(e.to_string());
+                    break;
+                }
+                Err(_) => continue,
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                if !path.is_file() || path.extension().is_none_or(|x| x != "toml") {
+                    continue;
+                }
+                let Some(file) = path.file_name().and_then(|f| f.to_str()) else { continue };
+                let rel = if sub.is_empty() { file.to_string() } else { format!("{sub}/{file}") };
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        files.insert(rel, text);
+                    }
+                    Err(e) => error = Some(format!("{}: {e}", path.display())),
+                }
+            }
+        }
+        Source { name, files, error }
+    }
+
+    /// The display path of a file of this source, for problems.
+    pub fn path_of(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.name)
     }
 }

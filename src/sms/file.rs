@@ -43,22 +43,14 @@ impl FileSender {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)?;
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
         let len = file.metadata()?.len();
         let start = len.saturating_sub(TAIL_BYTES);
         file.seek(SeekFrom::Start(start))?;
         let mut tail = Vec::new();
         file.read_to_end(&mut tail)?;
         // Cut a torn last line: everything after the last newline.
-        let keep = tail
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map(|i| i + 1)
-            .unwrap_or(0);
+        let keep = tail.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
         if keep < tail.len() {
             file.set_len(start + keep as u64)?;
             file.sync_all()?;
@@ -68,10 +60,7 @@ impl FileSender {
             .filter_map(|line| serde_json::from_slice::<OutboxLine>(line).ok())
             .map(|l| l.id)
             .collect();
-        Ok(FileSender {
-            inner: Arc::new(Mutex::new(Inner { file, written })),
-            path: path.to_path_buf(),
-        })
+        Ok(FileSender { inner: Arc::new(Mutex::new(Inner { file, written })), path: path.to_path_buf() })
     }
 
     pub fn path(&self) -> &Path {
@@ -81,33 +70,23 @@ impl FileSender {
 
 impl SmsSender for FileSender {
     fn send<'a>(&'a self, sms: &'a OutgoingSms) -> SendFuture<'a> {
-        let line = OutboxLine {
-            id: sms.id,
-            to: sms.to.e164(),
-            text: to_gsm7(sms.text.expose()),
-            at: sms.at.rfc3339(),
-        };
+        let line = OutboxLine { id: sms.id, to: sms.to.e164(), text: to_gsm7(sms.text.expose()), at: sms.at.rfc3339() };
         let inner = self.inner.clone();
         Box::pin(async move {
             let write = move || -> Result<(), SendError> {
                 let tmp = |e: std::io::Error| SendError::Temporary(e.to_string());
-                let mut g = inner
-                    .lock()
-                    .map_err(|_| SendError::Temporary("outbox lock poisoned".into()))?;
+                let mut g = inner.lock().map_err(|_| SendError::Temporary("outbox lock poisoned".into()))?;
                 if g.written.contains(&line.id) {
                     return Ok(());
                 }
-                let mut bytes =
-                    serde_json::to_vec(&line).map_err(|e| SendError::Temporary(e.to_string()))?;
+                let mut bytes = serde_json::to_vec(&line).map_err(|e| SendError::Temporary(e.to_string()))?;
                 bytes.push(b'\n');
                 g.file.write_all(&bytes).map_err(tmp)?;
                 g.file.sync_data().map_err(tmp)?;
                 g.written.insert(line.id);
                 Ok(())
             };
-            tokio::task::spawn_blocking(write)
-                .await
-                .map_err(|e| SendError::Temporary(e.to_string()))?
+            tokio::task::spawn_blocking(write).await.map_err(|e| SendError::Temporary(e.to_string()))?
         })
     }
 }

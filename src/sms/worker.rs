@@ -13,11 +13,7 @@ use crate::crypto::Crypto;
 use crate::store::{Store, StoreError};
 
 /// Delivers what is queued now; returns how many were sent.
-pub async fn deliver_pending(
-    store: &dyn Store,
-    crypto: &Crypto,
-    sender: &dyn SmsSender,
-) -> Result<usize, StoreError> {
+pub async fn deliver_pending(store: &dyn Store, crypto: &Crypto, sender: &dyn SmsSender) -> Result<usize, StoreError> {
     let mut sent = 0;
     loop {
         let batch = store.outbox(64)?;
@@ -36,13 +32,7 @@ pub async fn deliver_pending(
                     continue;
                 }
             };
-            let sms = OutgoingSms {
-                id: q.id,
-                to: q.to.clone(),
-                text,
-                purpose: q.purpose,
-                at: q.queued_at,
-            };
+            let sms = OutgoingSms { id: q.id, to: q.to.clone(), text, purpose: q.purpose, at: q.queued_at };
             match sender.send(&sms).await {
                 Ok(()) => {
                     store.outbox_done(q.id)?;
@@ -61,11 +51,7 @@ pub async fn deliver_pending(
         }
     }
     if sent > 0 {
-        store
-            .durable()
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?
-            .map_err(StoreError::Backend)?;
+        store.durable().await.map_err(|e| StoreError::Backend(e.to_string()))?.map_err(StoreError::Backend)?;
     }
     Ok(sent)
 }

@@ -17,9 +17,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use tokio::sync::oneshot;
 
-use super::{
-    AuditRecord, Commit, CommitOutcome, Conversation, Durable, QueuedSms, Store, StoreError,
-};
+use super::{AuditRecord, Commit, CommitOutcome, Conversation, Durable, QueuedSms, Store, StoreError};
 use crate::domain::{Msisdn, NationalId};
 use crate::engine::{Account, Citizen};
 
@@ -38,10 +36,7 @@ fn encode<T: Serialize>(value: T) -> Result<Vec<u8>, StoreError> {
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     match serde_json::from_slice::<Stored<T>>(bytes) {
         Ok(Stored::V1(v)) => Ok(v),
-        Err(e) => Err(StoreError::Corrupt {
-            what,
-            why: e.to_string(),
-        }),
+        Err(e) => Err(StoreError::Corrupt { what, why: e.to_string() }),
     }
 }
 
@@ -61,11 +56,7 @@ pub struct SledStore {
 
 impl SledStore {
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(backend)?;
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(backend)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         let (tx, rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>();
         let flusher_db = db.clone();
@@ -115,11 +106,7 @@ fn group_commit(db: sled::Db, rx: mpsc::Receiver<oneshot::Sender<Result<(), Stri
 
 impl Store for SledStore {
     fn conversation(&self, phone: &Msisdn) -> Result<Option<Conversation>, StoreError> {
-        self.get(
-            &self.conversations,
-            "conversation",
-            phone.as_str().as_bytes(),
-        )
+        self.get(&self.conversations, "conversation", phone.as_str().as_bytes())
     }
 
     fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, StoreError> {
@@ -146,12 +133,7 @@ impl Store for SledStore {
             None => None,
         };
         let audit: Vec<Vec<u8>> = c.audit.iter().map(encode).collect::<Result<_, _>>()?;
-        let trees = (
-            &self.conversations,
-            &self.accounts,
-            &self.outbox,
-            &self.audit,
-        );
+        let trees = (&self.conversations, &self.accounts, &self.outbox, &self.audit);
         let result = trees.transaction(|(conv, accounts, outbox, audit_tree)| {
             if let Some((key, bytes)) = &account {
                 if accounts.get(key)?.is_some() {
@@ -193,24 +175,14 @@ impl Store for SledStore {
     }
 
     fn outbox(&self, limit: usize) -> Result<Vec<QueuedSms>, StoreError> {
-        self.outbox
-            .iter()
-            .take(limit)
-            .map(|kv| kv.map_err(backend).and_then(|(_, v)| decode("outbox", &v)))
-            .collect()
+        self.outbox.iter().take(limit).map(|kv| kv.map_err(backend).and_then(|(_, v)| decode("outbox", &v))).collect()
     }
 
     fn outbox_done(&self, id: u64) -> Result<(), StoreError> {
-        self.outbox
-            .remove(id.to_be_bytes())
-            .map(|_| ())
-            .map_err(backend)
+        self.outbox.remove(id.to_be_bytes()).map(|_| ()).map_err(backend)
     }
 
     fn audit(&self) -> Result<Vec<AuditRecord>, StoreError> {
-        self.audit
-            .iter()
-            .map(|kv| kv.map_err(backend).and_then(|(_, v)| decode("audit", &v)))
-            .collect()
+        self.audit.iter().map(|kv| kv.map_err(backend).and_then(|(_, v)| decode("audit", &v))).collect()
     }
 }

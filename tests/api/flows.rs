@@ -6,15 +6,8 @@ use std::process::Command;
 use crate::helpers::repo;
 
 fn check(dir: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kichhoat"))
-        .args(["check", "--flows"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-    )
+    let out = Command::new(env!("CARGO_BIN_EXE_kichhoat")).args(["check", "--flows"]).arg(dir).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 /// A copy of the shipped flows with `edit` applied to `file`.
@@ -46,86 +39,55 @@ fn the_shipped_flows_pass_the_check() {
 
 #[test]
 fn a_dangling_transition_is_refused_naming_file_and_state() {
-    let dir = broken("activation.toml", |t| {
-        t.replace("next = \"act_phone\"", "next = \"act_phonee\"")
-    });
+    let dir = broken("activation.toml", |t| t.replace("next = \"act_phone\"", "next = \"act_phonee\""));
     let (ok, out) = check(dir.path());
     assert!(!ok);
-    assert!(
-        out.contains("activation.toml: act_id: transition to \"act_phonee\", which does not exist"),
-        "{out}"
-    );
+    assert!(out.contains("activation.toml: act_id: transition to \"act_phonee\", which does not exist"), "{out}");
 }
 
 #[test]
 fn unknown_fields_actions_and_validators_are_refused() {
     let dir = broken("login.toml", |t| {
-        t.replace(
-            "input = \"secret\"\naction = \"login\"",
-            "input = \"secrett\"\naction = \"login\"",
-        )
-        .replace(
-            "[states.login_ok]\nend",
-            "[states.login_ok]\ncolour = \"red\"\nend",
-        )
+        t.replace("input = \"secret\"\naction = \"login\"", "input = \"secrett\"\naction = \"login\"")
+            .replace("[states.login_ok]\nend", "[states.login_ok]\ncolour = \"red\"\nend")
     });
     let (ok, out) = check(dir.path());
     assert!(!ok);
     assert!(out.contains("login.toml"), "{out}");
     assert!(out.contains("unknown field `colour`"), "{out}");
-    let dir = broken("main.toml", |t| {
-        t.replace("action = \"switch_language\"", "action = \"fly\"")
-    });
+    let dir = broken("main.toml", |t| t.replace("action = \"switch_language\"", "action = \"fly\""));
     let (_, out) = check(dir.path());
-    assert!(
-        out.contains("main.toml: switch_language: unknown action \"fly\""),
-        "{out}"
-    );
+    assert!(out.contains("main.toml: switch_language: unknown action \"fly\""), "{out}");
 }
 
 #[test]
 fn an_unreachable_state_and_a_missing_outcome_are_refused() {
-    let dir = broken("login.toml", |t| {
-        format!("{t}\n[states.orphan]\nend = \"login.ok\"\n")
-    });
+    let dir = broken("login.toml", |t| format!("{t}\n[states.orphan]\nend = \"login.ok\"\n"));
     let (_, out) = check(dir.path());
-    assert!(
-        out.contains("login.toml: orphan: unreachable from the start state \"menu\""),
-        "{out}"
-    );
-    let dir = broken("activation.toml", |t| {
-        t.replace(", pending = \"act_pending\"", "")
-    });
+    assert!(out.contains("login.toml: orphan: unreachable from the start state \"menu\""), "{out}");
+    let dir = broken("activation.toml", |t| t.replace(", pending = \"act_pending\"", ""));
     let (_, out) = check(dir.path());
-    assert!(
-        out.contains("act_phone: outcome \"pending\" of action \"request_otp\" has no transition"),
-        "{out}"
-    );
+    assert!(out.contains("act_phone: outcome \"pending\" of action \"request_otp\" has no transition"), "{out}");
 }
 
 #[test]
 fn a_missing_translation_and_an_oversized_screen_are_refused() {
-    let dir = broken("messages/en.toml", |t| {
-        t.replace(
-            "ask_password_again = \"Enter the password again:\\n0. Menu\"\n",
-            "",
-        )
-    });
+    let dir =
+        broken("messages/en.toml", |t| t.replace("ask_password_again = \"Enter the password again:\\n0. Menu\"\n", ""));
     let (_, out) = check(dir.path());
-    assert!(
-        out.contains("act_password_again: message \"act.ask_password_again\" is missing from"),
-        "{out}"
-    );
+    assert!(out.contains("act_password_again: message \"act.ask_password_again\" is missing from"), "{out}");
     let dir = broken("messages/vi.toml", |t| {
-        t.replace(
-            "ask_password_again = \"",
-            &format!("ask_password_again = \"{}", "x".repeat(170)),
-        )
+        t.replace("ask_password_again = \"", &format!("ask_password_again = \"{}", "x".repeat(170)))
     });
     let (_, out) = check(dir.path());
-    assert!(
-        out.contains("vi.toml: act_password_again: prompt: screen is"),
-        "{out}"
-    );
+    assert!(out.contains("vi.toml: act_password_again: prompt: screen is"), "{out}");
     assert!(out.contains("over the USSD budget of 182"), "{out}");
+}
+
+#[test]
+fn outside_the_checkout_the_built_in_flows_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kichhoat")).arg("check").current_dir(dir.path()).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("flows (built in)"));
 }

@@ -22,8 +22,8 @@ pub fn repo() -> PathBuf {
 
 pub fn settings(data_dir: &Path) -> Settings {
     let common = Common {
-        flows: repo().join("flows"),
-        registry: repo().join("fixtures/registry.csv"),
+        flows: Some(repo().join("flows")),
+        registry: Some(repo().join("fixtures/registry.csv")),
         key_file: None,
         ussd_charset: Charset::Gsm7,
     };
@@ -49,26 +49,14 @@ impl TestServer {
     pub async fn start_in(dir: tempfile::TempDir) -> TestServer {
         let settings = settings(dir.path());
         let clock = Arc::new(ManualClock::new(T0));
-        let app = App::open(
-            &settings,
-            clock.clone() as Arc<dyn Clock>,
-            HashCost::DANGER_TEST_ONLY,
-        )
-        .unwrap();
+        let app = App::open(&settings, clock.clone() as Arc<dyn Clock>, HashCost::DANGER_TEST_ONLY).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let router = kichhoat::http::router(app.service.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        TestServer {
-            url,
-            clock,
-            app: Some(app),
-            outbox: settings.sms_outbox.clone(),
-            dir,
-            server,
-        }
+        TestServer { url, clock, app: Some(app), outbox: settings.sms_outbox.clone(), dir, server }
     }
 
     pub fn app(&self) -> &App {
@@ -78,13 +66,9 @@ impl TestServer {
     /// Delivers queued SMS now (the worker would within a second) and returns every line of the outbox.
     pub async fn outbox(&self) -> Vec<OutboxLine> {
         let app = self.app();
-        kichhoat::sms::worker::deliver_pending(
-            app.store.as_ref(),
-            &app.service.crypto,
-            app.sender.as_ref(),
-        )
-        .await
-        .unwrap();
+        kichhoat::sms::worker::deliver_pending(app.store.as_ref(), &app.service.crypto, app.sender.as_ref())
+            .await
+            .unwrap();
         read_outbox(&self.outbox)
     }
 
@@ -125,19 +109,13 @@ pub async fn post_at(url: &str, fields: &[(&str, &str)]) -> (u16, String) {
 }
 
 fn serde_urlencoded(fields: &[(&str, &str)]) -> String {
-    fields
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+    fields.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&")
 }
 
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             b' ' => "+".to_string(),
             _ => format!("%{b:02X}"),
         })
@@ -155,13 +133,7 @@ pub struct AtPhone {
 
 impl AtPhone {
     pub fn new(url: &str, phone: &str) -> AtPhone {
-        AtPhone {
-            url: url.into(),
-            phone: phone.into(),
-            session: String::new(),
-            inputs: Vec::new(),
-            dials: 0,
-        }
+        AtPhone { url: url.into(), phone: phone.into(), session: String::new(), inputs: Vec::new(), dials: 0 }
     }
 
     pub fn text(&self) -> String {
@@ -187,11 +159,7 @@ impl AtPhone {
         static SESSIONS: AtomicU32 = AtomicU32::new(0);
         self.dials += 1;
         let n = SESSIONS.fetch_add(1, Ordering::SeqCst);
-        self.session = format!(
-            "ATUid_{}_{n}_{}",
-            self.phone.trim_start_matches('+'),
-            std::process::id()
-        );
+        self.session = format!("ATUid_{}_{n}_{}", self.phone.trim_start_matches('+'), std::process::id());
         self.inputs.clear();
         let (status, body) = self.hop().await;
         assert_eq!(status, 200, "{body}");
@@ -219,17 +187,9 @@ pub struct Proc {
 
 impl Proc {
     pub async fn spawn(data: &Path, outbox: &Path, log: &Path, log_level: &str) -> Proc {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_kichhoat"))
             .arg("serve")
             .args(["--listen", &addr])
@@ -246,11 +206,16 @@ impl Proc {
             .stderr(log)
             .spawn()
             .unwrap();
-        let url = format!("http://{addr}");
+        Proc::adopt(child, format!("http://{addr}")).await
+    }
+
+    /// Waits for a started server to answer its health check.
+    pub async fn adopt(child: std::process::Child, url: String) -> Proc {
+        let proc = Proc { child, url };
         for _ in 0..200 {
-            if let Ok(r) = reqwest::get(format!("{url}/healthz")).await {
+            if let Ok(r) = reqwest::get(format!("{}/healthz", proc.url)).await {
                 if r.status() == 200 {
-                    return Proc { child, url };
+                    return proc;
                 }
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -267,10 +232,7 @@ impl Proc {
     /// SIGTERM, and wait for the clean shutdown.
     pub fn terminate(mut self) {
         let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let status = self.child.wait().unwrap();
         assert!(status.success(), "clean shutdown on SIGTERM: {status:?}");
     }
@@ -286,4 +248,12 @@ pub async fn wait_outbox(path: &Path, n: usize) -> Vec<OutboxLine> {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     read_outbox(path)
+}
+
+impl Drop for Proc {
+    /// A failing test must not leave a server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

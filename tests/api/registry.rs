@@ -27,22 +27,13 @@ async fn malformed_rows_are_reported_by_line_and_skipped() {
     )
     .unwrap();
     let mut s = settings(&dir.path().join("data"));
-    s.registry = csv.clone();
-    let app = App::open(
-        &s,
-        Arc::new(ManualClock::new(T0)) as Arc<dyn Clock>,
-        HashCost::DANGER_TEST_ONLY,
-    )
-    .unwrap();
+    s.registry = Some(csv.clone());
+    let app = App::open(&s, Arc::new(ManualClock::new(T0)) as Arc<dyn Clock>, HashCost::DANGER_TEST_ONLY).unwrap();
     let report = import_csv(&csv, app.store.as_ref(), 2026).unwrap();
     assert_eq!(report.imported, 2);
     let lines: Vec<u64> = report.skipped.iter().map(|(l, _)| *l).collect();
     assert_eq!(lines, [3, 4, 5]);
-    let quoted = app
-        .store
-        .citizen(&NationalId::parse("001199012348", 2026).unwrap())
-        .unwrap()
-        .unwrap();
+    let quoted = app.store.citizen(&NationalId::parse("001199012348", 2026).unwrap()).unwrap().unwrap();
     assert_eq!(quoted.full_name, "Trần, Thị Quote");
     app.shutdown().await;
 }

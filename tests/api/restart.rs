@@ -28,15 +28,7 @@ async fn a_kill_9_mid_activation_loses_nothing_that_was_answered() {
     let mut p = AtPhone::new(&server.url, "+84912345678");
     assert!(fold(&p.dial().await).contains("Tiep tuc kich hoat"));
     assert!(fold(&p.send(&otp).await).contains("Dat mat khau"));
-    for input in [
-        "Abc*1234x",
-        "Abc*1234x",
-        "258147",
-        "258147",
-        "1",
-        "Kim Dong",
-        "4",
-    ] {
+    for input in ["Abc*1234x", "Abc*1234x", "258147", "258147", "1", "Kim Dong", "4"] {
         assert!(p.send(input).await.starts_with("CON "), "at {input}");
     }
     assert!(fold(&p.send("Pho").await).contains("thanh cong"));
@@ -76,5 +68,27 @@ async fn a_torn_outbox_line_from_a_crash_is_cut_and_the_sms_written_once() {
     p.send("1").await;
     let lines = wait_outbox(&outbox, 1).await;
     assert_eq!(lines.len(), 1);
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_its_built_in_defaults_from_any_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kichhoat"))
+        .args(["serve", "--listen", &addr])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = crate::helpers::Proc::adopt(child, format!("http://{addr}")).await;
+    let mut p = AtPhone::new(&server.url, "+84912345678");
+    assert!(fold(&p.dial().await).contains("Kich hoat tai khoan"));
+    p.send("1").await;
+    p.send("001099012345").await;
+    assert!(fold(&p.send("1").await).contains("091****678"), "the demo registry is built in");
+    let outbox = dir.path().join("data/outbox.jsonl");
+    assert_eq!(wait_outbox(&outbox, 1).await.len(), 1, "outbox under ./data by default");
     server.terminate();
 }

@@ -23,8 +23,7 @@ fn leaks(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).enumerate().any(|(i, w)| {
         w == needle
             && !(i > 0 && hexish(hay[i - 1]) && hexish(needle[0]))
-            && !(hay.get(i + needle.len()).is_some_and(|&b| hexish(b))
-                && hexish(needle[needle.len() - 1]))
+            && !(hay.get(i + needle.len()).is_some_and(|&b| hexish(b)) && hexish(needle[needle.len() - 1]))
     })
 }
 
@@ -51,9 +50,7 @@ async fn no_secret_is_stored_or_logged_after_a_full_conversation() {
         p.send(password).await;
         p.text()
     };
-    for input in [
-        password, passcode, passcode, "2", answers[0], "5", answers[1],
-    ] {
+    for input in [password, passcode, passcode, "2", answers[0], "5", answers[1]] {
         p.send(input).await;
     }
     let mut l = AtPhone::new(&server.url, "+84912345678");
@@ -83,29 +80,17 @@ async fn no_secret_is_stored_or_logged_after_a_full_conversation() {
         "ben tre".into(),
         cumulative_with_password,
     ];
-    let stored = all.iter().any(|f| {
-        std::fs::read(f)
-            .unwrap()
-            .windows(10)
-            .any(|w| w == b"$argon2id$")
-    });
+    let stored = all.iter().any(|f| std::fs::read(f).unwrap().windows(10).any(|w| w == b"$argon2id$"));
     assert!(stored, "the scan saw the stored account");
     for f in &all {
         let bytes = std::fs::read(f).unwrap();
         for n in &needles {
-            assert!(
-                !leaks(&bytes, n.as_bytes()),
-                "{n:?} found in {}",
-                f.display()
-            );
+            assert!(!leaks(&bytes, n.as_bytes()), "{n:?} found in {}", f.display());
         }
     }
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("ussd hop answered"), "the log is real");
     for personal in ["001099012345", "0912345678", "84912345678"] {
-        assert!(
-            !logs.contains(personal),
-            "{personal} appears unmasked in the logs"
-        );
+        assert!(!logs.contains(personal), "{personal} appears unmasked in the logs");
     }
 }

@@ -14,9 +14,7 @@ use kichhoat::channel::africastalking::response;
 use kichhoat::clock::Millis;
 use kichhoat::crypto::{Crypto, HashCost};
 use kichhoat::domain::{Msisdn, NationalId, Secret};
-use kichhoat::engine::{
-    self, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Session,
-};
+use kichhoat::engine::{self, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Session};
 use kichhoat::flow::catalog::to_gsm7;
 use kichhoat::flow::{Charset, Flow};
 
@@ -60,10 +58,7 @@ struct Turn {
 
 fn load_all() -> Vec<(String, Transcript)> {
     let dir = repo().join("fixtures/transcripts");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     let all: Vec<_> = files
         .into_iter()
@@ -74,11 +69,7 @@ fn load_all() -> Vec<(String, Transcript)> {
             (p.file_name().unwrap().to_string_lossy().to_string(), t)
         })
         .collect();
-    assert!(
-        all.len() >= 10,
-        "expected the transcript suite, found {}",
-        all.len()
-    );
+    assert!(all.len() >= 10, "expected the transcript suite, found {}", all.len());
     all
 }
 
@@ -109,55 +100,29 @@ async fn run(file: &str, t: &Transcript, driver: &mut impl Driver, via: &str) {
             (None, true) => driver.dial().await,
             (Some(input), false) => {
                 let last = otps.last().cloned().unwrap_or_default();
-                let prev = otps
-                    .len()
-                    .checked_sub(2)
-                    .and_then(|i| otps.get(i))
-                    .cloned()
-                    .unwrap_or_default();
+                let prev = otps.len().checked_sub(2).and_then(|i| otps.get(i)).cloned().unwrap_or_default();
                 let input = input.replace("{otp_prev}", &prev).replace("{otp}", &last);
                 driver.send(&input).await
             }
             _ => panic!("{at}: a turn either dials or sends"),
         };
         let shown = fold(&seen.response);
-        assert!(
-            shown.starts_with(&format!("{} ", turn.expect)),
-            "{at}: expected {}, got {shown:?}",
-            turn.expect
-        );
+        assert!(shown.starts_with(&format!("{} ", turn.expect)), "{at}: expected {}, got {shown:?}", turn.expect);
         for c in &turn.contains {
-            assert!(
-                shown.contains(&fold(c)),
-                "{at}: {shown:?} should contain {c:?}"
-            );
+            assert!(shown.contains(&fold(c)), "{at}: {shown:?} should contain {c:?}");
         }
         for c in &turn.not_contains {
-            assert!(
-                !shown.contains(&fold(c)),
-                "{at}: {shown:?} should not contain {c:?}"
-            );
+            assert!(!shown.contains(&fold(c)), "{at}: {shown:?} should not contain {c:?}");
         }
-        assert_eq!(
-            seen.sms.len(),
-            turn.sms,
-            "{at}: SMS sent: {:?}",
-            seen.sms.iter().map(|s| &s.0).collect::<Vec<_>>()
-        );
+        assert_eq!(seen.sms.len(), turn.sms, "{at}: SMS sent: {:?}", seen.sms.iter().map(|s| &s.0).collect::<Vec<_>>());
         for (to, text) in &seen.sms {
             if let Some(want) = &turn.sms_to {
                 assert_eq!(to, want, "{at}: SMS recipient");
             }
             for c in &turn.sms_contains {
-                assert!(
-                    fold(text).contains(&fold(c)),
-                    "{at}: SMS {text:?} should contain {c:?}"
-                );
+                assert!(fold(text).contains(&fold(c)), "{at}: SMS {text:?} should contain {c:?}");
             }
-            assert!(
-                !text.contains("http") && !text.contains("www."),
-                "{at}: SMS carry no links"
-            );
+            assert!(!text.contains("http") && !text.contains("www."), "{at}: SMS carry no links");
             if let Some(code) = otp_in(text) {
                 otps.push(code);
             }
@@ -198,7 +163,7 @@ impl EngineDriver {
         let csv = std::fs::read_to_string(repo().join("fixtures/registry.csv")).unwrap();
         for line in csv.lines().skip(1) {
             let fields: Vec<&str> = line.split(',').collect();
-            let c = kichhoat::registry::parse_row(&fields, 2026).unwrap();
+            let c = kichhoat::registry::parse_row(&fields).unwrap();
             dir.citizens.insert(c.national_id.as_str().to_string(), c);
         }
         EngineDriver {
@@ -213,17 +178,9 @@ impl EngineDriver {
     }
 
     fn step(&mut self, inbound: Inbound) -> Seen {
-        let session: Option<Session> = self
-            .saved
-            .as_deref()
-            .map(|j| serde_json::from_str(j).unwrap());
-        let ctx = Ctx {
-            flow: &self.flow,
-            directory: &self.dir,
-            crypto: &self.crypto,
-            now: self.now,
-            caller: &self.caller,
-        };
+        let session: Option<Session> = self.saved.as_deref().map(|j| serde_json::from_str(j).unwrap());
+        let ctx =
+            Ctx { flow: &self.flow, directory: &self.dir, crypto: &self.crypto, now: self.now, caller: &self.caller };
         let turn = engine::step(&ctx, session, inbound, &mut self.rng).unwrap();
         self.saved = Some(serde_json::to_string(&turn.session).unwrap());
         let mut sms = Vec::new();
@@ -231,17 +188,12 @@ impl EngineDriver {
             match e {
                 Effect::Sms { to, body, .. } => sms.push((to.e164(), to_gsm7(body.expose()))),
                 Effect::Activate(a) => {
-                    self.dir
-                        .accounts
-                        .insert(a.national_id.as_str().to_string(), a);
+                    self.dir.accounts.insert(a.national_id.as_str().to_string(), a);
                 }
                 Effect::Audit(_) => {}
             }
         }
-        Seen {
-            response: response(&turn.reply, Charset::Gsm7),
-            sms,
-        }
+        Seen { response: response(&turn.reply, Charset::Gsm7), sms }
     }
 }
 
@@ -268,10 +220,7 @@ struct ServerDriver {
 impl ServerDriver {
     async fn collect(&mut self, response: String) -> Seen {
         let lines = self.server.outbox().await;
-        let sms = lines[self.seen_sms..]
-            .iter()
-            .map(|l| (l.to.clone(), l.text.clone()))
-            .collect();
+        let sms = lines[self.seen_sms..].iter().map(|l| (l.to.clone(), l.text.clone())).collect();
         self.seen_sms = lines.len();
         Seen { response, sms }
     }
@@ -304,11 +253,7 @@ async fn every_transcript_holds_against_the_http_server() {
     for (file, t) in load_all() {
         let server = TestServer::start().await;
         let phone = AtPhone::new(&server.url, &Msisdn::parse(&t.phone).unwrap().e164());
-        let mut d = ServerDriver {
-            server,
-            phone,
-            seen_sms: 0,
-        };
+        let mut d = ServerDriver { server, phone, seen_sms: 0 };
         run(&file, &t, &mut d, "http").await;
         d.server.stop().await;
     }

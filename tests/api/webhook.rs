@@ -39,14 +39,10 @@ async fn a_password_full_of_stars_arrives_whole_and_logs_in() {
     let password = "*A*b*1*2*c*";
     activate(&server, "+84912345678", "001099012345", password).await;
     assert!(
-        fold(&login(&server, "+84912345678", "001099012345", password).await)
-            .starts_with("END Xin chao Nguyen Van An")
+        fold(&login(&server, "+84912345678", "001099012345", password).await).starts_with("END Xin chao Nguyen Van An")
     );
     // Any split of the password at its stars is a different (wrong) password.
-    assert!(
-        fold(&login(&server, "+84912345678", "001099012345", "A*b*1*2*c").await)
-            .contains("khong dung")
-    );
+    assert!(fold(&login(&server, "+84912345678", "001099012345", "A*b*1*2*c").await).contains("khong dung"));
     server.stop().await;
 }
 
@@ -117,10 +113,7 @@ async fn two_phones_racing_to_activate_one_id_make_one_account() {
     p.send("1").await;
     p.send("001099012345").await;
     let reply = p.send("0912345678").await;
-    assert!(
-        fold(&reply).contains("Tai khoan cua ban da thuc hien kich hoat"),
-        "{reply}"
-    );
+    assert!(fold(&reply).contains("Tai khoan cua ban da thuc hien kich hoat"), "{reply}");
     server.stop().await;
 }
 
@@ -134,16 +127,9 @@ async fn requests_the_server_cannot_understand_get_a_4xx_and_change_nothing() {
         ("networkCode", "45204"),
         ("text", ""),
     ];
-    let without = |name: &str| {
-        base.iter()
-            .filter(|(k, _)| *k != name)
-            .cloned()
-            .collect::<Vec<_>>()
-    };
+    let without = |name: &str| base.iter().filter(|(k, _)| *k != name).cloned().collect::<Vec<_>>();
     let with = |name: &str, v: &'static str| {
-        base.iter()
-            .map(|(k, old)| if *k == name { (*k, v) } else { (*k, *old) })
-            .collect::<Vec<_>>()
+        base.iter().map(|(k, old)| if *k == name { (*k, v) } else { (*k, *old) }).collect::<Vec<_>>()
     };
     let long_id = "x".repeat(200);
     let cases: Vec<Vec<(&str, &str)>> = vec![
@@ -152,18 +138,11 @@ async fn requests_the_server_cannot_understand_get_a_4xx_and_change_nothing() {
         with("phoneNumber", "+254711XXXYYY"),
         with("phoneNumber", "+254711082000"),
         with("sessionId", ""),
-        vec![
-            ("sessionId", &long_id),
-            ("phoneNumber", "+84912345678"),
-            ("text", ""),
-        ],
+        vec![("sessionId", &long_id), ("phoneNumber", "+84912345678"), ("text", "")],
     ];
     for case in cases {
         let (status, body) = post_at(&server.url, &case).await;
-        assert!(
-            (400..500).contains(&status),
-            "{case:?} gave {status} {body}"
-        );
+        assert!((400..500).contains(&status), "{case:?} gave {status} {body}");
     }
     let resp = reqwest::Client::new()
         .post(format!("{}/ussd/africastalking", server.url))
@@ -174,13 +153,8 @@ async fn requests_the_server_cannot_understand_get_a_4xx_and_change_nothing() {
         .unwrap();
     assert!(resp.status().is_client_error());
     let phone = Msisdn::parse("+84912345678").unwrap();
-    assert!(
-        server.app().store.conversation(&phone).unwrap().is_none(),
-        "nothing was stored"
-    );
-    let health = reqwest::get(format!("{}/healthz", server.url))
-        .await
-        .unwrap();
+    assert!(server.app().store.conversation(&phone).unwrap().is_none(), "nothing was stored");
+    let health = reqwest::get(format!("{}/healthz", server.url)).await.unwrap();
     assert_eq!(health.status(), 200);
     server.stop().await;
 }
