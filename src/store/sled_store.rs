@@ -186,3 +186,83 @@ impl Store for SledStore {
         self.audit.iter().map(|kv| kv.map_err(backend).and_then(|(_, v)| decode("audit", &v))).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Millis;
+    use crate::engine::{AuditEvent, Session, Slots, SmsPurpose};
+    use crate::flow::Lang;
+    use crate::store::QueuedSms;
+
+    fn conversation(state: &str) -> Conversation {
+        let session =
+            Session { lang: Lang::Vi, state: state.into(), tries: 0, updated_at: Millis(1), slots: Slots::default() };
+        Conversation { session, hop: None }
+    }
+
+    fn account(id: &NationalId, phone: &Msisdn) -> Account {
+        Account {
+            national_id: id.clone(),
+            phone: phone.clone(),
+            password_hash: "$argon2id$x".into(),
+            passcode_hash: "$argon2id$y".into(),
+            questions: Vec::new(),
+            activated_at: Millis(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_activation_of_one_id_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let id = NationalId::parse("001099012345", 2026).unwrap();
+        let (a, b) = (Msisdn::parse("0912345678").unwrap(), Msisdn::parse("0987654321").unwrap());
+        let sms = QueuedSms { id: 0, to: a.clone(), purpose: SmsPurpose::Activated, sealed: vec![1, 2], queued_at: Millis(1) };
+        let audit = AuditRecord {
+            at: Millis(1),
+            caller: a.clone(),
+            event: AuditEvent { event: "activated".into(), national_id: Some(id.clone()), phone: Some(a.clone()) },
+        };
+        let first = Commit {
+            phone: a.clone(),
+            conversation: conversation("menu"),
+            activate: Some(account(&id, &a)),
+            sms: vec![sms.clone()],
+            audit: vec![audit.clone()],
+        };
+        assert_eq!(store.commit(first).unwrap(), CommitOutcome::Committed);
+        let second = Commit {
+            phone: b.clone(),
+            conversation: conversation("menu"),
+            activate: Some(account(&id, &b)),
+            sms: vec![sms],
+            audit: vec![audit],
+        };
+        assert_eq!(store.commit(second).unwrap(), CommitOutcome::AccountExists);
+        assert!(store.conversation(&b).unwrap().is_none(), "nothing of the refused commit was written");
+        assert_eq!(store.outbox(10).unwrap().len(), 1);
+        assert_eq!(store.audit().unwrap().len(), 1);
+        assert_eq!(store.account(&id).unwrap().unwrap().phone, a);
+        store.durable().await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn many_waiters_share_group_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..64u32 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let phone = Msisdn::parse(&format!("09123{i:05}")).unwrap();
+                let c = Commit { phone, conversation: conversation("menu"), activate: None, sms: vec![], audit: vec![] };
+                store.commit(c).unwrap();
+                store.durable().await.unwrap().unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+}

@@ -103,17 +103,34 @@ async fn concurrent_duplicates_of_a_hop_send_one_otp() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_phones_racing_to_activate_one_id_make_one_account() {
-    let server = TestServer::start().await;
-    // Both callers name An's registered phone, so both get codes on it; both finish.
-    activate(&server, "+84912345678", "001099012345", "Abc*1234x").await;
-    let mut p = AtPhone::new(&server.url, "+84988000111");
+/// Drives `phone` through an activation of An's ID up to the last answer, not sent yet.
+async fn up_to_the_last_answer(server: &TestServer, phone: &str) -> AtPhone {
+    let mut p = AtPhone::new(&server.url, phone);
     p.dial().await;
     p.send("1").await;
     p.send("001099012345").await;
-    let reply = p.send("0912345678").await;
-    assert!(fold(&reply).contains("Tai khoan cua ban da thuc hien kich hoat"), "{reply}");
+    p.send("0912345678").await;
+    let otp = otp_in(&server.outbox().await.last().unwrap().text).unwrap();
+    for input in [otp.as_str(), "Abc*1234x", "Abc*1234x", "258147", "258147", "1", "Kim Dong", "4"] {
+        assert!(p.send(input).await.starts_with("CON "), "at {input}");
+    }
+    p.inputs.push("Pho".into());
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phones_racing_to_activate_one_id_make_one_account() {
+    let server = TestServer::start().await;
+    // Both callers type An's registered phone, so both get codes there and both reach the last step.
+    let a = up_to_the_last_answer(&server, "+84912345678").await;
+    let b = up_to_the_last_answer(&server, "+84988000111").await;
+    let (ra, rb) = tokio::join!(a.hop(), b.hop());
+    let mut replies = [fold(&ra.1), fold(&rb.1)];
+    replies.sort();
+    assert!(replies[0].contains("thanh cong"), "{replies:?}");
+    assert!(replies[1].contains("Tai khoan cua ban da thuc hien kich hoat"), "{replies:?}");
+    let confirmations = server.outbox().await.iter().filter(|l| fold(&l.text).contains("da duoc kich hoat")).count();
+    assert_eq!(confirmations, 1);
     server.stop().await;
 }
 
