@@ -35,9 +35,22 @@ struct Stats {
     errors: usize,
 }
 
-async fn hop(client: &reqwest::Client, url: &str, stats: &Mutex<Stats>, sid: &str, phone: &str, text: &str) -> Option<String> {
+async fn hop(
+    client: &reqwest::Client,
+    url: &str,
+    stats: &Mutex<Stats>,
+    sid: &str,
+    phone: &str,
+    text: &str,
+) -> Option<String> {
     let t = Instant::now();
-    let form = [("sessionId", sid), ("serviceCode", "*384#"), ("phoneNumber", phone), ("networkCode", "45204"), ("text", text)];
+    let form = [
+        ("sessionId", sid),
+        ("serviceCode", "*384#"),
+        ("phoneNumber", phone),
+        ("networkCode", "45204"),
+        ("text", text),
+    ];
     let result = client.post(format!("{url}/ussd/africastalking")).form(&form).send().await;
     let body = match result {
         Ok(r) if r.status().is_success() => r.text().await.ok(),
@@ -129,7 +142,8 @@ async fn main() -> Result<(), String> {
         if started.elapsed() > DEADLINE {
             break;
         }
-        let (client, url, outbox, stats, mode) = (client.clone(), url.clone(), outbox.clone(), stats.clone(), mode.clone());
+        let (client, url, outbox, stats, mode) =
+            (client.clone(), url.clone(), outbox.clone(), stats.clone(), mode.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             run_phone(&mode, i, &client, &url, &outbox, &stats).await;
@@ -141,7 +155,12 @@ async fn main() -> Result<(), String> {
     let elapsed = started.elapsed();
     let mut s = stats.lock().await;
     s.latencies.sort();
-    let pct = |p: f64| s.latencies.get(((s.latencies.len() as f64 * p) as usize).min(s.latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        s.latencies
+            .get(((s.latencies.len() as f64 * p) as usize).min(s.latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     println!(
         "mode={mode} phones={phones} concurrency={concurrency} hops={} errors={} elapsed={:.2}s throughput={:.0} hops/s",
         s.latencies.len(),

@@ -85,7 +85,10 @@ fn import(
     let file_err = |why: String| RegistryError::File { path: name.to_string(), why };
     let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(input);
     let headers = reader.headers().map_err(|e| file_err(e.to_string()))?.clone();
-    if headers.iter().collect::<Vec<_>>() != HEADER {
+    // Spreadsheet exports add a byte-order mark and capitalise headers; neither changes the meaning.
+    let names: Vec<String> =
+        headers.iter().map(|h| h.trim_start_matches('\u{feff}').trim().to_ascii_lowercase()).collect();
+    if names != HEADER {
         return Err(file_err(format!("header must be {}", HEADER.join(","))));
     }
     let mut report = ImportReport::default();
@@ -127,6 +130,15 @@ mod tests {
             let c = parse_row(&["001099012345", phone, "Nguyễn Văn An", "approved"]).unwrap();
             assert_eq!(c.phone.e164(), "+84912345678");
         }
+    }
+
+    #[test]
+    fn a_spreadsheet_export_with_a_bom_and_capitals_imports() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sled_store::SledStore::open(dir.path()).unwrap();
+        let csv = "\u{feff}National_ID,Phone,Full_Name,Status\r\n001099012345,0912345678,Nguyễn Văn An,Approved\r\n";
+        let report = import(csv.as_bytes(), "test", &store, 2026).unwrap();
+        assert_eq!((report.imported, report.skipped.len()), (1, 0));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use rand::rngs::OsRng;
 use tokio::sync::{Mutex, MutexGuard, Notify, Semaphore};
-use tracing::{error, info};
+use tracing::{error, info, info_span, Instrument};
 
 use crate::channel::africastalking::{self as at, Derived, Hop};
 use crate::clock::{Clock, Millis};
@@ -100,16 +100,24 @@ impl Service {
 
     /// Answers one Africa's Talking hop.
     pub async fn ussd(&self, hop: Hop) -> Result<Reply, ServiceError> {
+        // Log lines of one hop carry the masked phone and a short pseudonym of the carrier session, so an
+        // operator can follow a conversation without the logs holding who it was or what was typed.
+        let session = hex::encode(&self.crypto.hop_mac(hop.phone.as_str(), &hop.session_id, "")[..4]);
+        let span = info_span!("hop", phone = %hop.phone.masked(), session = %session);
+        self.ussd_in_span(hop).instrument(span).await
+    }
+
+    async fn ussd_in_span(&self, hop: Hop) -> Result<Reply, ServiceError> {
         let _guard = self.lock(&hop.phone).await;
         let conv = self.store.conversation(&hop.phone)?;
         let cursor = conv.as_ref().and_then(|c| c.hop.as_ref());
         let inputs = match at::derive(&self.crypto, &hop, cursor) {
             Derived::Replay(reply) => {
-                info!(phone = %hop.phone.masked(), "ussd retry answered from the stored reply");
+                info!("ussd retry answered from the stored reply");
                 return Ok(reply);
             }
             Derived::Lost => {
-                info!(phone = %hop.phone.masked(), "ussd text does not extend the previous hop");
+                info!("ussd text does not extend the previous hop");
                 let lang = conv.as_ref().map(|c| c.session.lang).unwrap_or(crate::flow::Lang::Vi);
                 return Ok(Reply { text: self.flow.catalog(lang).get(keys::END_DIAL_AGAIN).to_string(), end: true });
             }
@@ -140,11 +148,11 @@ impl Service {
                     if queued_sms {
                         self.outbox_ready.notify_one();
                     }
-                    info!(phone = %hop.phone.masked(), state = %state, end = reply.end, "ussd hop answered");
+                    info!(state = %state, end = reply.end, "ussd hop answered");
                     return Ok(reply);
                 }
                 CommitOutcome::AccountExists => {
-                    info!(phone = %hop.phone.masked(), "activation lost a race; running the step again");
+                    info!("activation lost a race; running the step again");
                     replay = Some(kept);
                 }
             }
@@ -214,7 +222,9 @@ impl Service {
                 }
                 Effect::Activate(account) => commit.activate = Some(account),
                 Effect::Audit(event) => {
-                    info!(event = %event.event, id = ?event.national_id, phone = ?event.phone, caller = %phone.masked(), "audit");
+                    let id = event.national_id.as_ref().map(|i| i.masked()).unwrap_or_default();
+                    let to = event.phone.as_ref().map(|p| p.masked()).unwrap_or_default();
+                    info!(event = %event.event, id = %id, registered_phone = %to, "audit");
                     commit.audit.push(AuditRecord { at: now, caller: phone.clone(), event });
                 }
             }

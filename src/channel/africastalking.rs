@@ -170,6 +170,22 @@ mod tests {
         assert_eq!(inputs, ["<dial>", "1", "001099012345", "1", "Ab*12*cd!9"]);
     }
 
+    proptest::proptest! {
+        /// Whatever the citizen types, stars and letters with diacritics included, each input is
+        /// recovered whole from the cumulative text.
+        #[test]
+        fn every_input_is_recovered_from_the_cumulative_text(inputs in proptest::collection::vec("[0-9a-zA-Z*#!@ ạđ]{1,12}", 1..8)) {
+            let c = Crypto::from_master(&[5; 32], HashCost::DANGER_TEST_ONLY).unwrap();
+            let mut texts = vec![String::new()];
+            for i in 0..inputs.len() {
+                texts.push(inputs[..=i].join("*"));
+            }
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let got = walk(&c, &texts);
+            proptest::prop_assert_eq!(&got[1..], &inputs[..]);
+        }
+    }
+
     #[test]
     fn a_retried_hop_replays_and_a_stranger_text_is_lost() {
         let c = Crypto::from_master(&[3; 32], HashCost::DANGER_TEST_ONLY).unwrap();

@@ -218,7 +218,13 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         let id = NationalId::parse("001099012345", 2026).unwrap();
         let (a, b) = (Msisdn::parse("0912345678").unwrap(), Msisdn::parse("0987654321").unwrap());
-        let sms = QueuedSms { id: 0, to: a.clone(), purpose: SmsPurpose::Activated, sealed: vec![1, 2], queued_at: Millis(1) };
+        let sms = QueuedSms {
+            id: 0,
+            to: a.clone(),
+            purpose: SmsPurpose::Activated,
+            sealed: vec![1, 2],
+            queued_at: Millis(1),
+        };
         let audit = AuditRecord {
             at: Millis(1),
             caller: a.clone(),
@@ -256,7 +262,8 @@ mod tests {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
                 let phone = Msisdn::parse(&format!("09123{i:05}")).unwrap();
-                let c = Commit { phone, conversation: conversation("menu"), activate: None, sms: vec![], audit: vec![] };
+                let c =
+                    Commit { phone, conversation: conversation("menu"), activate: None, sms: vec![], audit: vec![] };
                 store.commit(c).unwrap();
                 store.durable().await.unwrap().unwrap();
             }));

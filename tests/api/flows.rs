@@ -49,12 +49,14 @@ fn a_dangling_transition_is_refused_naming_file_and_state() {
 fn unknown_fields_actions_and_validators_are_refused() {
     let dir = broken("login.toml", |t| {
         t.replace("input = \"secret\"\naction = \"login\"", "input = \"secrett\"\naction = \"login\"")
-            .replace("[states.login_ok]\nend", "[states.login_ok]\ncolour = \"red\"\nend")
     });
     let (ok, out) = check(dir.path());
     assert!(!ok);
-    assert!(out.contains("login.toml"), "{out}");
-    assert!(out.contains("unknown field `colour`"), "{out}");
+    assert!(out.contains("login.toml: login_password: unknown validator \"secrett\""), "{out}");
+    let dir = broken("main.toml", |t| t.replace("[states.help]\nend", "[states.help]\ncolour = \"red\"\nend"));
+    let (ok, out) = check(dir.path());
+    assert!(!ok);
+    assert!(out.contains("main.toml: -: ") && out.contains("unknown field `colour`"), "{out}");
     let dir = broken("main.toml", |t| t.replace("action = \"switch_language\"", "action = \"fly\""));
     let (_, out) = check(dir.path());
     assert!(out.contains("main.toml: switch_language: unknown action \"fly\""), "{out}");

@@ -257,3 +257,10 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// A scratch folder with the paths a spawned server uses: (folder, data dir, outbox, log).
+pub fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, outbox, log) = (dir.path().join("data"), dir.path().join("outbox.jsonl"), dir.path().join("server.log"));
+    (dir, data, outbox, log)
+}

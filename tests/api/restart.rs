@@ -2,14 +2,11 @@
 
 use std::collections::HashSet;
 
-use crate::helpers::{fold, otp_in, wait_outbox, AtPhone, Proc};
+use crate::helpers::{fold, otp_in, scratch, wait_outbox, AtPhone, Proc};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_9_mid_activation_loses_nothing_that_was_answered() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let outbox = dir.path().join("outbox.jsonl");
-    let log = dir.path().join("server.log");
+    let (_dir, data, outbox, log) = scratch();
 
     // 1. Up to the OTP, then kill -9 right after the reply.
     let server = Proc::spawn(&data, &outbox, &log, "info").await;
@@ -55,10 +52,7 @@ async fn a_kill_9_mid_activation_loses_nothing_that_was_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_outbox_line_from_a_crash_is_cut_and_the_sms_written_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let outbox = dir.path().join("outbox.jsonl");
-    let log = dir.path().join("server.log");
+    let (_dir, data, outbox, log) = scratch();
     std::fs::write(&outbox, "{\"id\":99,\"to\":\"+8491").unwrap();
     let server = Proc::spawn(&data, &outbox, &log, "info").await;
     let mut p = AtPhone::new(&server.url, "+84912345678");

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::helpers::{fold, otp_in, wait_outbox, AtPhone, Proc};
+use crate::helpers::{fold, otp_in, scratch, wait_outbox, AtPhone, Proc};
 
 fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -29,10 +29,7 @@ fn leaks(hay: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_is_stored_or_logged_after_a_full_conversation() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let outbox = dir.path().join("outbox.jsonl"); // the SMS "delivered": outside the data dir
-    let log = dir.path().join("server.log");
+    let (_dir, data, outbox, log) = scratch(); // the outbox (SMS "delivered") is outside the data dir
     let server = Proc::spawn(&data, &outbox, &log, "trace").await;
 
     let password = "Zq*8!mWx#2";
