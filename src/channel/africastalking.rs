@@ -15,8 +15,9 @@ use crate::flow::catalog::for_channel;
 use crate::flow::Charset;
 use crate::store::{HopCursor, RecentHop};
 
-/// Replies kept per phone so a carrier retry of a recent hop gets the same answer.
-const RECENT_HOPS: usize = 4;
+/// Replies kept per phone so a carrier retry of a recent hop (of this session or the one before) gets the
+/// same answer.
+const RECENT_HOPS: usize = 8;
 /// Longest `sessionId` accepted (AT's are ~30 characters).
 pub const MAX_SESSION_ID: usize = 128;
 /// Longest cumulative `text` accepted; a USSD session holds a handful of short inputs.
@@ -92,6 +93,12 @@ pub fn derive(crypto: &Crypto, hop: &Hop, cursor: Option<&HopCursor>) -> Derived
     let phone = hop.phone.as_str();
     let sid = &hop.session_id;
     let text = hop.text.expose();
+    // A retry is recognised first, even of a hop from the session before (its MAC names the session):
+    // a late carrier retry must not run again as a new dial.
+    let text_mac = crypto.hop_mac(phone, sid, text);
+    if let Some(r) = cursor.and_then(|c| c.recent.iter().find(|r| mac_eq(&hex32(&r.text_mac), &text_mac))) {
+        return Derived::Replay(r.reply.clone());
+    }
     let session_mac = crypto.hop_mac(phone, sid, "");
     let Some(c) = cursor.filter(|c| mac_eq(&hex32(&c.session_mac), &session_mac)) else {
         if text.is_empty() {
@@ -99,10 +106,6 @@ pub fn derive(crypto: &Crypto, hop: &Hop, cursor: Option<&HopCursor>) -> Derived
         }
         return Derived::DialThen(text.split('*').map(Secret::new).collect());
     };
-    let text_mac = crypto.hop_mac(phone, sid, text);
-    if let Some(r) = c.recent.iter().find(|r| mac_eq(&hex32(&r.text_mac), &text_mac)) {
-        return Derived::Replay(r.reply.clone());
-    }
     let n = c.text_len;
     if text.len() <= n || !text.is_char_boundary(n) {
         return Derived::Lost;
@@ -123,8 +126,7 @@ pub fn advance(crypto: &Crypto, hop: &Hop, previous: Option<&HopCursor>, reply: 
     let phone = hop.phone.as_str();
     let session_mac = hex::encode(crypto.hop_mac(phone, &hop.session_id, ""));
     let text_mac = hex::encode(crypto.hop_mac(phone, &hop.session_id, hop.text.expose()));
-    let mut recent: Vec<RecentHop> =
-        previous.filter(|p| p.session_mac == session_mac).map(|p| p.recent.clone()).unwrap_or_default();
+    let mut recent: Vec<RecentHop> = previous.map(|p| p.recent.clone()).unwrap_or_default();
     recent.push(RecentHop { text_mac: text_mac.clone(), reply: reply.clone() });
     if recent.len() > RECENT_HOPS {
         recent.drain(..recent.len() - RECENT_HOPS);
@@ -198,6 +200,10 @@ mod tests {
         assert!(matches!(derive(&c, &hop("s1", "2*5"), Some(&cur)), Derived::Lost));
         assert!(matches!(derive(&c, &hop("s2", ""), Some(&cur)), Derived::Dial));
         assert!(matches!(derive(&c, &hop("s3", "1*2"), Some(&cur)), Derived::DialThen(v) if v.len() == 2));
+        // A new dial, then a late retry of the old session's hop: replayed, not run as a new dial.
+        let next = hop("s2", "");
+        let cur = advance(&c, &next, Some(&cur), &Reply { text: "menu again".into(), end: false });
+        assert!(matches!(derive(&c, &second, Some(&cur)), Derived::Replay(r) if r == reply));
     }
 
     #[test]
