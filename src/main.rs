@@ -87,6 +87,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let served = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await;
     info!("shutting down");
     app.shutdown().await;
+    info!("stopped");
     served.map_err(|e| e.to_string())
 }
 
