@@ -123,7 +123,7 @@ impl Service {
             }
             Derived::Dial => vec![Inbound::Dial],
             Derived::DialThen(parts) => {
-                std::iter::once(Inbound::Dial).chain(parts.into_iter().map(Inbound::Text)).collect()
+                std::iter::once(Inbound::DialWithChoices).chain(parts.into_iter().map(Inbound::Text)).collect()
             }
             Derived::Input(s) => vec![Inbound::Text(s)],
         };
@@ -142,9 +142,16 @@ impl Service {
             let conversation = Conversation { session, hop: Some(cursor) };
             let queued_sms = effects.iter().any(|e| matches!(e, Effect::Sms { .. }));
             let commit = self.commit_of(&hop.phone, conversation, effects, now)?;
+            let audited: Vec<_> = commit.audit.iter().map(|a| a.event.clone()).collect();
             match self.store.commit(commit)? {
                 CommitOutcome::Committed => {
                     self.durable().await?;
+                    // Logged once, and only for what was written.
+                    for a in &audited {
+                        let id = a.national_id.as_ref().map(|i| i.masked()).unwrap_or_default();
+                        let to = a.phone.as_ref().map(|p| p.masked()).unwrap_or_default();
+                        info!(event = %a.event, id = %id, registered_phone = %to, "audit");
+                    }
                     if queued_sms {
                         self.outbox_ready.notify_one();
                     }
@@ -221,12 +228,7 @@ impl Service {
                     commit.sms.push(QueuedSms { id: 0, to, purpose, sealed, queued_at: now });
                 }
                 Effect::Activate(account) => commit.activate = Some(account),
-                Effect::Audit(event) => {
-                    let id = event.national_id.as_ref().map(|i| i.masked()).unwrap_or_default();
-                    let to = event.phone.as_ref().map(|p| p.masked()).unwrap_or_default();
-                    info!(event = %event.event, id = %id, registered_phone = %to, "audit");
-                    commit.audit.push(AuditRecord { at: now, caller: phone.clone(), event });
-                }
+                Effect::Audit(event) => commit.audit.push(AuditRecord { at: now, caller: phone.clone(), event }),
             }
         }
         Ok(commit)
@@ -244,6 +246,7 @@ fn clone_inputs(inputs: &[Inbound]) -> Vec<Inbound> {
         .iter()
         .map(|i| match i {
             Inbound::Dial => Inbound::Dial,
+            Inbound::DialWithChoices => Inbound::DialWithChoices,
             Inbound::Text(s) => Inbound::Text(Secret::clone(s)),
         })
         .collect()

@@ -25,14 +25,14 @@ struct ShowingSender {
     phone: Msisdn,
     shown: Mutex<Vec<String>>,
     /// The background worker and the simulator may both deliver a message; show it once.
-    seen: Mutex<std::collections::HashSet<u64>>,
+    seen: Mutex<std::collections::HashSet<String>>,
 }
 
 impl SmsSender for ShowingSender {
     fn send<'a>(&'a self, sms: &'a OutgoingSms) -> SendFuture<'a> {
         Box::pin(async move {
             self.file.send(sms).await?;
-            if !self.seen.lock().map(|mut s| s.insert(sms.id)).unwrap_or(true) {
+            if !self.seen.lock().map(|mut s| s.insert(sms.id.clone())).unwrap_or(true) {
                 return Ok(());
             }
             let line = if sms.to == self.phone {

@@ -12,6 +12,7 @@ use rand::RngCore;
 use super::{
     Account, Answered, AuditEvent, CitizenStatus, Ctx, Effect, EngineError, OtpRecord, Out, Session, Slots, SmsPurpose,
 };
+use crate::clock::Millis;
 use crate::crypto::mac_eq;
 use crate::domain::{Msisdn, NationalId, Otp, Passcode, Password, PasswordContext, Secret, SecurityAnswer};
 use crate::engine::keys;
@@ -108,7 +109,17 @@ pub fn parse(v: Validator, input: &Secret, s: &Session, ctx: &Ctx) -> Result<Val
         }
     };
     Ok(match v {
-        Validator::NationalId => Value::Id(NationalId::parse(raw, ctx.now.year()).map_err(|e| e.reason_key())?),
+        Validator::NationalId => {
+            let id = NationalId::parse_shape(raw).map_err(|e| e.reason_key())?;
+            // Plausibility (century digit, birth year) catches typos; the registry has the last word on
+            // which numbers exist, so a registered number is never refused here.
+            if let Err(e) = id.plausibility(ctx.now.year()) {
+                if !matches!(ctx.directory.citizen(&id), Ok(Some(_))) {
+                    return Err(e.reason_key());
+                }
+            }
+            Value::Id(id)
+        }
         Validator::Phone if raw.trim() == "1" => Value::Phone(ctx.caller.clone()),
         Validator::Phone => Value::Phone(Msisdn::parse(raw).map_err(|e| e.reason_key())?),
         Validator::Otp => Value::Otp(Otp::parse(raw).map_err(|e| e.reason_key())?),
@@ -304,6 +315,13 @@ impl ActionKind {
     /// Reasons shown when the action refuses an entry that parsed.
     pub fn reasons(self) -> &'static [&'static str] {
         self.spec().reasons
+    }
+    /// Notes [`resume_note`] may put above this action's prompt when a new dial reopens it.
+    pub fn resume_notices(self) -> &'static [&'static str] {
+        match self {
+            ActionKind::VerifyOtp => &[NOTE_OTP_EXPIRED],
+            _ => &[],
+        }
     }
     /// (outcome, notice) pairs: the notice stands above the prompt the outcome leads to.
     pub fn notices(self) -> &'static [(&'static str, &'static str)] {
@@ -522,6 +540,18 @@ pub(crate) fn run(
         _ => return Err(misuse(s, "action given a value of the wrong kind")),
     })
 }
+
+/// The note above a prompt reopened by a new dial, when the state has something more useful to say than
+/// "continuing": at the code prompt, that the code has expired and `1` sends a new one.
+pub fn resume_note(state: &crate::flow::State, s: &Session, now: Millis) -> Option<&'static str> {
+    let crate::flow::Kind::Input { input: Some((_, action)), .. } = &state.kind else { return None };
+    match action {
+        ActionKind::VerifyOtp if s.slots.otp.as_ref().is_none_or(|o| now > o.expires_at) => Some(NOTE_OTP_EXPIRED),
+        _ => None,
+    }
+}
+
+const NOTE_OTP_EXPIRED: &str = "note.otp_expired";
 
 fn require_verified(s: &Session) -> Result<(), EngineError> {
     if s.slots.verified {

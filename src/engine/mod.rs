@@ -130,8 +130,11 @@ impl Session {
 /// What arrived from the citizen.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A new USSD session (the citizen dialled the service code).
+    /// A new USSD session (the citizen dialled the service code): resumes an activation in progress.
     Dial,
+    /// A new USSD session dialled with choices already in the code (`*384*2#`): those choices are meant
+    /// for the menu, so it starts there rather than resuming.
+    DialWithChoices,
     /// One entry typed at the current prompt. Wrapped: it may be a password.
     Text(Secret),
 }
@@ -207,9 +210,10 @@ pub fn step(ctx: &Ctx, session: Option<Session>, inbound: Inbound, rng: &mut dyn
     let reply = match (inbound, here) {
         (Inbound::Dial, Some(st)) if st.resume && !idle => {
             let st = st.clone();
-            screen(ctx, &s, &out, Some(keys::NOTE_RESUME), &st.name, false)
+            let note = actions::resume_note(&st, &s, ctx.now).unwrap_or(keys::NOTE_RESUME);
+            screen(ctx, &s, &out, Some(note), &st.name, false)
         }
-        (Inbound::Dial, _) => {
+        (Inbound::Dial | Inbound::DialWithChoices, _) => {
             let start = flow.start.clone();
             go(ctx, &mut s, &mut out, &start, None, rng)?
         }

@@ -332,6 +332,9 @@ fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, p: &mut P
                 }
                 if s.resume {
                     prefixes.push(keys::NOTE_RESUME);
+                    if let Some((_, a)) = input {
+                        prefixes.extend(a.resume_notices());
+                    }
                 }
                 if s.name == flow.start {
                     prefixes.push(keys::NOTE_RESTART);

@@ -1,5 +1,5 @@
 //! The embedded SMS "gateway": each SMS becomes one JSON line in a local outbox file,
-//! `{"id": 7, "to": "+84912345678", "text": "...", "at": "2026-11-29T10:00:00Z"}`.
+//! `{"id": "3f9a1c2b7d4e5f60-7", "to": "+84912345678", "text": "...", "at": "2026-11-29T10:00:00Z"}`.
 //!
 //! Written with `O_APPEND` and fsynced before the store forgets the message. On open, a torn last line
 //! (a crash mid-write) is cut off, and the ids already in the file are remembered so a message re-delivered
@@ -22,7 +22,7 @@ const TAIL_BYTES: u64 = 4 << 20;
 
 #[derive(Serialize, Deserialize)]
 pub struct OutboxLine {
-    pub id: u64,
+    pub id: String,
     pub to: String,
     pub text: String,
     pub at: String,
@@ -35,7 +35,7 @@ pub struct FileSender {
 
 struct Inner {
     file: File,
-    written: HashSet<u64>,
+    written: HashSet<String>,
 }
 
 impl FileSender {
@@ -70,7 +70,12 @@ impl FileSender {
 
 impl SmsSender for FileSender {
     fn send<'a>(&'a self, sms: &'a OutgoingSms) -> SendFuture<'a> {
-        let line = OutboxLine { id: sms.id, to: sms.to.e164(), text: to_gsm7(sms.text.expose()), at: sms.at.rfc3339() };
+        let line = OutboxLine {
+            id: sms.id.clone(),
+            to: sms.to.e164(),
+            text: to_gsm7(sms.text.expose()),
+            at: sms.at.rfc3339(),
+        };
         let inner = self.inner.clone();
         Box::pin(async move {
             let write = move || -> Result<(), SendError> {

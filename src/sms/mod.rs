@@ -19,8 +19,9 @@ use crate::engine::SmsPurpose;
 /// One SMS ready to hand to a gateway. The text is a [`Secret`]: it may carry an OTP.
 #[derive(Debug)]
 pub struct OutgoingSms {
-    /// The outbox id: stable across retries, so a sender can deduplicate.
-    pub id: u64,
+    /// `<store instance>-<outbox sequence>`: stable across retries and unique across databases, so a
+    /// sender can deduplicate.
+    pub id: String,
     pub to: Msisdn,
     pub text: Secret,
     pub purpose: SmsPurpose,

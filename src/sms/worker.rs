@@ -20,6 +20,9 @@ pub async fn deliver_pending(store: &dyn Store, crypto: &Crypto, sender: &dyn Sm
         if batch.is_empty() {
             break;
         }
+        // What we read is committed but maybe not yet on disk: never send an SMS whose record (and the
+        // OTP state it goes with) a crash could still undo.
+        durable(store).await?;
         let mut progressed = false;
         for q in batch {
             let text = match crypto.open(&q.sealed, q.to.as_str().as_bytes()) {
@@ -32,7 +35,13 @@ pub async fn deliver_pending(store: &dyn Store, crypto: &Crypto, sender: &dyn Sm
                     continue;
                 }
             };
-            let sms = OutgoingSms { id: q.id, to: q.to.clone(), text, purpose: q.purpose, at: q.queued_at };
+            let sms = OutgoingSms {
+                id: format!("{}-{}", store.instance(), q.id),
+                to: q.to.clone(),
+                text,
+                purpose: q.purpose,
+                at: q.queued_at,
+            };
             match sender.send(&sms).await {
                 Ok(()) => {
                     store.outbox_done(q.id)?;
@@ -51,9 +60,13 @@ pub async fn deliver_pending(store: &dyn Store, crypto: &Crypto, sender: &dyn Sm
         }
     }
     if sent > 0 {
-        store.durable().await.map_err(|e| StoreError::Backend(e.to_string()))?.map_err(StoreError::Backend)?;
+        durable(store).await?;
     }
     Ok(sent)
+}
+
+async fn durable(store: &dyn Store) -> Result<(), StoreError> {
+    store.durable().await.map_err(|e| StoreError::Backend(e.to_string()))?.map_err(StoreError::Backend)
 }
 
 /// Runs until `stop` is notified.

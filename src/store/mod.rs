@@ -98,6 +98,8 @@ pub enum CommitOutcome {
 pub type Durable = oneshot::Receiver<Result<(), String>>;
 
 pub trait Store: Send + Sync + 'static {
+    /// A random id of this database, made when it was created (outbox message ids start with it).
+    fn instance(&self) -> &str;
     fn conversation(&self, phone: &Msisdn) -> Result<Option<Conversation>, StoreError>;
     fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, StoreError>;
     fn account(&self, id: &NationalId) -> Result<Option<Account>, StoreError>;

@@ -51,6 +51,9 @@ pub struct SledStore {
     accounts: sled::Tree,
     outbox: sled::Tree,
     audit: sled::Tree,
+    /// Random, made with the database: outbox message ids are `<instance>-<seq>`, so a fresh database
+    /// writing to an old outbox file never collides with the messages already in it.
+    instance: String,
     flush_tx: Mutex<mpsc::Sender<oneshot::Sender<Result<(), String>>>>,
 }
 
@@ -58,6 +61,7 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(backend)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
+        let instance = instance_id(&db)?;
         let (tx, rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>();
         let flusher_db = db.clone();
         thread::Builder::new()
@@ -71,6 +75,7 @@ impl SledStore {
             outbox: tree("outbox")?,
             audit: tree("audit")?,
             db,
+            instance,
             flush_tx: Mutex::new(tx),
         })
     }
@@ -93,6 +98,19 @@ impl SledStore {
     }
 }
 
+fn instance_id(db: &sled::Db) -> Result<String, StoreError> {
+    if let Some(v) = db.get("instance").map_err(backend)? {
+        return String::from_utf8(v.to_vec())
+            .map_err(|e| StoreError::Corrupt { what: "instance id", why: e.to_string() });
+    }
+    let mut bytes = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let id = hex::encode(bytes);
+    db.insert("instance", id.as_bytes()).map_err(backend)?;
+    db.flush().map_err(backend)?;
+    Ok(id)
+}
+
 fn group_commit(db: sled::Db, rx: mpsc::Receiver<oneshot::Sender<Result<(), String>>>) {
     while let Ok(first) = rx.recv() {
         let mut waiters = vec![first];
@@ -105,6 +123,10 @@ fn group_commit(db: sled::Db, rx: mpsc::Receiver<oneshot::Sender<Result<(), Stri
 }
 
 impl Store for SledStore {
+    fn instance(&self) -> &str {
+        &self.instance
+    }
+
     fn conversation(&self, phone: &Msisdn) -> Result<Option<Conversation>, StoreError> {
         self.get(&self.conversations, "conversation", phone.as_str().as_bytes())
     }

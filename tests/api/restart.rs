@@ -38,9 +38,9 @@ async fn a_kill_9_mid_activation_loses_nothing_that_was_answered() {
         lines.len(),
         2,
         "OTP and confirmation, no duplicate: {:?}",
-        lines.iter().map(|l| l.id).collect::<Vec<_>>()
+        lines.iter().map(|l| &l.id).collect::<Vec<_>>()
     );
-    assert_eq!(lines.iter().map(|l| l.id).collect::<HashSet<_>>().len(), 2);
+    assert_eq!(lines.iter().map(|l| &l.id).collect::<HashSet<_>>().len(), 2);
     assert!(fold(&lines[1].text).contains("da duoc kich hoat"));
     let mut p = AtPhone::new(&server.url, "+84912345678");
     p.dial().await;
@@ -85,4 +85,25 @@ async fn the_binary_serves_its_built_in_defaults_from_any_directory() {
     let outbox = dir.path().join("data/outbox.jsonl");
     assert_eq!(wait_outbox(&outbox, 1).await.len(), 1, "outbox under ./data by default");
     server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_database_writing_to_an_old_outbox_file_loses_no_sms() {
+    let (dir, data, outbox, log) = scratch();
+    for data in [data.clone(), dir.path().join("data-2")] {
+        let server = Proc::spawn(&data, &outbox, &log, "info").await;
+        let mut p = AtPhone::new(&server.url, "+84912345678");
+        p.dial().await;
+        p.send("1").await;
+        p.send("001099012345").await;
+        p.send("1").await;
+        server.terminate();
+    }
+    let lines = crate::helpers::read_outbox(&outbox);
+    assert_eq!(
+        lines.len(),
+        2,
+        "both databases' OTPs were written: {:?}",
+        lines.iter().map(|l| &l.id).collect::<Vec<_>>()
+    );
 }

@@ -189,3 +189,22 @@ async fn the_end_of_session_notification_is_accepted() {
     assert_eq!(resp.status(), 200);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shortcut_dial_mid_activation_starts_at_the_menu() {
+    let server = TestServer::start().await;
+    let mut p = AtPhone::new(&server.url, "+84912345678");
+    p.dial().await;
+    p.send("1").await;
+    p.send("001099012345").await;
+    p.send("1").await;
+    // *384*3# while the activation waits at the code prompt: help, not "1 = send a new code".
+    let mut q = AtPhone::new(&server.url, "+84912345678");
+    q.session = "shortcut-1".into();
+    q.inputs.push("3".into());
+    let (status, body) = q.hop().await;
+    assert_eq!(status, 200);
+    assert!(fold(&body).starts_with("END ") && fold(&body).contains("Cong an xa, phuong"), "{body}");
+    assert_eq!(server.outbox().await.len(), 1, "no extra OTP");
+    server.stop().await;
+}
