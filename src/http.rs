@@ -24,10 +24,12 @@ use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
 
 use crate::channel::africastalking::{self as at, AtForm};
-use crate::service::Service;
+use crate::service::{Service, ServiceError};
 
-/// Answer before Africa's Talking gives up (~10 s).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
+/// A hop is answered by then, busy or not (Africa's Talking gives up after ~10 s).
+const HOP_DEADLINE: Duration = Duration::from_secs(7);
+/// The outer safety net for any route.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(9);
 /// A USSD callback is a few hundred bytes.
 const BODY_LIMIT: usize = 16 * 1024;
 
@@ -62,9 +64,12 @@ async fn africastalking(State(service): State<Arc<Service>>, form: Result<Form<A
             return plain(StatusCode::BAD_REQUEST, format!("{bad}\n"));
         }
     };
-    let reply = match service.ussd(hop).await {
-        Ok(r) => r,
-        Err(e) => service.fault_reply(&e),
+    // Answer in time with a polite END rather than let the carrier time out on us; the citizen's next
+    // dial resumes wherever the conversation durably stands.
+    let reply = match tokio::time::timeout(HOP_DEADLINE, service.ussd(hop)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => service.fault_reply(&e),
+        Err(_) => service.fault_reply(&ServiceError::Timeout),
     };
     plain(StatusCode::OK, at::response(&reply, service.charset))
 }

@@ -92,6 +92,7 @@ fn import(
         return Err(file_err(format!("header must be {}", HEADER.join(","))));
     }
     let mut report = ImportReport::default();
+    let mut seen: std::collections::HashMap<NationalId, u64> = std::collections::HashMap::new();
     for record in reader.records() {
         let record = match record {
             Ok(r) => r,
@@ -108,6 +109,9 @@ fn import(
         }
         match parse_row(&fields) {
             Ok(citizen) => {
+                if let Some(first) = seen.insert(citizen.national_id.clone(), line) {
+                    report.warnings.push((line, format!("national_id already on line {first}; this later row wins")));
+                }
                 if let Err(e) = citizen.national_id.plausibility(current_year) {
                     report.warnings.push((line, format!("national_id: {e}; imported as the registry says")));
                 }

@@ -42,6 +42,8 @@ pub enum ServiceError {
     Durability(String),
     #[error("the account changed under the step {COMMIT_ATTEMPTS} times")]
     Contention,
+    #[error("the hop was not answered in time")]
+    Timeout,
 }
 
 pub struct Service {
@@ -138,7 +140,7 @@ impl Service {
             let now = self.clock.now();
             let (session, reply, effects) = self.run_steps(hop.phone.clone(), session.clone(), inputs, now).await?;
             let state = session.state.clone();
-            let cursor = at::advance(&self.crypto, &hop, cursor, &reply);
+            let cursor = at::advance(&self.crypto, &hop, cursor, &reply, now);
             let conversation = Conversation { session, hop: Some(cursor) };
             let queued_sms = effects.iter().any(|e| matches!(e, Effect::Sms { .. }));
             let commit = self.commit_of(&hop.phone, conversation, effects, now)?;

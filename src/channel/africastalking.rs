@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 
+use crate::clock::Millis;
 use crate::crypto::{mac_eq, Crypto};
 use crate::domain::{Msisdn, Secret};
 use crate::engine::Reply;
@@ -55,10 +56,18 @@ pub enum BadHop {
     Phone,
     #[error("text is too long")]
     Text,
+    #[error("a field is not valid UTF-8")]
+    Encoding,
 }
 
 impl AtForm {
     pub fn parse(self) -> Result<Hop, BadHop> {
+        // The form decoder replaces bytes that are not UTF-8 with U+FFFD; no keypad sends that, so such a
+        // request is not understood rather than taken as a (wrong) input.
+        let fields = [&self.session_id, &self.service_code, &self.phone_number, &self.network_code, &self.text];
+        if fields.iter().any(|f| f.contains('\u{fffd}')) {
+            return Err(BadHop::Encoding);
+        }
         if self.session_id.trim().is_empty() || self.session_id.len() > MAX_SESSION_ID {
             return Err(BadHop::SessionId);
         }
@@ -121,13 +130,18 @@ pub fn derive(crypto: &Crypto, hop: &Hop, cursor: Option<&HopCursor>) -> Derived
     }
 }
 
-/// The cursor after answering `hop` with `reply`.
-pub fn advance(crypto: &Crypto, hop: &Hop, previous: Option<&HopCursor>, reply: &Reply) -> HopCursor {
+/// How long a reply is kept for carrier retries. An AT session lasts at most ~180 s; the keyed hashes of
+/// texts that held a password are not kept longer than needed.
+pub const RECENT_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// The cursor after answering `hop` with `reply` at `now`.
+pub fn advance(crypto: &Crypto, hop: &Hop, previous: Option<&HopCursor>, reply: &Reply, now: Millis) -> HopCursor {
     let phone = hop.phone.as_str();
     let session_mac = hex::encode(crypto.hop_mac(phone, &hop.session_id, ""));
     let text_mac = hex::encode(crypto.hop_mac(phone, &hop.session_id, hop.text.expose()));
     let mut recent: Vec<RecentHop> = previous.map(|p| p.recent.clone()).unwrap_or_default();
-    recent.push(RecentHop { text_mac: text_mac.clone(), reply: reply.clone() });
+    recent.retain(|r| now.since(r.at) <= RECENT_TTL);
+    recent.push(RecentHop { text_mac: text_mac.clone(), reply: reply.clone(), at: now });
     if recent.len() > RECENT_HOPS {
         recent.drain(..recent.len() - RECENT_HOPS);
     }
@@ -160,7 +174,7 @@ mod tests {
                 other => panic!("unexpected {other:?} at {t:?}"),
             }
             let reply = Reply { text: format!("after {t}"), end: false };
-            cursor = Some(advance(c, &h, cursor.as_ref(), &reply));
+            cursor = Some(advance(c, &h, cursor.as_ref(), &reply, Millis(0)));
         }
         inputs
     }
@@ -193,17 +207,29 @@ mod tests {
         let c = Crypto::from_master(&[3; 32], HashCost::DANGER_TEST_ONLY).unwrap();
         let first = hop("s1", "");
         let reply = Reply { text: "menu".into(), end: false };
-        let cur = advance(&c, &first, None, &reply);
+        let cur = advance(&c, &first, None, &reply, Millis(0));
         assert!(matches!(derive(&c, &first, Some(&cur)), Derived::Replay(r) if r == reply));
         let second = hop("s1", "1");
-        let cur = advance(&c, &second, Some(&cur), &reply);
+        let cur = advance(&c, &second, Some(&cur), &reply, Millis(0));
         assert!(matches!(derive(&c, &hop("s1", "2*5"), Some(&cur)), Derived::Lost));
         assert!(matches!(derive(&c, &hop("s2", ""), Some(&cur)), Derived::Dial));
         assert!(matches!(derive(&c, &hop("s3", "1*2"), Some(&cur)), Derived::DialThen(v) if v.len() == 2));
         // A new dial, then a late retry of the old session's hop: replayed, not run as a new dial.
         let next = hop("s2", "");
-        let cur = advance(&c, &next, Some(&cur), &Reply { text: "menu again".into(), end: false });
+        let cur = advance(&c, &next, Some(&cur), &Reply { text: "menu again".into(), end: false }, Millis(0));
         assert!(matches!(derive(&c, &second, Some(&cur)), Derived::Replay(r) if r == reply));
+    }
+
+    #[test]
+    fn replies_are_kept_for_retries_only_while_a_carrier_could_retry() {
+        let c = Crypto::from_master(&[3; 32], HashCost::DANGER_TEST_ONLY).unwrap();
+        let reply = Reply { text: "menu".into(), end: false };
+        let old = hop("s1", "");
+        let cur = advance(&c, &old, None, &reply, Millis(0));
+        let later = Millis(RECENT_TTL.as_millis() as u64 + 60_000);
+        let cur = advance(&c, &hop("s2", ""), Some(&cur), &reply, later);
+        assert_eq!(cur.recent.len(), 1, "the old session's hop was forgotten");
+        assert!(!matches!(derive(&c, &old, Some(&cur)), Derived::Replay(_)));
     }
 
     #[test]

@@ -272,7 +272,7 @@ const SPECS: &[Spec] = &[
         name: "finish_activation",
         kind: ActionKind::FinishActivation,
         input: None,
-        outcomes: &["activated", "already_active"],
+        outcomes: &["activated", "already_active", "refused"],
         reasons: &[],
         notices: &[],
     },
@@ -491,6 +491,12 @@ pub(crate) fn run(
             if ctx.directory.account(&id)?.is_some() {
                 audit(out, "activation_already_active", Some(&id), Some(&phone));
                 return Ok(Act::Go("already_active", None));
+            }
+            // The registry may have changed during the activation (a re-import): check it again.
+            let still = ctx.directory.citizen(&id)?;
+            if !still.is_some_and(|c| c.phone == phone && c.status == CitizenStatus::Approved) {
+                audit(out, "activation_refused_registry_changed", Some(&id), Some(&phone));
+                return Ok(Act::Go("refused", None));
             }
             let account = Account {
                 national_id: id.clone(),

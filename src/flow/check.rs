@@ -92,10 +92,11 @@ pub fn load(src: &Source, charset: Charset) -> Result<Flow, Vec<Problem>> {
     if !start.is_empty() && !states.contains_key(&start) {
         p.add(&dir_name, &start, "settings.start names a state that does not exist");
     }
+    let broken_before_messages = !p.0.is_empty();
     check_graph(&start, &states, &mut p);
 
     let flow = Flow { start, max_tries, questions, states, catalogs, source: src.name.clone() };
-    check_messages(&flow, &questions_file, charset, &mut p);
+    check_messages(&flow, &questions_file, charset, !broken_before_messages, &mut p);
     if p.0.is_empty() {
         Ok(flow)
     } else {
@@ -257,14 +258,18 @@ pub fn targets(state: &State) -> impl Iterator<Item = &String> {
 fn check_graph(start: &str, states: &HashMap<String, State>, p: &mut Problems) {
     let mut sorted: Vec<&State> = states.values().collect();
     sorted.sort_by(|a, b| (&a.file, &a.name).cmp(&(&b.file, &b.name)));
+    let mut dangling = false;
     for s in &sorted {
         for t in targets(s) {
             if !states.contains_key(t) {
                 p.add(&s.file, &s.name, format!("transition to {t:?}, which does not exist"));
+                dangling = true;
             }
         }
     }
-    if !states.contains_key(start) {
+    // A dangling transition strands everything behind it; listing all of that as unreachable would
+    // bury the one real problem.
+    if dangling || !states.contains_key(start) {
         return;
     }
     let mut seen = BTreeSet::from([start.to_string()]);
@@ -302,7 +307,8 @@ fn notices_into(flow: &Flow) -> HashMap<&str, BTreeSet<&'static str>> {
     out
 }
 
-fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, p: &mut Problems) {
+/// `report_unused`: false when some state failed to load, since its messages would look unused.
+fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, report_unused: bool, p: &mut Problems) {
     let known: BTreeMap<&str, usize> = PLACEHOLDERS.iter().copied().collect();
     // Every key each catalogue must hold, with where it is used.
     let mut used: BTreeMap<String, (String, String)> = BTreeMap::new();
@@ -365,7 +371,7 @@ fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, p: &mut P
             }
         }
         for (k, text) in &cat.messages {
-            if !used.contains_key(k) {
+            if report_unused && !used.contains_key(k) {
                 p.add(&cat.file, k, "message is not used by any flow");
             }
             for ph in placeholders(text) {

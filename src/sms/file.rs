@@ -86,8 +86,12 @@ impl SmsSender for FileSender {
                 }
                 let mut bytes = serde_json::to_vec(&line).map_err(|e| SendError::Temporary(e.to_string()))?;
                 bytes.push(b'\n');
-                g.file.write_all(&bytes).map_err(tmp)?;
-                g.file.sync_data().map_err(tmp)?;
+                let before = g.file.metadata().map_err(tmp)?.len();
+                if let Err(e) = g.file.write_all(&bytes).and_then(|_| g.file.sync_data()) {
+                    // Cut what was half-written (disk full), so the next line does not join a torn one.
+                    let _ = g.file.set_len(before);
+                    return Err(tmp(e));
+                }
                 g.written.insert(line.id);
                 Ok(())
             };

@@ -53,6 +53,9 @@ pub struct HopCursor {
 pub struct RecentHop {
     pub text_mac: String,
     pub reply: Reply,
+    /// When it was answered; kept only while a carrier could still retry it.
+    #[serde(default)]
+    pub at: Millis,
 }
 
 /// An SMS waiting in the outbox; its body is sealed (see `crypto::Crypto::seal`).

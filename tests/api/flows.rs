@@ -43,6 +43,7 @@ fn a_dangling_transition_is_refused_naming_file_and_state() {
     let (ok, out) = check(dir.path());
     assert!(!ok);
     assert!(out.contains("activation.toml: act_id: transition to \"act_phonee\", which does not exist"), "{out}");
+    assert_eq!(out.lines().count(), 1, "the one problem, not its echoes: {out}");
 }
 
 #[test]

@@ -161,6 +161,18 @@ async fn requests_the_server_cannot_understand_get_a_4xx_and_change_nothing() {
         let (status, body) = post_at(&server.url, &case).await;
         assert!((400..500).contains(&status), "{case:?} gave {status} {body}");
     }
+    for raw in
+        ["sessionId=s1&phoneNumber=%2B84912345678&text=%FF%FE", "sessionId=s%FF&phoneNumber=%2B84912345678&text="]
+    {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/ussd/africastalking", server.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{raw}");
+    }
     let resp = reqwest::Client::new()
         .post(format!("{}/ussd/africastalking", server.url))
         .header("content-type", "application/json")
