@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::clock::Clock;
+use crate::channel::africastalking::RECENT_TTL;
+use crate::clock::{Clock, Millis};
 use crate::config::Settings;
 use crate::crypto::{Crypto, CryptoError, HashCost};
 use crate::flow::{Flow, Problem};
@@ -36,8 +37,27 @@ pub struct App {
     pub service: Arc<Service>,
     pub store: Arc<SledStore>,
     pub sender: Arc<dyn SmsSender>,
-    stop: Arc<Notify>,
-    worker: Option<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    /// The SMS delivery worker and the hop sweeper.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Every minute, forgets the hop cursors of conversations idle longer than a carrier could retry:
+/// they hold keyed hashes of texts that may include a password (see `channel::africastalking`).
+async fn sweep(store: Arc<dyn Store>, clock: Arc<dyn Clock>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            _ = stop.changed() => break,
+        }
+        let cutoff = Millis(clock.now().0.saturating_sub(RECENT_TTL.as_millis() as u64));
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.sweep_hops(cutoff)).await {
+            Ok(Ok(n)) if n > 0 => info!(cleared = n, "idle hop cursors swept"),
+            Ok(Err(e)) => warn!(error = %e, "hop sweep failed"),
+            _ => {}
+        }
+    }
 }
 
 impl App {
@@ -87,19 +107,30 @@ impl App {
         };
         let dyn_store: Arc<dyn Store> = store.clone();
         let crypto = Arc::new(crypto);
-        let service =
-            Arc::new(Service::new(dyn_store.clone(), Arc::new(flow), crypto.clone(), clock, settings.ussd_charset));
-        let stop = Arc::new(Notify::new());
-        let worker =
-            tokio::spawn(worker::run(dyn_store, crypto, sender.clone(), service.outbox_ready.clone(), stop.clone()));
-        Ok(App { service, store, sender, stop, worker: Some(worker) })
+        let service = Arc::new(Service::new(
+            dyn_store.clone(),
+            Arc::new(flow),
+            crypto.clone(),
+            clock.clone(),
+            settings.ussd_charset,
+        ));
+        let (stop, stopped) = watch::channel(false);
+        let worker = tokio::spawn(worker::run(
+            dyn_store.clone(),
+            crypto,
+            sender.clone(),
+            service.outbox_ready.clone(),
+            stopped.clone(),
+        ));
+        let sweeper = tokio::spawn(sweep(dyn_store, clock, stopped));
+        Ok(App { service, store, sender, stop, tasks: vec![worker, sweeper] })
     }
 
     /// Stops the delivery worker after a last delivery round, and flushes the store.
     pub async fn shutdown(mut self) {
-        self.stop.notify_one();
-        if let Some(w) = self.worker.take() {
-            let _ = w.await;
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
         }
         let _ = worker::deliver_pending(self.store.as_ref(), &self.service.crypto, self.sender.as_ref()).await;
         if let Err(e) = self.store.flush() {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
 use super::{OutgoingSms, SmsSender};
@@ -69,13 +69,13 @@ async fn durable(store: &dyn Store) -> Result<(), StoreError> {
     store.durable().await.map_err(|e| StoreError::Backend(e.to_string()))?.map_err(StoreError::Backend)
 }
 
-/// Runs until `stop` is notified.
+/// Runs until `stop` changes (or its sender is dropped).
 pub async fn run(
     store: Arc<dyn Store>,
     crypto: Arc<Crypto>,
     sender: Arc<dyn SmsSender>,
     wake: Arc<Notify>,
-    stop: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
 ) {
     loop {
         if let Err(e) = deliver_pending(store.as_ref(), &crypto, sender.as_ref()).await {
@@ -84,7 +84,7 @@ pub async fn run(
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.notified() => break,
+            _ = stop.changed() => break,
         }
     }
 }

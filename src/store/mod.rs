@@ -114,6 +114,9 @@ pub trait Store: Send + Sync + 'static {
     fn outbox(&self, limit: usize) -> Result<Vec<QueuedSms>, StoreError>;
     fn outbox_done(&self, id: u64) -> Result<(), StoreError>;
     fn audit(&self) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Forgets the USSD hop cursor (keyed hashes of typed texts) of conversations idle since before
+    /// `cutoff`, without racing a hop that updates one meanwhile. Returns how many were cleared.
+    fn sweep_hops(&self, cutoff: Millis) -> Result<usize, StoreError>;
 }
 
 mod hex_bytes {

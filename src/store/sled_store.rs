@@ -18,6 +18,7 @@ use sled::Transactional;
 use tokio::sync::oneshot;
 
 use super::{AuditRecord, Commit, CommitOutcome, Conversation, Durable, QueuedSms, Store, StoreError};
+use crate::clock::Millis;
 use crate::domain::{Msisdn, NationalId};
 use crate::engine::{Account, Citizen};
 
@@ -204,6 +205,24 @@ impl Store for SledStore {
         self.outbox.remove(id.to_be_bytes()).map(|_| ()).map_err(backend)
     }
 
+    fn sweep_hops(&self, cutoff: Millis) -> Result<usize, StoreError> {
+        let mut cleared = 0;
+        for kv in self.conversations.iter() {
+            let (key, old) = kv.map_err(backend)?;
+            let Ok(mut conv) = decode::<Conversation>("conversation", &old) else { continue };
+            if conv.hop.is_none() || conv.session.updated_at >= cutoff {
+                continue;
+            }
+            conv.hop = None;
+            let new = encode(&conv)?;
+            // Compare-and-swap: if a hop rewrote the conversation since we read it, leave it alone.
+            if let Ok(Ok(())) = self.conversations.compare_and_swap(&key, Some(old), Some(new)) {
+                cleared += 1;
+            }
+        }
+        Ok(cleared)
+    }
+
     fn audit(&self) -> Result<Vec<AuditRecord>, StoreError> {
         self.audit.iter().map(|kv| kv.map_err(backend).and_then(|(_, v)| decode("audit", &v))).collect()
     }
@@ -212,7 +231,6 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Millis;
     use crate::engine::{AuditEvent, Session, Slots, SmsPurpose};
     use crate::flow::Lang;
     use crate::store::QueuedSms;
@@ -273,6 +291,25 @@ mod tests {
         assert_eq!(store.audit().unwrap().len(), 1);
         assert_eq!(store.account(&id).unwrap().unwrap().phone, a);
         store.durable().await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn idle_hop_cursors_are_swept_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let cursor =
+            crate::store::HopCursor { session_mac: "00".into(), text_len: 0, text_mac: "00".into(), recent: vec![] };
+        for (phone, at) in [("0912345678", 1_000), ("0987654321", 900_000)] {
+            let mut conversation = conversation("act_otp");
+            conversation.session.updated_at = Millis(at);
+            conversation.hop = Some(cursor.clone());
+            let phone = Msisdn::parse(phone).unwrap();
+            store.commit(Commit { phone, conversation, activate: None, sms: vec![], audit: vec![] }).unwrap();
+        }
+        assert_eq!(store.sweep_hops(Millis(600_000)).unwrap(), 1);
+        let old = store.conversation(&Msisdn::parse("0912345678").unwrap()).unwrap().unwrap();
+        assert!(old.hop.is_none() && old.session.state == "act_otp", "only the cursor goes");
+        assert!(store.conversation(&Msisdn::parse("0987654321").unwrap()).unwrap().unwrap().hop.is_some());
     }
 
     #[tokio::test]
