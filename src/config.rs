@@ -23,6 +23,15 @@ pub enum Command {
     Check(CheckArgs),
     /// A keypad phone in the terminal, running the same engine and store in-process.
     Simulate(SimulateArgs),
+    /// Print the audit trail (authentication events) as JSON lines. Reads the database directly, so run
+    /// it while the server is stopped (sled allows one process at a time).
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    #[arg(long, env = "KICHHOAT_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
 }
 
 /// Settings shared by `serve` and `simulate`.
@@ -118,9 +127,8 @@ impl Settings {
         }
     }
 
-    /// The sled database lives in its own folder inside the data directory.
     pub fn db_dir(&self) -> PathBuf {
-        self.data_dir.join("db")
+        db_dir(&self.data_dir)
     }
 }
 
@@ -133,4 +141,9 @@ pub fn resolve(given: &Option<PathBuf>, default: &str) -> Option<PathBuf> {
         Some(p) => Some(p.clone()),
         None => Some(PathBuf::from(default)).filter(|p| p.exists()),
     }
+}
+
+/// The sled database lives in its own folder inside the data directory.
+pub fn db_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("db")
 }

@@ -38,6 +38,13 @@ fn main() -> ExitCode {
             init_logs(LogFormat::Text, "warn");
             run(kichhoat::simulate::run(args))
         }
+        Command::Audit(args) => match print_audit(&args.data_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kichhoat audit: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -57,6 +64,23 @@ fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn print_audit(data_dir: &std::path::Path) -> Result<(), String> {
+    use kichhoat::store::Store;
+    let db = kichhoat::config::db_dir(data_dir);
+    if !db.exists() {
+        return Err(format!("no database in {}", db.display()));
+    }
+    let store = kichhoat::store::sled_store::SledStore::open(&db).map_err(|e| e.to_string())?;
+    for record in store.audit().map_err(|e| e.to_string())? {
+        let mut line = serde_json::to_value(&record).map_err(|e| e.to_string())?;
+        if let Some(obj) = line.as_object_mut() {
+            obj.insert("at".into(), record.at.rfc3339().into());
+        }
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn init_logs(format: LogFormat, default: &str) {

@@ -2,6 +2,7 @@
 //! transcripts (data-driven conversations, engine and server), webhook (carrier contract, retries and
 //! races), flows (`kichhoat check`), restart (kill -9), secrets (nothing secret on disk or in logs).
 
+mod cli;
 mod flows;
 mod helpers;
 mod registry;

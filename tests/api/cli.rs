@@ -1,0 +1,51 @@
+//! The operator and newcomer commands: `simulate` (the terminal keypad phone) and `audit`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::helpers::{fold, scratch, AtPhone, Proc};
+
+#[test]
+fn simulate_shows_screens_and_the_sms_for_the_phone_and_dials_again_after_an_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kichhoat"))
+        .args(["simulate", "--phone", "0912345678", "--data-dir"])
+        .arg(dir.path().join("sim"))
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // activate → ID → "this number" → (code prompt) ... then help after dialling again.
+    child.stdin.take().unwrap().write_all(b"1\n001099012345\n1\n0\n3\n\n2\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = fold(&String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1. Kich hoat tai khoan"), "{stdout}");
+    assert!(stdout.contains("[SMS to +84912345678] Ma OTP"), "{stdout}");
+    assert!(stdout.contains("Cong an xa, phuong, thi tran"), "help after the menu: {stdout}");
+    assert!(stdout.contains("(session ended; press Enter to dial again)"), "{stdout}");
+    assert!(stdout.contains("Dang nhap. Nhap so dinh danh"), "the new dial reached the menu: {stdout}");
+    assert!(!stdout.contains("CON ") && !stdout.contains("END "), "screens, not protocol");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_prints_the_authentication_events_as_json_lines() {
+    let (_dir, data, outbox, log) = scratch();
+    let server = Proc::spawn(&data, &outbox, &log, "info").await;
+    let mut p = AtPhone::new(&server.url, "+84912345678");
+    p.dial().await;
+    p.send("2").await;
+    p.send("001099012345").await;
+    p.send("Wrong*pass1").await;
+    server.terminate();
+    let out = Command::new(env!("CARGO_BIN_EXE_kichhoat")).args(["audit", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(line["event"], "login_failed");
+    assert_eq!(line["national_id"], "001099012345");
+    assert!(line["at"].as_str().unwrap().ends_with('Z'));
+    assert!(!stdout.contains("Wrong*pass1"));
+}
