@@ -211,7 +211,7 @@ pub fn step(ctx: &Ctx, session: Option<Session>, inbound: Inbound, rng: &mut dyn
         (Inbound::Dial, Some(st)) if st.resume && !idle => {
             let st = st.clone();
             let note = actions::resume_note(&st, &s, ctx.now).unwrap_or(keys::NOTE_RESUME);
-            screen(ctx, &s, &out, Some(note), &st.name, false)
+            screen(ctx, &s, &out, Some(note), &st.name)
         }
         (Inbound::Dial | Inbound::DialWithChoices, _) => {
             let start = flow.start.clone();
@@ -276,7 +276,7 @@ fn retry(ctx: &Ctx, s: &mut Session, out: &Out, st: &crate::flow::State, reason:
         reset(ctx.flow, s);
         return Reply { text: ctx.flow.catalog(s.lang).get(keys::END_TOO_MANY).to_string(), end: true };
     }
-    screen(ctx, s, out, Some(reason), &st.name, false)
+    screen(ctx, s, out, Some(reason), &st.name)
 }
 
 /// Follows transitions from `target` until a state that shows something.
@@ -299,7 +299,7 @@ fn go(
                 }
                 s.state = st.name.clone();
                 s.tries = 0;
-                return Ok(screen(ctx, s, out, notice, &st.name, false));
+                return Ok(screen(ctx, s, out, notice, &st.name));
             }
             Kind::End { message } => {
                 let text = render(ctx, s, out, message);
@@ -327,7 +327,7 @@ fn reset(flow: &Flow, s: &mut Session) {
 }
 
 /// A CON screen: optional reason or notice, then the prompt of `state`.
-fn screen(ctx: &Ctx, s: &Session, out: &Out, above: Option<&str>, state: &str, end: bool) -> Reply {
+fn screen(ctx: &Ctx, s: &Session, out: &Out, above: Option<&str>, state: &str) -> Reply {
     let prompt = match ctx.flow.state(state).map(|st| &st.kind) {
         Some(Kind::Input { prompt, .. }) => prompt.as_str(),
         _ => state,
@@ -337,7 +337,7 @@ fn screen(ctx: &Ctx, s: &Session, out: &Out, above: Option<&str>, state: &str, e
         Some(k) => format!("{}\n{}", render(ctx, s, out, k), body),
         None => body,
     };
-    Reply { text, end }
+    Reply { text, end: false }
 }
 
 /// Renders a message with the placeholders the session and the step provide.
