@@ -84,7 +84,9 @@ fn print_audit(data_dir: &std::path::Path) -> Result<(), String> {
 }
 
 fn init_logs(format: LogFormat, default: &str) {
+    // KICHHOAT_LOG first, the conventional RUST_LOG second.
     let filter = tracing_subscriber::EnvFilter::try_from_env("KICHHOAT_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
