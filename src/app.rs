@@ -96,7 +96,13 @@ impl App {
         for (line, why) in &report.warnings {
             warn!(registry = %registry_name, line, why = %why, "registry row imported with a warning");
         }
-        info!(registry = %registry_name, citizens = report.imported, skipped = report.skipped.len(), "registry imported");
+        info!(
+            registry = %registry_name,
+            citizens = report.imported,
+            skipped = report.skipped.len(),
+            implausible_ids = report.implausible,
+            "registry imported"
+        );
         let sender: Arc<dyn SmsSender> = match sender {
             Some(s) => s,
             None => Arc::new(FileSender::open(&settings.sms_outbox).map_err(|e| StartError::Io {

@@ -19,6 +19,7 @@ use crate::crypto::{Crypto, CryptoError};
 use crate::domain::{Msisdn, NationalId, Secret};
 use crate::engine::{
     self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound, Reply, Session,
+    SmsPurpose,
 };
 use crate::flow::{Charset, Flow};
 use crate::store::{AuditRecord, Commit, CommitOutcome, Conversation, QueuedSms, Store, StoreError};
@@ -68,6 +69,9 @@ impl Directory for StoreDirectory {
     }
     fn account(&self, id: &NationalId) -> Result<Option<Account>, DirectoryError> {
         self.0.account(id).map_err(|e| DirectoryError(e.to_string()))
+    }
+    fn otp_sends(&self, phone: &Msisdn) -> Result<Vec<Millis>, DirectoryError> {
+        self.0.otp_sends(phone).map_err(|e| DirectoryError(e.to_string()))
     }
 }
 
@@ -221,11 +225,21 @@ impl Service {
         effects: Vec<Effect>,
         now: Millis,
     ) -> Result<Commit, ServiceError> {
-        let mut commit =
-            Commit { phone: phone.clone(), conversation, activate: None, sms: Vec::new(), audit: Vec::new() };
+        let mut commit = Commit {
+            at: now,
+            phone: phone.clone(),
+            conversation,
+            activate: None,
+            sms: Vec::new(),
+            audit: Vec::new(),
+            otp_sent: Vec::new(),
+        };
         for e in effects {
             match e {
                 Effect::Sms { to, body, purpose } => {
+                    if purpose == SmsPurpose::Otp {
+                        commit.otp_sent.push(to.clone());
+                    }
                     let sealed = self.crypto.seal(&body, to.as_str().as_bytes(), &mut OsRng)?;
                     commit.sms.push(QueuedSms { id: 0, to, purpose, sealed, queued_at: now });
                 }

@@ -23,6 +23,11 @@ pub const OTP_LIFETIME: Duration = Duration::from_secs(3 * 60);
 pub const OTP_MAX_WRONG: u8 = 5;
 /// OTP SMS per activation attempt, the first included (SMS pumping guard until per-phone limits land).
 pub const OTP_MAX_SENDS: u8 = 3;
+/// OTP SMS to one registered phone per rolling hour, across activations and callers: restarting an
+/// activation must not make the service an SMS cannon aimed at one citizen (domain.md §5, SMS pumping).
+/// Generous on purpose: a citizen who mistypes and retries a few times never meets it.
+pub const OTP_SENDS_PER_WINDOW: usize = 20;
+pub const OTP_SEND_WINDOW: Duration = Duration::from_secs(60 * 60);
 /// VNeID asks two security questions.
 pub const QUESTIONS_REQUIRED: usize = 2;
 
@@ -72,7 +77,7 @@ impl Validator {
     /// Every reason this validator can show.
     pub fn reasons(self) -> Vec<&'static str> {
         match self {
-            Validator::NationalId => vec!["err.id_empty", "err.id_digits", "err.id_length", "err.id_invalid"],
+            Validator::NationalId => vec!["err.id_empty", "err.id_digits", "err.id_length"],
             Validator::Phone => vec!["err.phone_empty", "err.phone_digits", "err.phone_length", "err.phone_not_mobile"],
             Validator::Otp => vec!["err.otp_format"],
             Validator::NewPassword => crate::domain::password::all_reason_keys().to_vec(),
@@ -109,17 +114,10 @@ pub fn parse(v: Validator, input: &Secret, s: &Session, ctx: &Ctx) -> Result<Val
         }
     };
     Ok(match v {
-        Validator::NationalId => {
-            let id = NationalId::parse_shape(raw).map_err(|e| e.reason_key())?;
-            // Plausibility (century digit, birth year) catches typos; the registry has the last word on
-            // which numbers exist, so a registered number is never refused here.
-            if let Err(e) = id.plausibility(ctx.now.year()) {
-                if !matches!(ctx.directory.citizen(&id), Ok(Some(_))) {
-                    return Err(e.reason_key());
-                }
-            }
-            Value::Id(id)
-        }
+        // Only the shape is checked here. Refusing an implausible number (a birth year in the future)
+        // before the lookup would answer differently for registered and unregistered numbers, and the
+        // registry, not the digits, decides which numbers exist; an unknown one meets the generic reply.
+        Validator::NationalId => Value::Id(NationalId::parse_shape(raw).map_err(|e| e.reason_key())?),
         Validator::Phone if raw.trim() == "1" => Value::Phone(ctx.caller.clone()),
         Validator::Phone => Value::Phone(Msisdn::parse(raw).map_err(|e| e.reason_key())?),
         Validator::Otp => Value::Otp(Otp::parse(raw).map_err(|e| e.reason_key())?),
@@ -200,7 +198,7 @@ const SPECS: &[Spec] = &[
         name: "request_otp",
         kind: ActionKind::RequestOtp,
         input: Some(Validator::Phone),
-        outcomes: &["sent", "already_active", "pending", "no_match"],
+        outcomes: &["sent", "already_active", "pending", "no_match", "limit"],
         reasons: &[],
         notices: &[],
     },
@@ -382,7 +380,9 @@ pub(crate) fn run(
                 return Ok(Act::Go("pending", None));
             }
             s.slots.phone = Some(phone);
-            send_otp(s, ctx, out, rng)?;
+            if !send_otp(s, ctx, out, rng)? {
+                return Ok(Act::Go("limit", None));
+            }
             Act::Go("sent", None)
         }
         (ActionKind::ResendOtp, None) => {
@@ -391,7 +391,9 @@ pub(crate) fn run(
                 audit(out, "otp_send_limit", s.slots.national_id.as_ref(), s.slots.phone.as_ref());
                 return Ok(Act::Go("limit", None));
             }
-            send_otp(s, ctx, out, rng)?;
+            if !send_otp(s, ctx, out, rng)? {
+                return Ok(Act::Go("limit", None));
+            }
             Act::Go("sent", Some("note.otp_resent"))
         }
         (ActionKind::VerifyOtp, Some(Value::Otp(code))) => {
@@ -567,11 +569,18 @@ fn require_verified(s: &Session) -> Result<(), EngineError> {
     }
 }
 
-/// Issues a fresh OTP (voiding any earlier one) and queues its SMS.
-fn send_otp(s: &mut Session, ctx: &Ctx, out: &mut Out, rng: &mut dyn RngCore) -> Result<(), EngineError> {
+/// Issues a fresh OTP (voiding any earlier one) and queues its SMS; false when the registered phone has
+/// had its fill of codes this hour (nothing is sent, the activation ends).
+fn send_otp(s: &mut Session, ctx: &Ctx, out: &mut Out, rng: &mut dyn RngCore) -> Result<bool, EngineError> {
     let (Some(id), Some(phone)) = (s.slots.national_id.clone(), s.slots.phone.clone()) else {
         return Err(misuse(s, "send_otp without ID and phone"));
     };
+    let recent = ctx.directory.otp_sends(&phone)?.into_iter().filter(|t| ctx.now.since(*t) < OTP_SEND_WINDOW).count();
+    if recent >= OTP_SENDS_PER_WINDOW {
+        s.slots.otp = None;
+        audit(out, "otp_phone_limit", Some(&id), Some(&phone));
+        return Ok(false);
+    }
     let code = Otp::generate(rng);
     let mac = ctx.crypto.otp_mac(id.as_str(), phone.as_str(), &Secret::new(code.expose()));
     s.slots.otp = Some(OtpRecord { mac: hex::encode(mac), expires_at: ctx.now.plus(OTP_LIFETIME), wrong: 0 });
@@ -581,5 +590,5 @@ fn send_otp(s: &mut Session, ctx: &Ctx, out: &mut Out, rng: &mut dyn RngCore) ->
         ctx.flow.catalog(s.lang).render(keys::SMS_OTP, &[("otp", code.expose().to_string()), ("minutes", minutes)]);
     out.effects.push(Effect::Sms { to: phone.clone(), body: Secret::new(body), purpose: SmsPurpose::Otp });
     audit(out, "otp_sent", Some(&id), Some(&phone));
-    Ok(())
+    Ok(true)
 }

@@ -60,10 +60,12 @@ pub struct Answered {
     pub answer_hash: String,
 }
 
-/// Read-only view of citizens and accounts the engine may consult.
+/// Read-only view of what the engine may consult: citizens, accounts, and recent OTP sends per phone.
 pub trait Directory {
     fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, DirectoryError>;
     fn account(&self, id: &NationalId) -> Result<Option<Account>, DirectoryError>;
+    /// When OTP SMS went to `phone` recently (at least the last hour's).
+    fn otp_sends(&self, phone: &Msisdn) -> Result<Vec<Millis>, DirectoryError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +212,7 @@ pub fn step(ctx: &Ctx, session: Option<Session>, inbound: Inbound, rng: &mut dyn
     let reply = match (inbound, here) {
         (Inbound::Dial, Some(st)) if st.resume && !idle => {
             let st = st.clone();
+            s.tries = 0; // a new session: a fresh set of tries at this step
             let note = actions::resume_note(&st, &s, ctx.now).unwrap_or(keys::NOTE_RESUME);
             screen(ctx, &s, &out, Some(note), &st.name)
         }
@@ -269,11 +272,17 @@ fn transition(st: &crate::flow::State, outcome: &str) -> Result<String, EngineEr
     st.on.get(outcome).cloned().ok_or(EngineError::Flow { state: st.name.clone(), why: "outcome without transition" })
 }
 
-/// A refused entry: re-ask with the reason, or end after too many.
+/// A refused entry: re-ask with the reason, or end the USSD session after too many. A resumable step
+/// keeps what the activation has gathered (a verified code, a password), so the next dial reopens it;
+/// security limits that must survive that (wrong codes) are counted by their actions, not here.
 fn retry(ctx: &Ctx, s: &mut Session, out: &Out, st: &crate::flow::State, reason: &str) -> Reply {
     s.tries = s.tries.saturating_add(1);
     if s.tries >= ctx.flow.max_tries {
-        reset(ctx.flow, s);
+        if st.resume {
+            s.tries = 0;
+        } else {
+            reset(ctx.flow, s);
+        }
         return Reply { text: ctx.flow.catalog(s.lang).get(keys::END_TOO_MANY).to_string(), end: true };
     }
     screen(ctx, s, out, Some(reason), &st.name)

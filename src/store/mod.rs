@@ -83,12 +83,18 @@ pub struct AuditRecord {
 /// A conversation and its effects, written all or nothing.
 #[derive(Debug)]
 pub struct Commit {
+    pub at: Millis,
     pub phone: Msisdn,
     pub conversation: Conversation,
     pub activate: Option<Account>,
     pub sms: Vec<QueuedSms>,
     pub audit: Vec<AuditRecord>,
+    /// Registered phones an OTP SMS was queued for (counted for the per-phone send limit).
+    pub otp_sent: Vec<Msisdn>,
 }
+
+/// How long OTP send times are kept per phone (the engine's limit looks back one hour).
+pub const OTP_SENDS_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
@@ -106,6 +112,8 @@ pub trait Store: Send + Sync + 'static {
     fn conversation(&self, phone: &Msisdn) -> Result<Option<Conversation>, StoreError>;
     fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, StoreError>;
     fn account(&self, id: &NationalId) -> Result<Option<Account>, StoreError>;
+    /// When OTP SMS were queued for `phone` (the last [`OTP_SENDS_KEPT`]).
+    fn otp_sends(&self, phone: &Msisdn) -> Result<Vec<Millis>, StoreError>;
     /// Inserts or updates a citizen; never touches the account.
     fn upsert_citizen(&self, citizen: &Citizen) -> Result<(), StoreError>;
     fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError>;

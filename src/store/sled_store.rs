@@ -52,6 +52,7 @@ pub struct SledStore {
     accounts: sled::Tree,
     outbox: sled::Tree,
     audit: sled::Tree,
+    otp_sends: sled::Tree,
     /// Random, made with the database: outbox message ids are `<instance>-<seq>`, so a fresh database
     /// writing to an old outbox file never collides with the messages already in it.
     instance: String,
@@ -75,6 +76,7 @@ impl SledStore {
             accounts: tree("accounts")?,
             outbox: tree("outbox")?,
             audit: tree("audit")?,
+            otp_sends: tree("otp_sends")?,
             db,
             instance,
             flush_tx: Mutex::new(tx),
@@ -97,6 +99,24 @@ impl SledStore {
             None => Ok(None),
         }
     }
+}
+
+/// Why a commit transaction stopped.
+enum Abort {
+    AccountExists,
+    Store(StoreError),
+}
+
+impl Abort {
+    fn store(e: StoreError) -> ConflictableTransactionError<Abort> {
+        ConflictableTransactionError::Abort(Abort::Store(e))
+    }
+}
+
+/// The OTP send times of one phone, as stored.
+#[derive(Serialize, Deserialize, Default)]
+struct OtpSends {
+    times: Vec<Millis>,
 }
 
 fn instance_id(db: &sled::Db) -> Result<String, StoreError> {
@@ -140,6 +160,11 @@ impl Store for SledStore {
         self.get(&self.accounts, "account", id.as_str().as_bytes())
     }
 
+    fn otp_sends(&self, phone: &Msisdn) -> Result<Vec<Millis>, StoreError> {
+        let sends: Option<OtpSends> = self.get(&self.otp_sends, "otp sends", phone.as_str().as_bytes())?;
+        Ok(sends.map(|s| s.times).unwrap_or_default())
+    }
+
     fn upsert_citizen(&self, citizen: &Citizen) -> Result<(), StoreError> {
         let bytes = encode(citizen)?;
         let key = citizen.national_id.as_str().as_bytes();
@@ -156,11 +181,11 @@ impl Store for SledStore {
             None => None,
         };
         let audit: Vec<Vec<u8>> = c.audit.iter().map(encode).collect::<Result<_, _>>()?;
-        let trees = (&self.conversations, &self.accounts, &self.outbox, &self.audit);
-        let result = trees.transaction(|(conv, accounts, outbox, audit_tree)| {
+        let trees = (&self.conversations, &self.accounts, &self.outbox, &self.audit, &self.otp_sends);
+        let result = trees.transaction(|(conv, accounts, outbox, audit_tree, sends)| {
             if let Some((key, bytes)) = &account {
                 if accounts.get(key)?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(()));
+                    return Err(ConflictableTransactionError::Abort(Abort::AccountExists));
                 }
                 accounts.insert(key.as_slice(), bytes.as_slice())?;
             }
@@ -168,18 +193,31 @@ impl Store for SledStore {
             for sms in &c.sms {
                 let id = outbox.generate_id()?;
                 let record = QueuedSms { id, ..sms.clone() };
-                let bytes = encode(&record).map_err(|_| ConflictableTransactionError::Abort(()))?;
+                let bytes = encode(&record).map_err(Abort::store)?;
                 outbox.insert(&id.to_be_bytes(), bytes)?;
             }
             for a in &audit {
                 let id = audit_tree.generate_id()?;
                 audit_tree.insert(&id.to_be_bytes(), a.as_slice())?;
             }
+            for phone in &c.otp_sent {
+                let key = phone.as_str().as_bytes();
+                let mut times: Vec<Millis> = sends
+                    .get(key)?
+                    .and_then(|b| decode::<OtpSends>("otp sends", &b).ok())
+                    .map(|s| s.times)
+                    .unwrap_or_default();
+                times.retain(|t| c.at.since(*t) < super::OTP_SENDS_KEPT);
+                times.push(c.at);
+                let bytes = encode(OtpSends { times }).map_err(Abort::store)?;
+                sends.insert(key, bytes)?;
+            }
             Ok(())
         });
         match result {
             Ok(()) => Ok(CommitOutcome::Committed),
-            Err(TransactionError::Abort(())) => Ok(CommitOutcome::AccountExists),
+            Err(TransactionError::Abort(Abort::AccountExists)) => Ok(CommitOutcome::AccountExists),
+            Err(TransactionError::Abort(Abort::Store(e))) => Err(e),
             Err(TransactionError::Storage(e)) => Err(backend(e)),
         }
     }
@@ -271,6 +309,8 @@ mod tests {
             event: AuditEvent { event: "activated".into(), national_id: Some(id.clone()), phone: Some(a.clone()) },
         };
         let first = Commit {
+            at: Millis(1),
+            otp_sent: vec![],
             phone: a.clone(),
             conversation: conversation("menu"),
             activate: Some(account(&id, &a)),
@@ -279,6 +319,8 @@ mod tests {
         };
         assert_eq!(store.commit(first).unwrap(), CommitOutcome::Committed);
         let second = Commit {
+            at: Millis(1),
+            otp_sent: vec![],
             phone: b.clone(),
             conversation: conversation("menu"),
             activate: Some(account(&id, &b)),
@@ -304,7 +346,17 @@ mod tests {
             conversation.session.updated_at = Millis(at);
             conversation.hop = Some(cursor.clone());
             let phone = Msisdn::parse(phone).unwrap();
-            store.commit(Commit { phone, conversation, activate: None, sms: vec![], audit: vec![] }).unwrap();
+            store
+                .commit(Commit {
+                    at: Millis(1),
+                    phone,
+                    conversation,
+                    activate: None,
+                    sms: vec![],
+                    audit: vec![],
+                    otp_sent: vec![],
+                })
+                .unwrap();
         }
         assert_eq!(store.sweep_hops(Millis(600_000)).unwrap(), 1);
         let old = store.conversation(&Msisdn::parse("0912345678").unwrap()).unwrap().unwrap();
@@ -321,8 +373,15 @@ mod tests {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
                 let phone = Msisdn::parse(&format!("09123{i:05}")).unwrap();
-                let c =
-                    Commit { phone, conversation: conversation("menu"), activate: None, sms: vec![], audit: vec![] };
+                let c = Commit {
+                    at: Millis(1),
+                    phone,
+                    conversation: conversation("menu"),
+                    activate: None,
+                    sms: vec![],
+                    audit: vec![],
+                    otp_sent: vec![],
+                };
                 store.commit(c).unwrap();
                 store.durable().await.unwrap().unwrap();
             }));

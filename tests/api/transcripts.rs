@@ -14,7 +14,7 @@ use kichhoat::channel::africastalking::response;
 use kichhoat::clock::Millis;
 use kichhoat::crypto::{Crypto, HashCost};
 use kichhoat::domain::{Msisdn, NationalId, Secret};
-use kichhoat::engine::{self, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Session};
+use kichhoat::engine::{self, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Session, SmsPurpose};
 use kichhoat::flow::catalog::to_gsm7;
 use kichhoat::flow::{Charset, Flow};
 
@@ -136,6 +136,7 @@ async fn run(file: &str, t: &Transcript, driver: &mut impl Driver, via: &str) {
 struct MemDirectory {
     citizens: HashMap<String, Citizen>,
     accounts: HashMap<String, Account>,
+    otp_sends: HashMap<String, Vec<Millis>>,
 }
 
 impl Directory for MemDirectory {
@@ -144,6 +145,9 @@ impl Directory for MemDirectory {
     }
     fn account(&self, id: &NationalId) -> Result<Option<Account>, DirectoryError> {
         Ok(self.accounts.get(id.as_str()).cloned())
+    }
+    fn otp_sends(&self, phone: &Msisdn) -> Result<Vec<Millis>, DirectoryError> {
+        Ok(self.otp_sends.get(phone.as_str()).cloned().unwrap_or_default())
     }
 }
 
@@ -186,7 +190,12 @@ impl EngineDriver {
         let mut sms = Vec::new();
         for e in turn.effects {
             match e {
-                Effect::Sms { to, body, .. } => sms.push((to.e164(), to_gsm7(body.expose()))),
+                Effect::Sms { to, body, purpose } => {
+                    if purpose == SmsPurpose::Otp {
+                        self.dir.otp_sends.entry(to.as_str().to_string()).or_default().push(self.now);
+                    }
+                    sms.push((to.e164(), to_gsm7(body.expose())))
+                }
                 Effect::Activate(a) => {
                     self.dir.accounts.insert(a.national_id.as_str().to_string(), a);
                 }

@@ -220,3 +220,28 @@ async fn a_shortcut_dial_mid_activation_starts_at_the_menu() {
     assert_eq!(server.outbox().await.len(), 1, "no extra OTP");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_activations_cannot_pump_more_than_20_codes_an_hour_to_one_phone() {
+    let server = TestServer::start().await;
+    // Each request from a different caller, each naming An's registered phone.
+    let request = |caller: String| {
+        let url = server.url.clone();
+        async move {
+            let mut p = AtPhone::new(&url, &caller);
+            p.dial().await;
+            p.send("1").await;
+            p.send("001099012345").await;
+            p.send("0912345678").await
+        }
+    };
+    for i in 0..20 {
+        assert!(fold(&request(format!("+849880{i:05}")).await).contains("Nhap ma"), "code {}", i + 1);
+    }
+    let refused = request("+84988000222".into()).await;
+    assert!(fold(&refused).starts_with("END ") && fold(&refused).contains("qua nhieu lan"), "{refused}");
+    assert_eq!(server.outbox().await.len(), 20);
+    server.clock.advance(std::time::Duration::from_secs(61 * 60));
+    assert!(fold(&request("+84988000333".into()).await).contains("Nhap ma"), "an hour later");
+    server.stop().await;
+}
