@@ -9,6 +9,7 @@
 
 pub mod actions;
 pub mod keys;
+pub mod validators;
 
 use std::time::Duration;
 
@@ -255,7 +256,7 @@ fn on_input(
     let Some((validator, action)) = parse else {
         return Ok(retry(ctx, s, out, st, keys::ERR_CHOICE));
     };
-    let value = match actions::parse(*validator, &input, s, ctx) {
+    let value = match validators::parse(*validator, &input, s, ctx) {
         Ok(v) => v,
         Err(reason) => return Ok(retry(ctx, s, out, st, reason)),
     };
