@@ -18,8 +18,8 @@ use crate::clock::{Clock, Millis};
 use crate::crypto::{Crypto, CryptoError};
 use crate::domain::{Msisdn, NationalId, Secret};
 use crate::engine::{
-    self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound, Reply, Session,
-    SmsPurpose,
+    self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound, LoginFailures, Reply,
+    Session, SmsPurpose,
 };
 use crate::flow::{Charset, Flow};
 use crate::store::{AuditRecord, Commit, CommitOutcome, Conversation, QueuedSms, Store, StoreError};
@@ -72,6 +72,9 @@ impl Directory for StoreDirectory {
     }
     fn otp_sends(&self, phone: &Msisdn) -> Result<Vec<Millis>, DirectoryError> {
         self.0.otp_sends(phone).map_err(|e| DirectoryError(e.to_string()))
+    }
+    fn login_failures(&self, id: &NationalId) -> Result<LoginFailures, DirectoryError> {
+        self.0.login_failures(id).map_err(|e| DirectoryError(e.to_string()))
     }
 }
 
@@ -233,6 +236,7 @@ impl Service {
             sms: Vec::new(),
             audit: Vec::new(),
             otp_sent: Vec::new(),
+            login_failures: Vec::new(),
         };
         for e in effects {
             match e {
@@ -244,6 +248,7 @@ impl Service {
                     commit.sms.push(QueuedSms { id: 0, to, purpose, sealed, queued_at: now });
                 }
                 Effect::Activate(account) => commit.activate = Some(account),
+                Effect::LoginFailures(id, record) => commit.login_failures.push((id, record)),
                 Effect::Audit(event) => commit.audit.push(AuditRecord { at: now, caller: phone.clone(), event }),
             }
         }

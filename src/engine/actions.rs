@@ -11,7 +11,8 @@ use rand::RngCore;
 
 pub use super::validators::{Validator, Value};
 use super::{
-    Account, Answered, AuditEvent, CitizenStatus, Ctx, Effect, EngineError, OtpRecord, Out, Session, Slots, SmsPurpose,
+    Account, Answered, AuditEvent, CitizenStatus, Ctx, Effect, EngineError, LoginFailures, OtpRecord, Out, Session,
+    Slots, SmsPurpose,
 };
 use crate::clock::Millis;
 use crate::crypto::mac_eq;
@@ -29,6 +30,11 @@ pub const OTP_MAX_SENDS: u8 = 3;
 /// Generous on purpose: a citizen who mistypes and retries a few times never meets it.
 pub const OTP_SENDS_PER_WINDOW: usize = 20;
 pub const OTP_SEND_WINDOW: Duration = Duration::from_secs(60 * 60);
+/// Consecutive failed log-ins of one ID number before log-in is locked, and for how long. NIST SP
+/// 800-63B §5.2.2 allows at most 100 consecutive failures; a 10-then-15-minutes lock keeps an online
+/// guesser near 1,000 tries a day while a citizen who forgot a character is never stopped for long.
+pub const LOGIN_MAX_FAILURES: u32 = 10;
+pub const LOGIN_LOCKOUT: Duration = Duration::from_secs(15 * 60);
 /// VNeID asks two security questions.
 pub const QUESTIONS_REQUIRED: usize = 2;
 
@@ -177,7 +183,7 @@ const SPECS: &[Spec] = &[
         name: "login",
         kind: ActionKind::Login,
         input: Some(Validator::Secret),
-        outcomes: &["ok", "refused"],
+        outcomes: &["ok", "refused", "locked"],
         reasons: &[],
         notices: &[],
     },
@@ -415,6 +421,12 @@ pub(crate) fn run(
         }
         (ActionKind::Login, Some(Value::Secret(pw))) => {
             let id = s.slots.national_id.clone().ok_or_else(|| misuse(s, "login before an ID number"))?;
+            // Counted per ID number whether or not it has an account, so a lockout reveals nothing.
+            let mut failures = ctx.directory.login_failures(&id)?;
+            if failures.locked_until.is_some_and(|t| now < t) {
+                audit(out, "login_while_locked", Some(&id), Some(ctx.caller));
+                return Ok(Act::Go("locked", None));
+            }
             let account = ctx.directory.account(&id)?;
             let ok = match &account {
                 Some(a) => crypto.verify_secret(pw.expose(), &a.password_hash),
@@ -428,11 +440,22 @@ pub(crate) fn run(
                 Some(c) => {
                     out.args.push(("name", c.full_name.chars().take(crate::flow::catalog::NAME_MAX).collect()));
                     audit(out, "login_ok", Some(&id), Some(ctx.caller));
+                    if failures != LoginFailures::default() {
+                        out.effects.push(Effect::LoginFailures(id, LoginFailures::default()));
+                    }
                     Act::Go("ok", None)
                 }
                 None => {
                     audit(out, "login_failed", Some(&id), Some(ctx.caller));
-                    Act::Go("refused", None)
+                    failures.consecutive = failures.consecutive.saturating_add(1);
+                    failures.locked_until = None;
+                    let locked = failures.consecutive >= LOGIN_MAX_FAILURES;
+                    if locked {
+                        failures = LoginFailures { consecutive: 0, locked_until: Some(now.plus(LOGIN_LOCKOUT)) };
+                        audit(out, "login_locked", Some(&id), Some(ctx.caller));
+                    }
+                    out.effects.push(Effect::LoginFailures(id, failures));
+                    Act::Go(if locked { "locked" } else { "refused" }, None)
                 }
             }
         }

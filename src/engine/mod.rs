@@ -67,6 +67,15 @@ pub trait Directory {
     fn account(&self, id: &NationalId) -> Result<Option<Account>, DirectoryError>;
     /// When OTP SMS went to `phone` recently (at least the last hour's).
     fn otp_sends(&self, phone: &Msisdn) -> Result<Vec<Millis>, DirectoryError>;
+    /// Failed log-ins of an ID number in a row, and any lock they caused.
+    fn login_failures(&self, id: &NationalId) -> Result<LoginFailures, DirectoryError>;
+}
+
+/// Failed log-ins of one ID number in a row (reset by a success), and the lock they caused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginFailures {
+    pub consecutive: u32,
+    pub locked_until: Option<Millis>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +178,8 @@ pub enum Effect {
     /// Create the account; the commit must fail if one already exists (two phones racing).
     Activate(Account),
     Audit(AuditEvent),
+    /// Replace the log-in failure record of an ID number.
+    LoginFailures(NationalId, LoginFailures),
 }
 
 /// An authentication event for the audit trail.

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::clock::Millis;
 use crate::domain::{Msisdn, NationalId};
-use crate::engine::{Account, AuditEvent, Citizen, Reply, Session, SmsPurpose};
+use crate::engine::{Account, AuditEvent, Citizen, LoginFailures, Reply, Session, SmsPurpose};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -91,6 +91,8 @@ pub struct Commit {
     pub audit: Vec<AuditRecord>,
     /// Registered phones an OTP SMS was queued for (counted for the per-phone send limit).
     pub otp_sent: Vec<Msisdn>,
+    /// New log-in failure records, by ID number.
+    pub login_failures: Vec<(NationalId, LoginFailures)>,
 }
 
 /// How long OTP send times are kept per phone (the engine's limit looks back one hour).
@@ -114,6 +116,7 @@ pub trait Store: Send + Sync + 'static {
     fn account(&self, id: &NationalId) -> Result<Option<Account>, StoreError>;
     /// When OTP SMS were queued for `phone` (the last [`OTP_SENDS_KEPT`]).
     fn otp_sends(&self, phone: &Msisdn) -> Result<Vec<Millis>, StoreError>;
+    fn login_failures(&self, id: &NationalId) -> Result<LoginFailures, StoreError>;
     /// Inserts or updates a citizen; never touches the account.
     fn upsert_citizen(&self, citizen: &Citizen) -> Result<(), StoreError>;
     fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError>;

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use super::{AuditRecord, Commit, CommitOutcome, Conversation, Durable, QueuedSms, Store, StoreError};
 use crate::clock::Millis;
 use crate::domain::{Msisdn, NationalId};
-use crate::engine::{Account, Citizen};
+use crate::engine::{Account, Citizen, LoginFailures};
 
 /// Versioned envelopes: what is on disk, apart from the in-memory types.
 #[derive(Serialize, Deserialize)]
@@ -53,6 +53,7 @@ pub struct SledStore {
     outbox: sled::Tree,
     audit: sled::Tree,
     otp_sends: sled::Tree,
+    login_failures: sled::Tree,
     /// Random, made with the database: outbox message ids are `<instance>-<seq>`, so a fresh database
     /// writing to an old outbox file never collides with the messages already in it.
     instance: String,
@@ -77,6 +78,7 @@ impl SledStore {
             outbox: tree("outbox")?,
             audit: tree("audit")?,
             otp_sends: tree("otp_sends")?,
+            login_failures: tree("login_failures")?,
             db,
             instance,
             flush_tx: Mutex::new(tx),
@@ -165,6 +167,10 @@ impl Store for SledStore {
         Ok(sends.map(|s| s.times).unwrap_or_default())
     }
 
+    fn login_failures(&self, id: &NationalId) -> Result<LoginFailures, StoreError> {
+        Ok(self.get(&self.login_failures, "login failures", id.as_str().as_bytes())?.unwrap_or_default())
+    }
+
     fn upsert_citizen(&self, citizen: &Citizen) -> Result<(), StoreError> {
         let bytes = encode(citizen)?;
         let key = citizen.national_id.as_str().as_bytes();
@@ -181,8 +187,17 @@ impl Store for SledStore {
             None => None,
         };
         let audit: Vec<Vec<u8>> = c.audit.iter().map(encode).collect::<Result<_, _>>()?;
-        let trees = (&self.conversations, &self.accounts, &self.outbox, &self.audit, &self.otp_sends);
-        let result = trees.transaction(|(conv, accounts, outbox, audit_tree, sends)| {
+        let login: Vec<(Vec<u8>, Vec<u8>)> = c
+            .login_failures
+            .iter()
+            .map(|(id, f)| Ok((id.as_str().as_bytes().to_vec(), encode(f)?)))
+            .collect::<Result<_, StoreError>>()?;
+        let trees =
+            (&self.conversations, &self.accounts, &self.outbox, &self.audit, &self.otp_sends, &self.login_failures);
+        let result = trees.transaction(|(conv, accounts, outbox, audit_tree, sends, failures)| {
+            for (key, bytes) in &login {
+                failures.insert(key.as_slice(), bytes.as_slice())?;
+            }
             if let Some((key, bytes)) = &account {
                 if accounts.get(key)?.is_some() {
                     return Err(ConflictableTransactionError::Abort(Abort::AccountExists));
@@ -311,6 +326,7 @@ mod tests {
         let first = Commit {
             at: Millis(1),
             otp_sent: vec![],
+            login_failures: vec![],
             phone: a.clone(),
             conversation: conversation("menu"),
             activate: Some(account(&id, &a)),
@@ -321,6 +337,7 @@ mod tests {
         let second = Commit {
             at: Millis(1),
             otp_sent: vec![],
+            login_failures: vec![],
             phone: b.clone(),
             conversation: conversation("menu"),
             activate: Some(account(&id, &b)),
@@ -355,6 +372,7 @@ mod tests {
                     sms: vec![],
                     audit: vec![],
                     otp_sent: vec![],
+                    login_failures: vec![],
                 })
                 .unwrap();
         }
@@ -381,6 +399,7 @@ mod tests {
                     sms: vec![],
                     audit: vec![],
                     otp_sent: vec![],
+                    login_failures: vec![],
                 };
                 store.commit(c).unwrap();
                 store.durable().await.unwrap().unwrap();

@@ -14,7 +14,9 @@ use kichhoat::channel::africastalking::response;
 use kichhoat::clock::Millis;
 use kichhoat::crypto::{Crypto, HashCost};
 use kichhoat::domain::{Msisdn, NationalId, Secret};
-use kichhoat::engine::{self, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Session, SmsPurpose};
+use kichhoat::engine::{
+    self, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, LoginFailures, Session, SmsPurpose,
+};
 use kichhoat::flow::catalog::to_gsm7;
 use kichhoat::flow::{Charset, Flow};
 
@@ -137,6 +139,7 @@ struct MemDirectory {
     citizens: HashMap<String, Citizen>,
     accounts: HashMap<String, Account>,
     otp_sends: HashMap<String, Vec<Millis>>,
+    login_failures: HashMap<String, LoginFailures>,
 }
 
 impl Directory for MemDirectory {
@@ -148,6 +151,9 @@ impl Directory for MemDirectory {
     }
     fn otp_sends(&self, phone: &Msisdn) -> Result<Vec<Millis>, DirectoryError> {
         Ok(self.otp_sends.get(phone.as_str()).cloned().unwrap_or_default())
+    }
+    fn login_failures(&self, id: &NationalId) -> Result<LoginFailures, DirectoryError> {
+        Ok(self.login_failures.get(id.as_str()).copied().unwrap_or_default())
     }
 }
 
@@ -198,6 +204,9 @@ impl EngineDriver {
                 }
                 Effect::Activate(a) => {
                     self.dir.accounts.insert(a.national_id.as_str().to_string(), a);
+                }
+                Effect::LoginFailures(id, record) => {
+                    self.dir.login_failures.insert(id.as_str().to_string(), record);
                 }
                 Effect::Audit(_) => {}
             }

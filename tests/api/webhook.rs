@@ -245,3 +245,27 @@ async fn restarting_activations_cannot_pump_more_than_20_codes_an_hour_to_one_ph
     assert!(fold(&request("+84988000333".into()).await).contains("Nhap ma"), "an hour later");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_failed_log_ins_lock_the_id_for_15_minutes_whether_or_not_it_has_an_account() {
+    let server = TestServer::start().await;
+    activate(&server, "+84912345678", "001099012345", "Abc*1234x").await;
+    for id in ["001099012345", "001099099999"] {
+        for i in 1..=9 {
+            assert!(
+                fold(&login(&server, "+84988000111", id, "Wrong*pw1").await).contains("khong dung"),
+                "{id} try {i}"
+            );
+        }
+        let tenth = fold(&login(&server, "+84988000111", id, "Wrong*pw1").await);
+        assert!(tenth.contains("tam khoa 15 phut"), "{tenth}");
+    }
+    // Locked: even the right password is not checked.
+    let locked = fold(&login(&server, "+84912345678", "001099012345", "Abc*1234x").await);
+    assert!(locked.contains("tam khoa"), "{locked}");
+    server.clock.advance(std::time::Duration::from_secs(15 * 60 + 1));
+    assert!(fold(&login(&server, "+84912345678", "001099012345", "Abc*1234x").await).contains("Xin chao"));
+    let events: Vec<String> = server.app().store.audit().unwrap().into_iter().map(|a| a.event.event).collect();
+    assert_eq!(events.iter().filter(|e| *e == "login_locked").count(), 2, "every lockout is audited");
+    server.stop().await;
+}
