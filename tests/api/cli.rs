@@ -35,10 +35,7 @@ async fn audit_prints_the_authentication_events_as_json_lines() {
     let (_dir, data, outbox, log) = scratch();
     let server = Proc::spawn(&data, &outbox, &log, "info").await;
     let mut p = AtPhone::new(&server.url, "+84912345678");
-    p.dial().await;
-    p.send("2").await;
-    p.send("001099012345").await;
-    p.send("Wrong*pass1").await;
+    p.log_in("001099012345", "Wrong*pass1").await;
     server.terminate();
     let out = Command::new(env!("CARGO_BIN_EXE_kichhoat")).args(["audit", "--data-dir"]).arg(&data).output().unwrap();
     assert!(out.status.success());

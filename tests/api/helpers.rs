@@ -166,6 +166,23 @@ impl AtPhone {
         body
     }
 
+    /// Dials, picks 1 (activate), types the ID and the registered phone (`"1"` = this number): the reply
+    /// to the step that sends the code.
+    pub async fn request_code(&mut self, id: &str, phone: &str) -> String {
+        self.dial().await;
+        self.send("1").await;
+        self.send(id).await;
+        self.send(phone).await
+    }
+
+    /// Dials, picks 2 (log in), types the ID and the password: the END reply.
+    pub async fn log_in(&mut self, id: &str, password: &str) -> String {
+        self.dial().await;
+        self.send("2").await;
+        self.send(id).await;
+        self.send(password).await
+    }
+
     pub async fn send(&mut self, input: &str) -> String {
         self.inputs.push(input.to_string());
         let (status, body) = self.hop().await;

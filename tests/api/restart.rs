@@ -11,10 +11,7 @@ async fn a_kill_9_mid_activation_loses_nothing_that_was_answered() {
     // 1. Up to the OTP, then kill -9 right after the reply.
     let server = Proc::spawn(&data, &outbox, &log, "info").await;
     let mut p = AtPhone::new(&server.url, "+84912345678");
-    p.dial().await;
-    p.send("1").await;
-    p.send("001099012345").await;
-    assert!(fold(&p.send("1").await).contains("Nhap ma"));
+    assert!(fold(&p.request_code("001099012345", "1").await).contains("Nhap ma"));
     server.kill9();
 
     // 2. Restart: the queued OTP is delivered (once), and a new dial resumes at the OTP prompt.
@@ -43,10 +40,7 @@ async fn a_kill_9_mid_activation_loses_nothing_that_was_answered() {
     assert_eq!(lines.iter().map(|l| &l.id).collect::<HashSet<_>>().len(), 2);
     assert!(fold(&lines[1].text).contains("da duoc kich hoat"));
     let mut p = AtPhone::new(&server.url, "+84912345678");
-    p.dial().await;
-    p.send("2").await;
-    p.send("001099012345").await;
-    assert!(fold(&p.send("Abc*1234x").await).contains("Xin chao Nguyen Van An"));
+    assert!(fold(&p.log_in("001099012345", "Abc*1234x").await).contains("Xin chao Nguyen Van An"));
     server.terminate();
 }
 
@@ -56,10 +50,7 @@ async fn a_torn_outbox_line_from_a_crash_is_cut_and_the_sms_written_once() {
     std::fs::write(&outbox, "{\"id\":99,\"to\":\"+8491").unwrap();
     let server = Proc::spawn(&data, &outbox, &log, "info").await;
     let mut p = AtPhone::new(&server.url, "+84912345678");
-    p.dial().await;
-    p.send("1").await;
-    p.send("001099012345").await;
-    p.send("1").await;
+    p.request_code("001099012345", "1").await;
     let lines = wait_outbox(&outbox, 1).await;
     assert_eq!(lines.len(), 1);
     server.terminate();
@@ -93,10 +84,7 @@ async fn a_fresh_database_writing_to_an_old_outbox_file_loses_no_sms() {
     for data in [data.clone(), dir.path().join("data-2")] {
         let server = Proc::spawn(&data, &outbox, &log, "info").await;
         let mut p = AtPhone::new(&server.url, "+84912345678");
-        p.dial().await;
-        p.send("1").await;
-        p.send("001099012345").await;
-        p.send("1").await;
+        p.request_code("001099012345", "1").await;
         server.terminate();
     }
     let lines = crate::helpers::read_outbox(&outbox);

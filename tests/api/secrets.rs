@@ -36,10 +36,7 @@ async fn no_secret_is_stored_or_logged_after_a_full_conversation() {
     let passcode = "604918";
     let answers = ["Chuồn Chuồn", "Bến  Tre"];
     let mut p = AtPhone::new(&server.url, "+84912345678");
-    p.dial().await;
-    p.send("1").await;
-    p.send("001099012345").await;
-    p.send("1").await;
+    p.request_code("001099012345", "1").await;
     let otp = otp_in(&wait_outbox(&outbox, 1).await[0].text).unwrap();
     p.send("999999").await; // a wrong code too
     assert!(fold(&p.send(&otp).await).contains("Dat mat khau"));
@@ -51,15 +48,9 @@ async fn no_secret_is_stored_or_logged_after_a_full_conversation() {
         p.send(input).await;
     }
     let mut l = AtPhone::new(&server.url, "+84912345678");
-    l.dial().await;
-    l.send("2").await;
-    l.send("001099012345").await;
-    assert!(fold(&l.send(password).await).contains("Xin chao"));
+    assert!(fold(&l.log_in("001099012345", password).await).contains("Xin chao"));
     let mut l = AtPhone::new(&server.url, "+84912345678");
-    l.dial().await;
-    l.send("2").await;
-    l.send("001099012345").await;
-    l.send("Wr0ng*pass!").await;
+    l.log_in("001099012345", "Wr0ng*pass!").await;
     server.terminate();
 
     let mut all = Vec::new();

@@ -7,13 +7,10 @@ use kichhoat::store::Store;
 
 use crate::helpers::{fold, otp_in, post_at, AtPhone, TestServer};
 
-/// Runs a whole activation from `phone` and returns the OTP it used.
+/// Runs a whole activation of `id` from `phone` with `password`.
 pub async fn activate(server: &TestServer, phone: &str, id: &str, password: &str) {
     let mut p = AtPhone::new(&server.url, phone);
-    p.dial().await;
-    p.send("1").await;
-    p.send(id).await;
-    assert!(fold(&p.send("1").await).contains("Nhap ma"));
+    assert!(fold(&p.request_code(id, "1").await).contains("Nhap ma"));
     let otp = otp_in(&server.outbox().await.last().unwrap().text).unwrap();
     assert!(fold(&p.send(&otp).await).contains("Dat mat khau"));
     assert!(p.send(password).await.starts_with("CON "));
@@ -27,10 +24,7 @@ pub async fn activate(server: &TestServer, phone: &str, id: &str, password: &str
 
 async fn login(server: &TestServer, phone: &str, id: &str, password: &str) -> String {
     let mut p = AtPhone::new(&server.url, phone);
-    p.dial().await;
-    p.send("2").await;
-    p.send(id).await;
-    p.send(password).await
+    p.log_in(id, password).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,10 +46,7 @@ async fn unknown_id_and_phone_mismatch_get_byte_identical_replies_and_no_sms() {
     let mut replies = Vec::new();
     for id in ["001199012346", "001099099999"] {
         let mut p = AtPhone::new(&server.url, "+84912345678");
-        p.dial().await;
-        p.send("1").await;
-        p.send(id).await;
-        replies.push(p.send("1").await);
+        replies.push(p.request_code(id, "1").await);
     }
     assert!(replies[0].starts_with("END "), "{}", replies[0]);
     assert_eq!(replies[0], replies[1]);
@@ -106,10 +97,7 @@ async fn concurrent_duplicates_of_a_hop_send_one_otp() {
 /// Drives `phone` through an activation of An's ID up to the last answer, not sent yet.
 async fn up_to_the_last_answer(server: &TestServer, phone: &str) -> AtPhone {
     let mut p = AtPhone::new(&server.url, phone);
-    p.dial().await;
-    p.send("1").await;
-    p.send("001099012345").await;
-    p.send("0912345678").await;
+    p.request_code("001099012345", "0912345678").await;
     let otp = otp_in(&server.outbox().await.last().unwrap().text).unwrap();
     for input in [otp.as_str(), "Abc*1234x", "Abc*1234x", "258147", "258147", "1", "Kim Dong", "4"] {
         assert!(p.send(input).await.starts_with("CON "), "at {input}");
@@ -206,10 +194,7 @@ async fn the_end_of_session_notification_is_accepted() {
 async fn a_shortcut_dial_mid_activation_starts_at_the_menu() {
     let server = TestServer::start().await;
     let mut p = AtPhone::new(&server.url, "+84912345678");
-    p.dial().await;
-    p.send("1").await;
-    p.send("001099012345").await;
-    p.send("1").await;
+    p.request_code("001099012345", "1").await;
     // *384*3# while the activation waits at the code prompt: help, not "1 = send a new code".
     let mut q = AtPhone::new(&server.url, "+84912345678");
     q.session = "shortcut-1".into();
@@ -229,10 +214,7 @@ async fn restarting_activations_cannot_pump_more_than_20_codes_an_hour_to_one_ph
         let url = server.url.clone();
         async move {
             let mut p = AtPhone::new(&url, &caller);
-            p.dial().await;
-            p.send("1").await;
-            p.send("001099012345").await;
-            p.send("0912345678").await
+            p.request_code("001099012345", "0912345678").await
         }
     };
     for i in 0..20 {
