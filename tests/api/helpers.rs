@@ -48,6 +48,10 @@ impl TestServer {
 
     pub async fn start_in(dir: tempfile::TempDir) -> TestServer {
         let settings = settings(dir.path());
+        Self::start_with(dir, settings).await
+    }
+
+    pub async fn start_with(dir: tempfile::TempDir, settings: Settings) -> TestServer {
         let clock = Arc::new(ManualClock::new(T0));
         let app = App::open(&settings, clock.clone() as Arc<dyn Clock>, HashCost::DANGER_TEST_ONLY).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -251,3 +251,17 @@ async fn ten_failed_log_ins_lock_the_id_for_15_minutes_whether_or_not_it_has_an_
     assert_eq!(events.iter().filter(|e| *e == "login_locked").count(), 2, "every lockout is audited");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_ucs2_mode_short_screens_keep_their_diacritics_and_long_ones_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::helpers::settings(dir.path());
+    settings.ussd_charset = kichhoat::flow::Charset::Ucs2;
+    let server = TestServer::start_with(dir, settings).await;
+    let mut p = AtPhone::new(&server.url, "+84912345678");
+    let menu = p.dial().await;
+    assert!(menu.contains("Kích hoạt tài khoản") && menu.chars().count() <= 80 + 4, "{menu}");
+    let long = p.send("3").await;
+    assert!(long.contains("Cong an xa") && long.chars().count() > 84, "over 80: sent as GSM-7: {long}");
+    server.stop().await;
+}
