@@ -16,7 +16,7 @@ use tracing::{error, info, info_span, Instrument};
 use crate::channel::africastalking::{self as at, Derived, Hop};
 use crate::clock::{Clock, Millis};
 use crate::crypto::{Crypto, CryptoError};
-use crate::domain::{Msisdn, NationalId, Secret};
+use crate::domain::{Msisdn, NationalId};
 use crate::engine::{
     self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound, LoginFailures, Reply,
     Session, SmsPurpose,
@@ -122,6 +122,8 @@ impl Service {
         let cursor = conv.as_ref().and_then(|c| c.hop.as_ref());
         let inputs = match at::derive(&self.crypto, &hop, cursor) {
             Derived::Replay(reply) => {
+                // The original answer may have timed out before its commit was on disk: make sure it is.
+                self.durable().await?;
                 info!("ussd retry answered from the stored reply");
                 return Ok(reply);
             }
@@ -143,7 +145,7 @@ impl Service {
                 Some(i) => i,
                 None => break,
             };
-            let kept = clone_inputs(&inputs);
+            let kept = inputs.clone();
             let now = self.clock.now();
             let (session, reply, effects) = self.run_steps(hop.phone.clone(), session.clone(), inputs, now).await?;
             let state = session.state.clone();
@@ -260,15 +262,4 @@ impl Service {
         error!(error = %err, "hop failed");
         Reply { text: self.flow.catalog(crate::flow::Lang::Vi).get(keys::END_UNAVAILABLE).to_string(), end: true }
     }
-}
-
-fn clone_inputs(inputs: &[Inbound]) -> Vec<Inbound> {
-    inputs
-        .iter()
-        .map(|i| match i {
-            Inbound::Dial => Inbound::Dial,
-            Inbound::DialWithChoices => Inbound::DialWithChoices,
-            Inbound::Text(s) => Inbound::Text(Secret::clone(s)),
-        })
-        .collect()
 }

@@ -140,7 +140,7 @@ impl Session {
 }
 
 /// What arrived from the citizen.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Inbound {
     /// A new USSD session (the citizen dialled the service code): resumes an activation in progress.
     Dial,
