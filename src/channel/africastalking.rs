@@ -102,14 +102,22 @@ pub fn derive(crypto: &Crypto, hop: &Hop, cursor: Option<&HopCursor>) -> Derived
     let phone = hop.phone.as_str();
     let sid = &hop.session_id;
     let text = hop.text.expose();
-    // A retry is recognised first, even of a hop from the session before (its MAC names the session):
-    // a late carrier retry must not run again as a new dial.
     let text_mac = crypto.hop_mac(phone, sid, text);
-    if let Some(r) = cursor.and_then(|c| c.recent.iter().find(|r| mac_eq(&hex32(&r.text_mac), &text_mac))) {
-        return Derived::Replay(r.reply.clone());
-    }
     let session_mac = crypto.hop_mac(phone, sid, "");
-    let Some(c) = cursor.filter(|c| mac_eq(&hex32(&c.session_mac), &session_mac)) else {
+    let same_session = |c: &&HopCursor| mac_eq(&hex32(&c.session_mac), &session_mac);
+    // After an END the carrier closes the session; a hop on the same id that is not a retry of that END
+    // is a new dial by a client that reuses session ids.
+    let reused = cursor
+        .filter(same_session)
+        .is_some_and(|c| c.recent.last().is_some_and(|r| r.reply.end) && !mac_eq(&hex32(&c.text_mac), &text_mac));
+    // Otherwise a retry is recognised first, even of a hop from the session before (its MAC names the
+    // session): a late carrier retry must not run again as a new dial.
+    if !reused {
+        if let Some(r) = cursor.and_then(|c| c.recent.iter().find(|r| mac_eq(&hex32(&r.text_mac), &text_mac))) {
+            return Derived::Replay(r.reply.clone());
+        }
+    }
+    let Some(c) = cursor.filter(same_session).filter(|_| !reused) else {
         if text.is_empty() {
             return Derived::Dial;
         }
@@ -218,6 +226,18 @@ mod tests {
         let next = hop("s2", "");
         let cur = advance(&c, &next, Some(&cur), &Reply { text: "menu again".into(), end: false }, Millis(0));
         assert!(matches!(derive(&c, &second, Some(&cur)), Derived::Replay(r) if r == reply));
+    }
+
+    #[test]
+    fn a_session_id_reused_after_an_end_is_a_new_dial_but_the_end_itself_replays() {
+        let c = Crypto::from_master(&[3; 32], HashCost::DANGER_TEST_ONLY).unwrap();
+        let menu = Reply { text: "menu".into(), end: false };
+        let help = Reply { text: "help".into(), end: true };
+        let cur = advance(&c, &hop("s1", ""), None, &menu, Millis(0));
+        let cur = advance(&c, &hop("s1", "3"), Some(&cur), &help, Millis(0));
+        assert!(matches!(derive(&c, &hop("s1", "3"), Some(&cur)), Derived::Replay(r) if r == help));
+        assert!(matches!(derive(&c, &hop("s1", ""), Some(&cur)), Derived::Dial));
+        assert!(matches!(derive(&c, &hop("s1", "2"), Some(&cur)), Derived::DialThen(_)));
     }
 
     #[test]
