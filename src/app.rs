@@ -73,7 +73,7 @@ impl App {
         cost: HashCost,
         sender: Option<Arc<dyn SmsSender>>,
     ) -> Result<App, StartError> {
-        let flow = Flow::load_from(settings.flows.as_deref(), settings.ussd_charset).map_err(|problems| {
+        let flow = Flow::load_from(settings.flows.as_deref()).map_err(|problems| {
             let dir =
                 settings.flows.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "built-in flows".into());
             StartError::Flows { dir, problems }

@@ -77,8 +77,6 @@ pub struct CheckArgs {
     /// Default: `flows/` in the working directory, or the copy built into the binary.
     #[arg(long, env = "KICHHOAT_FLOWS")]
     pub flows: Option<PathBuf>,
-    #[arg(long, env = "KICHHOAT_USSD_CHARSET", value_enum, default_value_t = Charset::Gsm7)]
-    pub ussd_charset: Charset,
 }
 
 #[derive(Debug, Clone, Args)]

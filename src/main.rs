@@ -15,21 +15,19 @@ use kichhoat::flow::Flow;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check(args) => {
-            match Flow::load_from(resolve(&args.flows, DEFAULT_FLOWS).as_deref(), args.ussd_charset) {
-                Ok(flow) => {
-                    println!("{}: {} states, {} languages: ok", flow.source, flow.states.len(), flow.catalogs.len());
-                    ExitCode::SUCCESS
-                }
-                Err(problems) => {
-                    for p in &problems {
-                        println!("{p}");
-                    }
-                    eprintln!("{} problem(s)", problems.len());
-                    ExitCode::FAILURE
-                }
+        Command::Check(args) => match Flow::load_from(resolve(&args.flows, DEFAULT_FLOWS).as_deref()) {
+            Ok(flow) => {
+                println!("{}: {} states, {} languages: ok", flow.source, flow.states.len(), flow.catalogs.len());
+                ExitCode::SUCCESS
             }
-        }
+            Err(problems) => {
+                for p in &problems {
+                    println!("{p}");
+                }
+                eprintln!("{} problem(s)", problems.len());
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => {
             init_logs(args.log_format, "info");
             run(serve(args))

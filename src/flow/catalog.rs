@@ -124,8 +124,9 @@ pub fn placeholders(template: &str) -> Vec<String> {
     names
 }
 
-/// Why a finished screen does not fit one USSD message, if it does not.
-pub fn ussd_overflow(screen: &str, charset: Charset) -> Option<String> {
+/// Why a finished screen does not fit one USSD message, if it does not. GSM-7 decides for both
+/// charsets: in UCS-2 mode a screen over 80 characters is sent in its GSM-7 rendering.
+pub fn ussd_overflow(screen: &str) -> Option<String> {
     let gsm = fold_diacritics(screen);
     match gsm7_len(&gsm) {
         None => return Some(format!("screen has characters outside GSM-7 even without diacritics: {gsm:?}")),
@@ -134,7 +135,6 @@ pub fn ussd_overflow(screen: &str, charset: Charset) -> Option<String> {
         }
         _ => {}
     }
-    let _ = charset; // UCS-2 falls back to the GSM-7 rendering when it is too long, so GSM-7 decides.
     None
 }
 
@@ -178,8 +178,8 @@ mod tests {
 
     #[test]
     fn a_screen_over_182_gsm7_characters_overflows() {
-        assert!(ussd_overflow(&"a".repeat(182), Charset::Gsm7).is_none());
-        assert!(ussd_overflow(&"a".repeat(183), Charset::Gsm7).is_some());
-        assert!(ussd_overflow(&"[".repeat(92), Charset::Gsm7).is_some(), "extension characters cost two");
+        assert!(ussd_overflow(&"a".repeat(182)).is_none());
+        assert!(ussd_overflow(&"a".repeat(183)).is_some());
+        assert!(ussd_overflow(&"[".repeat(92)).is_some(), "extension characters cost two");
     }
 }

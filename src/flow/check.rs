@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use super::catalog::{placeholders, sms_overflow, ussd_overflow, Catalog, Charset, PLACEHOLDERS};
+use super::catalog::{placeholders, sms_overflow, ussd_overflow, Catalog, PLACEHOLDERS};
 use super::{FileDef, Flow, Kind, Lang, Problem, Source, State, StateDef, SPEC_VERSION};
 use crate::engine::actions::{ActionKind, Validator};
 use crate::engine::keys;
@@ -26,7 +26,7 @@ impl Problems {
     }
 }
 
-pub fn load(src: &Source, charset: Charset) -> Result<Flow, Vec<Problem>> {
+pub fn load(src: &Source) -> Result<Flow, Vec<Problem>> {
     let mut p = Problems(Vec::new());
     let dir_name = src.name.clone();
     let mut files: Vec<(String, FileDef)> = Vec::new();
@@ -96,7 +96,7 @@ pub fn load(src: &Source, charset: Charset) -> Result<Flow, Vec<Problem>> {
     check_graph(&start, &states, &mut p);
 
     let flow = Flow { start, max_tries, questions, states, catalogs, source: src.name.clone() };
-    check_messages(&flow, &questions_file, charset, !broken_before_messages, &mut p);
+    check_messages(&flow, &questions_file, !broken_before_messages, &mut p);
     if p.0.is_empty() {
         Ok(flow)
     } else {
@@ -308,7 +308,7 @@ fn notices_into(flow: &Flow) -> HashMap<&str, BTreeSet<&'static str>> {
 }
 
 /// `report_unused`: false when some state failed to load, since its messages would look unused.
-fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, report_unused: bool, p: &mut Problems) {
+fn check_messages(flow: &Flow, questions_file: &str, report_unused: bool, p: &mut Problems) {
     let known: BTreeMap<&str, usize> = PLACEHOLDERS.iter().copied().collect();
     // Every key each catalogue must hold, with where it is used.
     let mut used: BTreeMap<String, (String, String)> = BTreeMap::new();
@@ -404,13 +404,13 @@ fn check_messages(flow: &Flow, questions_file: &str, charset: Charset, report_un
                 candidates.push((format!("{pre:?} above the prompt"), format!("{}\n{}", widest(pre), body_text)));
             }
             for (what, screen) in candidates {
-                if let Some(why) = ussd_overflow(&screen, charset) {
+                if let Some(why) = ussd_overflow(&screen) {
                     p.add(&cat.file, &s.name, format!("{what}: {why}"));
                 }
             }
         }
         for k in keys::FIXED_SCREENS {
-            if let Some(why) = ussd_overflow(&widest(k), charset) {
+            if let Some(why) = ussd_overflow(&widest(k)) {
                 p.add(&cat.file, k, why);
             }
         }

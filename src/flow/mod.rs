@@ -149,15 +149,15 @@ impl Flow {
     }
 
     /// Loads and checks every flow file and catalogue under `dir`.
-    pub fn load(dir: &Path, charset: Charset) -> Result<Flow, Vec<Problem>> {
-        check::load(&Source::from_dir(dir), charset)
+    pub fn load(dir: &Path) -> Result<Flow, Vec<Problem>> {
+        check::load(&Source::from_dir(dir))
     }
 
     /// Loads and checks the flows at `dir`, or the copy built into the binary when `dir` is `None`.
-    pub fn load_from(dir: Option<&Path>, charset: Charset) -> Result<Flow, Vec<Problem>> {
+    pub fn load_from(dir: Option<&Path>) -> Result<Flow, Vec<Problem>> {
         match dir {
-            Some(d) => Flow::load(d, charset),
-            None => check::load(&Source::embedded(), charset),
+            Some(d) => Flow::load(d),
+            None => check::load(&Source::embedded()),
         }
     }
 }

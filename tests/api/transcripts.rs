@@ -177,7 +177,7 @@ impl EngineDriver {
             dir.citizens.insert(c.national_id.as_str().to_string(), c);
         }
         EngineDriver {
-            flow: Flow::load(&repo().join("flows"), Charset::Gsm7).unwrap(),
+            flow: Flow::load(&repo().join("flows")).unwrap(),
             crypto: Crypto::from_master(&[9; 32], HashCost::DANGER_TEST_ONLY).unwrap(),
             dir,
             saved: None,
