@@ -17,23 +17,21 @@ use crate::crypto::HashCost;
 use crate::domain::{Msisdn, Secret};
 use crate::flow::catalog::to_gsm7;
 use crate::sms::file::FileSender;
-use crate::sms::{OutgoingSms, SendFuture, SmsSender};
+use crate::sms::{Delivery, OutgoingSms, SendFuture, SmsSender};
 
 /// Writes to the outbox file like the server, and shows the SMS on the terminal.
 struct ShowingSender {
     file: FileSender,
     phone: Msisdn,
     shown: Mutex<Vec<String>>,
-    /// The background worker and the simulator may both deliver a message; show it once.
-    seen: Mutex<std::collections::HashSet<String>>,
 }
 
 impl SmsSender for ShowingSender {
     fn send<'a>(&'a self, sms: &'a OutgoingSms) -> SendFuture<'a> {
         Box::pin(async move {
-            self.file.send(sms).await?;
-            if !self.seen.lock().map(|mut s| s.insert(sms.id.clone())).unwrap_or(true) {
-                return Ok(());
+            // The background worker and the simulator both deliver: show what the file takes as new.
+            if self.file.send(sms).await? == Delivery::AlreadySent {
+                return Ok(Delivery::AlreadySent);
             }
             let line = if sms.to == self.phone {
                 format!("  [SMS to {}] {}", sms.to.e164(), to_gsm7(sms.text.expose()))
@@ -43,7 +41,7 @@ impl SmsSender for ShowingSender {
             if let Ok(mut shown) = self.shown.lock() {
                 shown.push(line);
             }
-            Ok(())
+            Ok(Delivery::Sent)
         })
     }
 }
@@ -52,8 +50,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
     let phone = Msisdn::parse(&args.phone).map_err(|e| format!("--phone: {e}"))?;
     let settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), &args.common);
     let file = FileSender::open(&settings.sms_outbox).map_err(|e| format!("sms outbox: {e}"))?;
-    let sender =
-        Arc::new(ShowingSender { file, phone: phone.clone(), shown: Mutex::new(Vec::new()), seen: Mutex::default() });
+    let sender = Arc::new(ShowingSender { file, phone: phone.clone(), shown: Mutex::new(Vec::new()) });
     let app = App::open_with_sender(&settings, Arc::new(SystemClock), HashCost::OWASP, Some(sender.clone()))
         .map_err(|e| e.to_string())?;
     println!("kichhoat simulator: phone {} (data in {})", phone.e164(), settings.data_dir.display());

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{OutgoingSms, SendError, SendFuture, SmsSender};
+use super::{Delivery, OutgoingSms, SendError, SendFuture, SmsSender};
 use crate::flow::catalog::to_gsm7;
 
 /// How much of the file's end is read at start-up to learn which ids are already written.
@@ -43,7 +43,12 @@ impl FileSender {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let mut file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
+        // It holds OTPs in clear (it stands for the SMS gateway): readable by the service's user only.
+        let mut opts = OpenOptions::new();
+        opts.create(true).read(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut file = opts.open(path)?;
         let len = file.metadata()?.len();
         let start = len.saturating_sub(TAIL_BYTES);
         file.seek(SeekFrom::Start(start))?;
@@ -78,11 +83,11 @@ impl SmsSender for FileSender {
         };
         let inner = self.inner.clone();
         Box::pin(async move {
-            let write = move || -> Result<(), SendError> {
+            let write = move || -> Result<Delivery, SendError> {
                 let tmp = |e: std::io::Error| SendError::Temporary(e.to_string());
                 let mut g = inner.lock().map_err(|_| SendError::Temporary("outbox lock poisoned".into()))?;
                 if g.written.contains(&line.id) {
-                    return Ok(());
+                    return Ok(Delivery::AlreadySent);
                 }
                 let mut bytes = serde_json::to_vec(&line).map_err(|e| SendError::Temporary(e.to_string()))?;
                 bytes.push(b'\n');
@@ -93,7 +98,7 @@ impl SmsSender for FileSender {
                     return Err(tmp(e));
                 }
                 g.written.insert(line.id);
-                Ok(())
+                Ok(Delivery::Sent)
             };
             tokio::task::spawn_blocking(write).await.map_err(|e| SendError::Temporary(e.to_string()))?
         })

@@ -35,7 +35,15 @@ pub enum SendError {
     Temporary(String),
 }
 
-pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
+/// What a sender did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Sent,
+    /// It had this id already (delivered before a crash or by a concurrent delivery round).
+    AlreadySent,
+}
+
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Delivery, SendError>> + Send + 'a>>;
 
 pub trait SmsSender: Send + Sync + 'static {
     /// Delivers `sms`; must be idempotent by `sms.id`.

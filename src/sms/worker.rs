@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
-use super::{OutgoingSms, SmsSender};
+use super::{Delivery, OutgoingSms, SmsSender};
 use crate::crypto::Crypto;
 use crate::store::{Store, StoreError};
 
@@ -43,9 +43,14 @@ pub async fn deliver_pending(store: &dyn Store, crypto: &Crypto, sender: &dyn Sm
                 at: q.queued_at,
             };
             match sender.send(&sms).await {
-                Ok(()) => {
+                Ok(delivery) => {
                     store.outbox_done(q.id)?;
-                    info!(sms_id = q.id, to = %q.to.masked(), purpose = ?q.purpose, "sms sent");
+                    match delivery {
+                        Delivery::Sent => info!(sms_id = q.id, to = %q.to.masked(), purpose = ?q.purpose, "sms sent"),
+                        Delivery::AlreadySent => {
+                            info!(sms_id = q.id, "sms was already sent (before a restart); not again")
+                        }
+                    }
                     sent += 1;
                     progressed = true;
                 }

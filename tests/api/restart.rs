@@ -95,3 +95,13 @@ async fn a_fresh_database_writing_to_an_old_outbox_file_loses_no_sms() {
         lines.iter().map(|l| &l.id).collect::<Vec<_>>()
     );
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_file_holding_codes_is_private_to_the_service_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, data, outbox, log) = scratch();
+    let server = Proc::spawn(&data, &outbox, &log, "info").await;
+    server.terminate();
+    assert_eq!(std::fs::metadata(&outbox).unwrap().permissions().mode() & 0o777, 0o600);
+}
