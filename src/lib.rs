@@ -15,13 +15,15 @@
 //!
 //! - [`domain`]: parsed identifiers and secrets (`NationalId`, `Msisdn`, `Password`, `Otp`, ...).
 //! - [`flow`]: flow files and message catalogues as checked data (`kichhoat check`).
-//! - [`engine`]: the conversation step and the named actions it runs; no IO, no clock, no tokio.
+//! - [`engine`]: the conversation step, its validators and named actions; no IO, no clock, no tokio.
 //! - [`crypto`]: argon2id, keyed hashes and sealing, with keys kept outside the database.
 //! - [`store`]: storage trait and its sled implementation with group commit.
 //! - [`registry`]: the citizens registry import (CSV today, a national API later).
 //! - [`sms`]: outgoing SMS senders and the outbox delivery worker.
 //! - [`channel`]: carrier webhook formats (Africa's Talking USSD).
 //! - [`service`]: one inbound hop from a carrier to a durable reply; shared by HTTP and `simulate`.
+//! - [`app`]: assembling an instance (flows, keys, store, registry import, SMS worker, hop sweeper).
+//! - [`clock`]: time as a parameter (`Millis`, the system clock, a manual clock for tests).
 //! - [`http`], [`config`], [`simulate`]: the server, its settings and the terminal keypad phone.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
