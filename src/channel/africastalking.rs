@@ -24,7 +24,9 @@ pub const MAX_SESSION_ID: usize = 128;
 /// Longest cumulative `text` accepted; a USSD session holds a handful of short inputs.
 pub const MAX_TEXT: usize = 2048;
 
-/// The form Africa's Talking posts.
+/// The form Africa's Talking posts. `sessionId` and `phoneNumber` are required; `text` defaults to empty
+/// (the first hop) and `serviceCode`/`networkCode` are not needed, so a client that leaves out an empty or
+/// unused field is still understood.
 #[derive(Debug, Deserialize)]
 pub struct AtForm {
     #[serde(rename = "sessionId")]
