@@ -3,6 +3,7 @@
 //! races), flows (`kichhoat check`), restart (kill -9), secrets (nothing secret on disk or in logs).
 
 mod cli;
+mod engine_props;
 mod flows;
 mod helpers;
 mod registry;

@@ -80,9 +80,9 @@ fn duration(s: &str) -> Duration {
 }
 
 /// What one turn showed: the carrier response and the SMS sent during it (to, text).
-struct Seen {
-    response: String,
-    sms: Vec<(String, String)>,
+pub struct Seen {
+    pub response: String,
+    pub sms: Vec<(String, String)>,
 }
 
 trait Driver {
@@ -157,7 +157,7 @@ impl Directory for MemDirectory {
     }
 }
 
-struct EngineDriver {
+pub struct EngineDriver {
     flow: Flow,
     crypto: Crypto,
     dir: MemDirectory,
@@ -168,7 +168,7 @@ struct EngineDriver {
 }
 
 impl EngineDriver {
-    fn new(phone: &str) -> EngineDriver {
+    pub fn new(phone: &str) -> EngineDriver {
         let mut dir = MemDirectory::default();
         let csv = std::fs::read_to_string(repo().join("fixtures/registry.csv")).unwrap();
         for line in csv.lines().skip(1) {
@@ -187,7 +187,16 @@ impl EngineDriver {
         }
     }
 
-    fn step(&mut self, inbound: Inbound) -> Seen {
+    /// The state the saved session stands at.
+    pub fn state(&self) -> String {
+        self.saved.as_deref().map(|j| serde_json::from_str::<Session>(j).unwrap().state).unwrap_or_default()
+    }
+
+    pub fn advance_now(&mut self, d: Duration) {
+        self.now = self.now.plus(d);
+    }
+
+    pub fn step(&mut self, inbound: Inbound) -> Seen {
         let session: Option<Session> = self.saved.as_deref().map(|j| serde_json::from_str(j).unwrap());
         let ctx =
             Ctx { flow: &self.flow, directory: &self.dir, crypto: &self.crypto, now: self.now, caller: &self.caller };
