@@ -363,21 +363,24 @@ fn screen(ctx: &Ctx, s: &Session, out: &Out, above: Option<&str>, state: &str) -
 
 /// Renders a message with the placeholders the session and the step provide.
 fn render(ctx: &Ctx, s: &Session, out: &Out, key: &str) -> String {
-    let chosen: Vec<String> = s.slots.questions.iter().map(|a| a.question.clone()).collect();
+    let catalog = ctx.flow.catalog(s.lang);
     let mut args: Vec<(&str, String)> = vec![
         ("minutes", (actions::OTP_LIFETIME.as_secs() / 60).to_string()),
         ("n", (s.slots.questions.len() + 1).to_string()),
         ("total", actions::QUESTIONS_REQUIRED.to_string()),
-        ("questions", question_list(ctx.flow, s.lang, &chosen)),
     ];
+    if catalog.get(key).contains("{questions}") {
+        let chosen: Vec<String> = s.slots.questions.iter().map(|a| a.question.clone()).collect();
+        args.push(("questions", question_list(ctx.flow, s.lang, &chosen)));
+    }
     if let Some(q) = &s.slots.question {
-        args.push(("question", ctx.flow.catalog(s.lang).get(q).to_string()));
+        args.push(("question", catalog.get(q).to_string()));
     }
     if let Some(p) = &s.slots.phone {
         args.push(("masked_phone", p.masked()));
     }
     args.extend(out.args.iter().cloned());
-    ctx.flow.catalog(s.lang).render(key, &args)
+    catalog.render(key, &args)
 }
 
 /// The numbered list of security questions, leaving out those already chosen (numbers stay stable).
