@@ -194,6 +194,15 @@ pub fn mac_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// Constant-time equality of a MAC kept as hex in a stored record and a freshly computed one. A record
+/// that is not 32 bytes of hex matches nothing.
+pub fn stored_mac_eq(stored_hex: &str, mac: &[u8; 32]) -> bool {
+    match hex::decode(stored_hex).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+        Some(stored) => mac_eq(&stored, mac),
+        None => false,
+    }
+}
+
 fn mac(key: &Key, parts: &[&[u8]]) -> [u8; 32] {
     let mut out = [0u8; 32];
     if let Ok(mut m) = <HmacSha256 as Mac>::new_from_slice(&key.0) {

@@ -9,7 +9,7 @@
 use serde::Deserialize;
 
 use crate::clock::Millis;
-use crate::crypto::{mac_eq, Crypto};
+use crate::crypto::{stored_mac_eq, Crypto};
 use crate::domain::{Msisdn, Secret};
 use crate::engine::Reply;
 use crate::flow::catalog::for_channel;
@@ -96,26 +96,22 @@ pub enum Derived {
     Lost,
 }
 
-fn hex32(s: &str) -> [u8; 32] {
-    hex::decode(s).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).unwrap_or([0; 32])
-}
-
 pub fn derive(crypto: &Crypto, hop: &Hop, cursor: Option<&HopCursor>) -> Derived {
     let phone = hop.phone.as_str();
     let sid = &hop.session_id;
     let text = hop.text.expose();
     let text_mac = crypto.hop_mac(phone, sid, text);
     let session_mac = crypto.hop_mac(phone, sid, "");
-    let same_session = |c: &&HopCursor| mac_eq(&hex32(&c.session_mac), &session_mac);
+    let same_session = |c: &&HopCursor| stored_mac_eq(&c.session_mac, &session_mac);
     // After an END the carrier closes the session; a hop on the same id that is not a retry of that END
     // is a new dial by a client that reuses session ids.
     let reused = cursor
         .filter(same_session)
-        .is_some_and(|c| c.recent.last().is_some_and(|r| r.reply.end) && !mac_eq(&hex32(&c.text_mac), &text_mac));
+        .is_some_and(|c| c.recent.last().is_some_and(|r| r.reply.end) && !stored_mac_eq(&c.text_mac, &text_mac));
     // Otherwise a retry is recognised first, even of a hop from the session before (its MAC names the
     // session): a late carrier retry must not run again as a new dial.
     if !reused {
-        if let Some(r) = cursor.and_then(|c| c.recent.iter().find(|r| mac_eq(&hex32(&r.text_mac), &text_mac))) {
+        if let Some(r) = cursor.and_then(|c| c.recent.iter().find(|r| stored_mac_eq(&r.text_mac, &text_mac))) {
             return Derived::Replay(r.reply.clone());
         }
     }
@@ -130,7 +126,7 @@ pub fn derive(crypto: &Crypto, hop: &Hop, cursor: Option<&HopCursor>) -> Derived
         return Derived::Lost;
     }
     let (prefix, rest) = text.split_at(n);
-    if !mac_eq(&hex32(&c.text_mac), &crypto.hop_mac(phone, sid, prefix)) {
+    if !stored_mac_eq(&c.text_mac, &crypto.hop_mac(phone, sid, prefix)) {
         return Derived::Lost;
     }
     match (n, rest.strip_prefix('*')) {

@@ -15,7 +15,7 @@ use super::{
     Slots, SmsPurpose,
 };
 use crate::clock::Millis;
-use crate::crypto::mac_eq;
+use crate::crypto::stored_mac_eq;
 use crate::domain::{Msisdn, NationalId, Otp, Secret};
 use crate::engine::keys;
 
@@ -305,9 +305,8 @@ pub(crate) fn run(
                 audit(out, "otp_expired", Some(&id), Some(&phone));
                 return Ok(Act::Go("expired", None));
             }
-            let expected = hex::decode(&rec.mac).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).unwrap_or([0; 32]);
             let given = crypto.otp_mac(id.as_str(), phone.as_str(), &Secret::new(code.expose()));
-            if mac_eq(&expected, &given) {
+            if stored_mac_eq(&rec.mac, &given) {
                 s.slots.otp = None; // single use
                 s.slots.verified = true;
                 audit(out, "otp_verified", Some(&id), Some(&phone));
