@@ -115,6 +115,7 @@ impl App {
         let crypto = Arc::new(crypto);
         let service = Arc::new(Service::new(
             dyn_store.clone(),
+            Arc::new(registry::ImportedRegistry(dyn_store.clone())),
             Arc::new(flow),
             crypto.clone(),
             clock.clone(),

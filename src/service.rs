@@ -22,6 +22,7 @@ use crate::engine::{
     Session, SmsPurpose,
 };
 use crate::flow::{Charset, Flow};
+use crate::registry::Registry;
 use crate::store::{AuditRecord, Commit, CommitOutcome, Conversation, QueuedSms, Store, StoreError};
 
 /// Lock stripes for per-phone serialization: bounded memory, rare false sharing.
@@ -49,6 +50,8 @@ pub enum ServiceError {
 
 pub struct Service {
     pub store: Arc<dyn Store>,
+    /// Where citizens are looked up (the imported CSV today; a national registry API later).
+    pub registry: Arc<dyn Registry>,
     pub flow: Arc<Flow>,
     pub crypto: Arc<Crypto>,
     pub clock: Arc<dyn Clock>,
@@ -60,12 +63,12 @@ pub struct Service {
     hashing: Arc<Semaphore>,
 }
 
-/// The engine's view of the store.
-struct StoreDirectory(Arc<dyn Store>);
+/// The engine's view: citizens from the registry, everything else from the store.
+struct StoreDirectory(Arc<dyn Store>, Arc<dyn Registry>);
 
 impl Directory for StoreDirectory {
     fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, DirectoryError> {
-        self.0.citizen(id).map_err(|e| DirectoryError(e.to_string()))
+        self.1.citizen(id).map_err(|e| DirectoryError(e.to_string()))
     }
     fn account(&self, id: &NationalId) -> Result<Option<Account>, DirectoryError> {
         self.0.account(id).map_err(|e| DirectoryError(e.to_string()))
@@ -81,6 +84,7 @@ impl Directory for StoreDirectory {
 impl Service {
     pub fn new(
         store: Arc<dyn Store>,
+        registry: Arc<dyn Registry>,
         flow: Arc<Flow>,
         crypto: Arc<Crypto>,
         clock: Arc<dyn Clock>,
@@ -89,6 +93,7 @@ impl Service {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
         Service {
             store,
+            registry,
             flow,
             crypto,
             clock,
@@ -197,7 +202,7 @@ impl Service {
         let permit = self.hashing.clone().acquire_owned().await.map_err(|e| ServiceError::Pool(e.to_string()))?;
         let flow = self.flow.clone();
         let crypto = self.crypto.clone();
-        let directory = StoreDirectory(self.store.clone());
+        let directory = StoreDirectory(self.store.clone(), self.registry.clone());
         let job = move || -> Result<(Session, Reply, Vec<Effect>), EngineError> {
             let _permit = permit;
             let ctx = Ctx { flow: &flow, directory: &directory, crypto: &crypto, now, caller: &caller };
