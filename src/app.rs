@@ -1,23 +1,30 @@
-//! Assembling a running instance from settings: flows, keys, store, registry import, SMS sender and the
-//! delivery worker. `serve`, `simulate` and the tests all start here.
+//! Assembling a running instance from settings: flows, keys, store, registry import, channels, the SMS
+//! sender with its delivery worker, and the expiry sweeper. `serve`, `simulate` and the tests all start
+//! here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::channel::africastalking::RECENT_TTL;
-use crate::clock::{Clock, Millis};
-use crate::config::Settings;
+use crate::channel::africastalking::AfricasTalking;
+use crate::clock::Clock;
+use crate::config::{Settings, StoreKind};
 use crate::crypto::{Crypto, CryptoError, HashCost};
-use crate::flow::{Flow, Problem};
+use crate::flow::{Charset, Flow, Problem};
 use crate::registry::{self, RegistryError};
 use crate::service::Service;
 use crate::sms::file::FileSender;
-use crate::sms::{worker, SmsSender};
+use crate::sms::worker::Worker;
+use crate::sms::SmsSender;
+use crate::store::memory::MemoryStore;
 use crate::store::sled_store::SledStore;
-use crate::store::{Store, StoreError};
+use crate::store::{Retention, Store, StoreError};
+
+/// How often the sweeper reclaims what expired.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -33,41 +40,55 @@ pub enum StartError {
     Io { what: &'static str, path: String, why: String },
 }
 
+/// What the HTTP layer serves with: the service and the channels in front of it.
+pub struct Web {
+    pub service: Arc<Service>,
+    pub africastalking: AfricasTalking,
+    /// How USSD screens are encoded.
+    pub ussd_charset: Charset,
+}
+
 pub struct App {
     pub service: Arc<Service>,
-    pub store: Arc<SledStore>,
-    pub sender: Arc<dyn SmsSender>,
+    pub web: Arc<Web>,
+    pub store: Arc<dyn Store>,
+    /// The sled store when that is the backend (flushed at shutdown; tests count its flushes).
+    pub sled: Option<Arc<SledStore>>,
+    pub worker: Arc<Worker>,
     stop: watch::Sender<bool>,
-    /// The SMS delivery worker and the hop sweeper.
+    /// The SMS delivery worker and the expiry sweeper.
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Every minute, forgets the hop cursors of conversations idle longer than a carrier could retry:
-/// they hold keyed hashes of texts that may include a password (see `channel::africastalking`).
+/// Every [`SWEEP_EVERY`], reclaims what the store no longer needs to keep (on the injected clock).
 async fn sweep(store: Arc<dyn Store>, clock: Arc<dyn Clock>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
             _ = stop.changed() => break,
         }
-        let cutoff = Millis(clock.now().0.saturating_sub(RECENT_TTL.as_millis() as u64));
-        let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.sweep_hops(cutoff)).await {
-            Ok(Ok(n)) if n > 0 => info!(cleared = n, "idle hop cursors swept"),
-            Ok(Err(e)) => warn!(error = %e, "hop sweep failed"),
-            _ => {}
+        match store.expire(clock.now(), &Retention::DEFAULT).await {
+            Ok(e) if e.total() > 0 => info!(
+                swept = e.swept,
+                conversations = e.conversations,
+                counters = e.counters,
+                failed_sms = e.failed_sms,
+                "expired records reclaimed"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "expiry sweep failed"),
         }
     }
 }
 
 impl App {
-    /// Opens everything; must run inside a tokio runtime (it spawns the delivery worker).
-    pub fn open(settings: &Settings, clock: Arc<dyn Clock>, cost: HashCost) -> Result<App, StartError> {
-        Self::open_with_sender(settings, clock, cost, None)
+    /// Opens everything and starts the background tasks; must run inside a tokio runtime.
+    pub async fn open(settings: &Settings, clock: Arc<dyn Clock>, cost: HashCost) -> Result<App, StartError> {
+        Self::open_with_sender(settings, clock, cost, None).await
     }
 
     /// As [`App::open`], with a sender of the caller's instead of the outbox file.
-    pub fn open_with_sender(
+    pub async fn open_with_sender(
         settings: &Settings,
         clock: Arc<dyn Clock>,
         cost: HashCost,
@@ -78,17 +99,23 @@ impl App {
                 settings.flows.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "built-in flows".into());
             StartError::Flows { dir, problems }
         })?;
-        std::fs::create_dir_all(&settings.data_dir).map_err(|e| StartError::Io {
-            what: "data dir",
-            path: settings.data_dir.display().to_string(),
-            why: e.to_string(),
-        })?;
-        let crypto = Crypto::load_or_create(&settings.key_file, cost)?;
-        let store = Arc::new(SledStore::open(&settings.db_dir())?);
+        let io = |what: &'static str, path: &std::path::Path| {
+            let path = path.display().to_string();
+            move |e: std::io::Error| StartError::Io { what, path, why: e.to_string() }
+        };
+        std::fs::create_dir_all(&settings.data_dir).map_err(io("data dir", &settings.data_dir))?;
+        let crypto = Arc::new(Crypto::load_or_create(&settings.key_file, cost)?);
+        let (store, sled): (Arc<dyn Store>, Option<Arc<SledStore>>) = match settings.store {
+            StoreKind::Sled => {
+                let sled = Arc::new(SledStore::open(&settings.db_dir())?);
+                (sled.clone(), Some(sled))
+            }
+            StoreKind::Memory => (Arc::new(MemoryStore::new()), None),
+        };
         let year = clock.now().year();
         let (registry_name, report) = match &settings.registry {
-            Some(path) => (path.display().to_string(), registry::import_csv(path, store.as_ref(), year)?),
-            None => ("demo registry (built in)".to_string(), registry::import_demo(store.as_ref(), year)?),
+            Some(path) => (path.display().to_string(), registry::import_csv(path, store.as_ref(), year).await?),
+            None => ("demo registry (built in)".to_string(), registry::import_demo(store.as_ref(), year).await?),
         };
         for (line, why) in &report.skipped {
             warn!(registry = %registry_name, line, why = %why, "registry row skipped");
@@ -105,43 +132,40 @@ impl App {
         );
         let sender: Arc<dyn SmsSender> = match sender {
             Some(s) => s,
-            None => Arc::new(FileSender::open(&settings.sms_outbox).map_err(|e| StartError::Io {
-                what: "sms outbox",
-                path: settings.sms_outbox.display().to_string(),
-                why: e.to_string(),
-            })?),
+            None => Arc::new(FileSender::open(&settings.sms_outbox).map_err(io("sms outbox", &settings.sms_outbox))?),
         };
-        let dyn_store: Arc<dyn Store> = store.clone();
-        let crypto = Arc::new(crypto);
         let service = Arc::new(Service::new(
-            dyn_store.clone(),
-            Arc::new(registry::ImportedRegistry(dyn_store.clone())),
+            store.clone(),
+            Arc::new(registry::ImportedRegistry(store.clone())),
             Arc::new(flow),
             crypto.clone(),
             clock.clone(),
-            settings.ussd_charset,
         ));
+        let web = Arc::new(Web {
+            service: service.clone(),
+            africastalking: AfricasTalking::new(crypto.clone()),
+            ussd_charset: settings.ussd_charset,
+        });
         let (stop, stopped) = watch::channel(false);
-        let worker = tokio::spawn(worker::run(
-            dyn_store.clone(),
-            crypto,
-            sender.clone(),
-            service.outbox_ready.clone(),
-            stopped.clone(),
-        ));
-        let sweeper = tokio::spawn(sweep(dyn_store, clock, stopped));
-        Ok(App { service, store, sender, stop, tasks: vec![worker, sweeper] })
+        let worker = Arc::new(Worker::new(store.clone(), crypto, sender, clock.clone()));
+        let delivery = tokio::spawn(worker.clone().run(service.outbox_ready.clone(), stopped.clone()));
+        let sweeper = tokio::spawn(sweep(store.clone(), clock, stopped));
+        Ok(App { service, web, store, sled, worker, stop, tasks: vec![delivery, sweeper] })
     }
 
-    /// Stops the delivery worker after a last delivery round, and flushes the store.
+    /// Stops the background tasks after a last delivery round, and flushes the store.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
-        let _ = worker::deliver_pending(self.store.as_ref(), &self.service.crypto, self.sender.as_ref()).await;
-        if let Err(e) = self.store.flush() {
-            warn!(error = %e, "final flush failed");
+        if let Err(e) = self.worker.deliver_due().await {
+            warn!(error = %e, "last delivery round failed");
+        }
+        if let Some(sled) = &self.sled {
+            if let Err(e) = sled.flush() {
+                warn!(error = %e, "final flush failed");
+            }
         }
     }
 }

@@ -54,6 +54,15 @@ pub struct Common {
     pub ussd_charset: Charset,
 }
 
+/// Where conversations, accounts and the outbox are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// sled in `<data-dir>/db`: durable, one process per data dir.
+    Sled,
+    /// In memory: nothing survives the process (demos and tests).
+    Memory,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
@@ -68,6 +77,9 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "KICHHOAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Storage backend.
+    #[arg(long, env = "KICHHOAT_STORE", value_enum, default_value_t = StoreKind::Sled)]
+    pub store: StoreKind,
     #[command(flatten)]
     pub common: Common,
 }
@@ -84,12 +96,13 @@ pub struct SimulateArgs {
     /// The phone you are "calling" from, in any form (0912345678, 84912345678, +84912345678).
     #[arg(long)]
     pub phone: String,
-    /// Its own data directory, so it never disturbs a running server's.
+    /// Where the key file goes (the conversation itself is kept in memory unless `--store sled`), so it
+    /// never disturbs a running server's data.
     #[arg(long, env = "KICHHOAT_SIMULATE_DATA_DIR", default_value = "data-simulate")]
     pub data_dir: PathBuf,
-    /// Outgoing SMS file. Default: `<data-dir>/outbox.jsonl`.
-    #[arg(long)]
-    pub sms_outbox: Option<PathBuf>,
+    /// Storage backend: in memory by default (each run starts afresh); `sled` keeps it in `<data-dir>/db`.
+    #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
+    pub store: StoreKind,
     #[command(flatten)]
     pub common: Common,
 }
@@ -111,11 +124,13 @@ pub struct Settings {
     pub key_file: PathBuf,
     pub sms_outbox: PathBuf,
     pub ussd_charset: Charset,
+    pub store: StoreKind,
 }
 
 impl Settings {
-    pub fn new(data_dir: PathBuf, sms_outbox: Option<PathBuf>, common: &Common) -> Settings {
+    pub fn new(data_dir: PathBuf, sms_outbox: Option<PathBuf>, store: StoreKind, common: &Common) -> Settings {
         Settings {
+            store,
             key_file: common.key_file.clone().unwrap_or_else(|| data_dir.join("secret.key")),
             sms_outbox: sms_outbox.unwrap_or_else(|| data_dir.join("outbox.jsonl")),
             flows: resolve(&common.flows, DEFAULT_FLOWS),

@@ -23,8 +23,9 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
 
+use crate::app::Web;
 use crate::channel::africastalking::{self as at, AtForm};
-use crate::service::{Service, ServiceError};
+use crate::service::ServiceError;
 
 /// A hop is answered by then, busy or not (Africa's Talking gives up after ~10 s).
 const HOP_DEADLINE: Duration = Duration::from_secs(7);
@@ -33,7 +34,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(9);
 /// A USSD callback is a few hundred bytes.
 const BODY_LIMIT: usize = 16 * 1024;
 
-pub fn router(service: Arc<Service>) -> Router {
+pub fn router(web: Arc<Web>) -> Router {
     Router::new()
         .route("/ussd/africastalking", post(africastalking))
         .route("/ussd/africastalking/events", post(africastalking_event))
@@ -41,14 +42,14 @@ pub fn router(service: Arc<Service>) -> Router {
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .layer(TraceLayer::new_for_http())
-        .with_state(service)
+        .with_state(web)
 }
 
 fn plain(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
-async fn africastalking(State(service): State<Arc<Service>>, form: Result<Form<AtForm>, FormRejection>) -> Response {
+async fn africastalking(State(web): State<Arc<Web>>, form: Result<Form<AtForm>, FormRejection>) -> Response {
     let form = match form {
         Ok(Form(f)) => f,
         Err(rejection) => {
@@ -66,12 +67,13 @@ async fn africastalking(State(service): State<Arc<Service>>, form: Result<Form<A
     };
     // Answer in time with a polite END rather than let the carrier time out on us; the citizen's next
     // dial resumes wherever the conversation durably stands.
-    let reply = match tokio::time::timeout(HOP_DEADLINE, service.ussd(hop)).await {
+    let service = &web.service;
+    let reply = match tokio::time::timeout(HOP_DEADLINE, service.turn(&web.africastalking, hop)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => service.fault_reply(&e),
         Err(_) => service.fault_reply(&ServiceError::Timeout),
     };
-    plain(StatusCode::OK, at::response(&reply, service.charset))
+    plain(StatusCode::OK, at::response(&reply, web.ussd_charset))
 }
 
 async fn africastalking_event(Form(fields): Form<HashMap<String, String>>) -> StatusCode {

@@ -37,6 +37,7 @@ pub mod domain;
 pub mod engine;
 pub mod flow;
 pub mod http;
+pub mod limits;
 pub mod registry;
 pub mod service;
 pub mod simulate;

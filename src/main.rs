@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             init_logs(LogFormat::Text, "warn");
             run(kichhoat::simulate::run(args))
         }
-        Command::Audit(args) => match print_audit(&args.data_dir) {
+        Command::Audit(args) => match run_result(print_audit(args.data_dir)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("kichhoat audit: {e}");
@@ -64,14 +64,22 @@ fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     }
 }
 
-fn print_audit(data_dir: &std::path::Path) -> Result<(), String> {
-    use kichhoat::store::Store;
-    let db = kichhoat::config::db_dir(data_dir);
+/// Runs `fut` on a fresh runtime, for commands whose errors the caller prints.
+fn run_result(fut: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .block_on(fut)
+}
+
+async fn print_audit(data_dir: std::path::PathBuf) -> Result<(), String> {
+    let db = kichhoat::config::db_dir(&data_dir);
     if !db.exists() {
         return Err(format!("no database in {}", db.display()));
     }
     let store = kichhoat::store::sled_store::SledStore::open(&db).map_err(|e| e.to_string())?;
-    for record in store.audit().map_err(|e| e.to_string())? {
+    for record in kichhoat::store::audit_all(&store).await.map_err(|e| e.to_string())? {
         let mut line = serde_json::to_value(&record).map_err(|e| e.to_string())?;
         if let Some(obj) = line.as_object_mut() {
             obj.insert("at".into(), record.at.rfc3339().into());
@@ -95,8 +103,8 @@ fn init_logs(format: LogFormat, default: &str) {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), &args.common);
-    let app = App::open(&settings, Arc::new(SystemClock), HashCost::OWASP).map_err(|e| e.to_string())?;
+    let settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), args.store, &args.common);
+    let app = App::open(&settings, Arc::new(SystemClock), HashCost::OWASP).await.map_err(|e| e.to_string())?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -107,7 +115,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         flows = %app.service.flow.source,
         "kichhoat listening on http://{addr} (POST /ussd/africastalking)"
     );
-    let router = kichhoat::http::router(app.service.clone());
+    let router = kichhoat::http::router(app.web.clone());
     let served = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await;
     info!("shutting down");
     app.shutdown().await;

@@ -12,18 +12,23 @@ use crate::engine::{Citizen, CitizenStatus};
 use crate::store::{Store, StoreError};
 
 /// Where the engine's citizen lookups come from.
+#[async_trait::async_trait]
 pub trait Registry: Send + Sync {
-    fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, StoreError>;
+    async fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, StoreError>;
 }
 
 /// The embedded default: the citizens the CSV import put into the store.
 pub struct ImportedRegistry(pub std::sync::Arc<dyn Store>);
 
+#[async_trait::async_trait]
 impl Registry for ImportedRegistry {
-    fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, StoreError> {
-        self.0.citizen(id)
+    async fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, StoreError> {
+        self.0.citizen(id).await
     }
 }
+
+/// Rows written to the store at once.
+const IMPORT_BATCH: usize = 10_000;
 
 /// What an import did.
 #[derive(Debug, Default)]
@@ -72,18 +77,18 @@ pub fn parse_row(fields: &[&str]) -> Result<Citizen, String> {
 pub const DEMO: &str = include_str!("../fixtures/registry.csv");
 
 /// Imports the CSV at `path` into `store`.
-pub fn import_csv(path: &Path, store: &dyn Store, current_year: i32) -> Result<ImportReport, RegistryError> {
+pub async fn import_csv(path: &Path, store: &dyn Store, current_year: i32) -> Result<ImportReport, RegistryError> {
     let file = std::fs::File::open(path)
         .map_err(|e| RegistryError::File { path: path.display().to_string(), why: e.to_string() })?;
-    import(file, &path.display().to_string(), store, current_year)
+    import(file, &path.display().to_string(), store, current_year).await
 }
 
 /// Imports the built-in demo registry.
-pub fn import_demo(store: &dyn Store, current_year: i32) -> Result<ImportReport, RegistryError> {
-    import(DEMO.as_bytes(), "demo registry", store, current_year)
+pub async fn import_demo(store: &dyn Store, current_year: i32) -> Result<ImportReport, RegistryError> {
+    import(DEMO.as_bytes(), "demo registry", store, current_year).await
 }
 
-fn import(
+async fn import(
     input: impl std::io::Read,
     name: &str,
     store: &dyn Store,
@@ -100,6 +105,7 @@ fn import(
     }
     let mut report = ImportReport::default();
     let mut seen: std::collections::HashMap<NationalId, u64> = std::collections::HashMap::new();
+    let mut batch: Vec<Citizen> = Vec::with_capacity(IMPORT_BATCH);
     for record in reader.records() {
         let record = match record {
             Ok(r) => r,
@@ -122,12 +128,17 @@ fn import(
                 if citizen.national_id.plausibility(current_year).is_err() {
                     report.implausible += 1;
                 }
-                store.upsert_citizen(&citizen)?;
+                batch.push(citizen);
                 report.imported += 1;
+                if batch.len() >= IMPORT_BATCH {
+                    store.upsert_citizens(&batch).await?;
+                    batch.clear();
+                }
             }
             Err(why) => report.skipped.push((line, why)),
         }
     }
+    store.upsert_citizens(&batch).await?;
     Ok(report)
 }
 
@@ -143,12 +154,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_spreadsheet_export_with_a_bom_and_capitals_imports() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::sled_store::SledStore::open(dir.path()).unwrap();
+    #[tokio::test]
+    async fn a_spreadsheet_export_with_a_bom_and_capitals_imports() {
+        let store = crate::store::memory::MemoryStore::new();
         let csv = "\u{feff}National_ID,Phone,Full_Name,Status\r\n001099012345,0912345678,Nguyễn Văn An,Approved\r\n";
-        let report = import(csv.as_bytes(), "test", &store, 2026).unwrap();
+        let report = import(csv.as_bytes(), "test", &store, 2026).await.unwrap();
         assert_eq!((report.imported, report.skipped.len()), (1, 0));
     }
 

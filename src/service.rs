@@ -1,34 +1,42 @@
-//! One inbound hop, from a carrier's parsed request to a durable reply. Shared by the HTTP server and
-//! `kichhoat simulate`, so both run exactly the same path.
+//! One turn of a conversation, from a channel's parsed request to a durable reply. Shared by every
+//! channel, the HTTP server and `kichhoat simulate`; it names no carrier.
 //!
-//! Per hop: take the phone's lock (concurrent hops of one phone are serialized), load its conversation,
-//! recognise a retry (same session and text → the stored reply, no side effect), run the engine on the
-//! bounded blocking pool, commit the conversation with its effects in one transaction, wait for the group
-//! commit, and only then answer. If another phone activated the same ID in between, the commit is refused
-//! and the step runs again on the fresh state.
+//! Per turn: take the phone's lock stripe (an optimisation: concurrent turns of one phone in this process
+//! wait instead of conflicting), load the conversation and its version, let the channel say what the
+//! request means (a retry gets the stored reply and changes nothing), run the engine on the bounded
+//! blocking pool, and commit the conversation with its effects against the version loaded. The commit
+//! is what makes it correct across processes: when the conversation changed meanwhile, another phone
+//! activated the ID first, or a counter's limit was reached, nothing is written and the turn runs again
+//! on fresh state (a bounded number of times). The reply goes out only once its commit is durable.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::rngs::OsRng;
 use tokio::sync::{Mutex, MutexGuard, Notify, Semaphore};
 use tracing::{error, info, info_span, Instrument};
 
-use crate::channel::africastalking::{self as at, Derived, Hop};
+use crate::channel::{Channel, Derived};
 use crate::clock::{Clock, Millis};
 use crate::crypto::{Crypto, CryptoError};
 use crate::domain::{Msisdn, NationalId};
 use crate::engine::{
-    self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound, LoginFailures, Reply,
-    Session, SmsPurpose,
+    self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound, Reply, Session,
 };
-use crate::flow::{Charset, Flow};
+use crate::flow::{Flow, Lang};
+use crate::limits::{CounterKey, Tally};
 use crate::registry::Registry;
-use crate::store::{AuditRecord, Commit, CommitOutcome, Conversation, QueuedSms, Store, StoreError};
+use crate::store::{AuditRecord, Commit, CommitOutcome, Conversation, NewSms, RecentReply, Store, StoreError};
 
 /// Lock stripes for per-phone serialization: bounded memory, rare false sharing.
 const LOCK_STRIPES: usize = 1024;
-/// How often a step is re-run when its activation lost a race.
-const COMMIT_ATTEMPTS: usize = 3;
+/// How often a turn runs again when its commit was refused (a conflict, a lost activation race, a limit
+/// reached meanwhile). Each refusal means another turn made progress, so a handful suffices.
+const COMMIT_ATTEMPTS: usize = 6;
+/// How long a reply is kept for a channel's retries (an Africa's Talking session lasts at most ~180 s),
+/// and how many per phone. The keys are keyed hashes of texts that may hold a password: not kept longer.
+pub const RETRY_TTL: Duration = Duration::from_secs(10 * 60);
+const RECENT_REPLIES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -40,11 +48,9 @@ pub enum ServiceError {
     Crypto(#[from] CryptoError),
     #[error("worker pool: {0}")]
     Pool(String),
-    #[error("durability: {0}")]
-    Durability(String),
-    #[error("the account changed under the step {COMMIT_ATTEMPTS} times")]
+    #[error("the turn's commit was refused {COMMIT_ATTEMPTS} times in a row")]
     Contention,
-    #[error("the hop was not answered in time")]
+    #[error("the turn was not answered in time")]
     Timeout,
 }
 
@@ -55,7 +61,6 @@ pub struct Service {
     pub flow: Arc<Flow>,
     pub crypto: Arc<Crypto>,
     pub clock: Arc<dyn Clock>,
-    pub charset: Charset,
     /// Woken after a commit that queued an SMS.
     pub outbox_ready: Arc<Notify>,
     locks: Vec<Mutex<()>>,
@@ -63,21 +68,26 @@ pub struct Service {
     hashing: Arc<Semaphore>,
 }
 
-/// The engine's view: citizens from the registry, everything else from the store.
-struct StoreDirectory(Arc<dyn Store>, Arc<dyn Registry>);
+/// The engine's view, read from the blocking pool: citizens from the registry, the rest from the store.
+struct Lookups {
+    store: Arc<dyn Store>,
+    registry: Arc<dyn Registry>,
+    rt: tokio::runtime::Handle,
+}
 
-impl Directory for StoreDirectory {
+fn lookup<T>(r: Result<T, StoreError>) -> Result<T, DirectoryError> {
+    r.map_err(|e| DirectoryError(e.to_string()))
+}
+
+impl Directory for Lookups {
     fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, DirectoryError> {
-        self.1.citizen(id).map_err(|e| DirectoryError(e.to_string()))
+        lookup(self.rt.block_on(self.registry.citizen(id)))
     }
     fn account(&self, id: &NationalId) -> Result<Option<Account>, DirectoryError> {
-        self.0.account(id).map_err(|e| DirectoryError(e.to_string()))
+        lookup(self.rt.block_on(self.store.account(id)))
     }
-    fn otp_sends(&self, phone: &Msisdn) -> Result<Vec<Millis>, DirectoryError> {
-        self.0.otp_sends(phone).map_err(|e| DirectoryError(e.to_string()))
-    }
-    fn login_failures(&self, id: &NationalId) -> Result<LoginFailures, DirectoryError> {
-        self.0.login_failures(id).map_err(|e| DirectoryError(e.to_string()))
+    fn tally(&self, key: &CounterKey) -> Result<Tally, DirectoryError> {
+        lookup(self.rt.block_on(self.store.tally(key)))
     }
 }
 
@@ -88,7 +98,6 @@ impl Service {
         flow: Arc<Flow>,
         crypto: Arc<Crypto>,
         clock: Arc<dyn Clock>,
-        charset: Charset,
     ) -> Service {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
         Service {
@@ -97,7 +106,6 @@ impl Service {
             flow,
             crypto,
             clock,
-            charset,
             outbox_ready: Arc::new(Notify::new()),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             hashing: Arc::new(Semaphore::new(workers)),
@@ -112,56 +120,63 @@ impl Service {
         self.locks[i].lock().await
     }
 
-    /// Answers one Africa's Talking hop.
-    pub async fn ussd(&self, hop: Hop) -> Result<Reply, ServiceError> {
-        // Log lines of one hop carry the masked phone and a short pseudonym of the carrier session, so an
+    /// Answers one request of channel `ch`.
+    pub async fn turn<C: Channel>(&self, ch: &C, request: C::Request) -> Result<Reply, ServiceError> {
+        // Log lines of a turn carry the masked phone and a short pseudonym of the channel's session, so an
         // operator can follow a conversation without the logs holding who it was or what was typed.
-        let session = hex::encode(&self.crypto.hop_mac(hop.phone.as_str(), &hop.session_id, "")[..4]);
-        let span = info_span!("hop", phone = %hop.phone.masked(), session = %session);
-        self.ussd_in_span(hop).instrument(span).await
+        let span = info_span!("turn", channel = C::KIND, phone = %ch.phone(&request).masked(), session = %ch.pseudonym(&request));
+        self.turn_in_span(ch, request).instrument(span).await
     }
 
-    async fn ussd_in_span(&self, hop: Hop) -> Result<Reply, ServiceError> {
-        let _guard = self.lock(&hop.phone).await;
-        let conv = self.store.conversation(&hop.phone)?;
-        let cursor = conv.as_ref().and_then(|c| c.hop.as_ref());
-        let inputs = match at::derive(&self.crypto, &hop, cursor) {
-            Derived::Replay(reply) => {
-                // The original answer may have timed out before its commit was on disk: make sure it is.
-                self.durable().await?;
-                info!("ussd retry answered from the stored reply");
-                return Ok(reply);
-            }
-            Derived::Lost => {
-                info!("ussd text does not extend the previous hop");
-                let lang = conv.as_ref().map(|c| c.session.lang).unwrap_or(crate::flow::Lang::Vi);
-                return Ok(Reply { text: self.flow.catalog(lang).get(keys::END_DIAL_AGAIN).to_string(), end: true });
-            }
-            Derived::Dial => vec![Inbound::Dial],
-            Derived::DialThen(parts) => {
-                std::iter::once(Inbound::DialWithChoices).chain(parts.into_iter().map(Inbound::Text)).collect()
-            }
-            Derived::Input(s) => vec![Inbound::Text(s)],
-        };
-        let session = conv.as_ref().map(|c| c.session.clone());
-        let mut replay = Some(inputs);
+    async fn turn_in_span<C: Channel>(&self, ch: &C, request: C::Request) -> Result<Reply, ServiceError> {
+        let phone = ch.phone(&request).clone();
+        let _guard = self.lock(&phone).await;
+        let key = ch.retry_key(&request);
         for _ in 0..COMMIT_ATTEMPTS {
-            let inputs = match replay.take() {
-                Some(i) => i,
-                None => break,
+            let loaded = self.store.load(&phone).await?;
+            let (conversation, version) = match loaded {
+                Some((c, v)) => (Some(c), Some(v)),
+                None => (None, None),
             };
-            let kept = inputs.clone();
+            let stored = conversation.as_ref().and_then(|c| c.recent.iter().find(|r| r.key == key));
+            let cursor = conversation.as_ref().and_then(|c| c.cursors.get(C::KIND));
+            let inbound = match ch.derive(&request, cursor, stored.map(|r| &r.reply)) {
+                Derived::Replay(reply) => {
+                    // The original answer may have timed out before its commit was on disk: make sure it is.
+                    self.store.durable().await?;
+                    info!("retry answered from the stored reply");
+                    return Ok(reply);
+                }
+                Derived::Lost => {
+                    info!("request does not follow the channel's session; asked to start again");
+                    let lang = conversation.as_ref().map(|c| c.session.lang).unwrap_or(Lang::Vi);
+                    return Ok(Reply {
+                        text: self.flow.catalog(lang).get(keys::END_DIAL_AGAIN).to_string(),
+                        end: true,
+                    });
+                }
+                Derived::Inbound(i) => i,
+            };
             let now = self.clock.now();
-            let (session, reply, effects) = self.run_steps(hop.phone.clone(), session.clone(), inputs, now).await?;
+            let session = conversation.as_ref().map(|c| c.session.clone());
+            let (session, reply, effects) = self.run_step(phone.clone(), session, inbound, now).await?;
             let state = session.state.clone();
-            let cursor = at::advance(&self.crypto, &hop, cursor, &reply, now);
-            let conversation = Conversation { session, hop: Some(cursor) };
+            let mut next = conversation.unwrap_or_else(|| Conversation::new(session.clone()));
+            next.session = session;
+            next.recent.retain(|r| now.since(r.at) <= RETRY_TTL && r.key != key);
+            next.recent.push(RecentReply { key: key.clone(), reply: reply.clone(), at: now });
+            if next.recent.len() > RECENT_REPLIES {
+                next.recent.drain(..next.recent.len() - RECENT_REPLIES);
+            }
+            match ch.advance(&request, next.cursors.get(C::KIND), &reply) {
+                Some(c) => next.cursors.insert(C::KIND.to_string(), c),
+                None => next.cursors.remove(C::KIND),
+            };
             let queued_sms = effects.iter().any(|e| matches!(e, Effect::Sms { .. }));
-            let commit = self.commit_of(&hop.phone, conversation, effects, now)?;
+            let commit = self.commit_of(&phone, next, effects, now)?;
             let audited: Vec<_> = commit.audit.iter().map(|a| a.event.clone()).collect();
-            match self.store.commit(commit)? {
-                CommitOutcome::Committed => {
-                    self.durable().await?;
+            match self.store.commit(version, commit).await? {
+                CommitOutcome::Committed(_) => {
                     // Logged once, and only for what was written.
                     for a in &audited {
                         let id = a.national_id.as_ref().map(|i| i.masked()).unwrap_or_default();
@@ -171,58 +186,37 @@ impl Service {
                     if queued_sms {
                         self.outbox_ready.notify_one();
                     }
-                    info!(state = %state, end = reply.end, "ussd hop answered");
+                    info!(state = %state, end = reply.end, "turn answered");
                     return Ok(reply);
                 }
-                CommitOutcome::AccountExists => {
-                    info!("activation lost a race; running the step again");
-                    replay = Some(kept);
-                }
+                CommitOutcome::Conflict => info!("conversation or counter changed meanwhile; running the turn again"),
+                CommitOutcome::AccountExists => info!("activation lost a race; running the turn again"),
+                CommitOutcome::LimitReached(limit) => info!(%limit, "limit reached meanwhile; running the turn again"),
             }
         }
         Err(ServiceError::Contention)
     }
 
-    /// Waits until everything committed so far is on disk.
-    pub async fn durable(&self) -> Result<(), ServiceError> {
-        self.store
-            .durable()
-            .await
-            .map_err(|e| ServiceError::Durability(e.to_string()))?
-            .map_err(ServiceError::Durability)
-    }
-
-    async fn run_steps(
+    async fn run_step(
         &self,
         caller: Msisdn,
         session: Option<Session>,
-        inputs: Vec<Inbound>,
+        inbound: Inbound,
         now: Millis,
     ) -> Result<(Session, Reply, Vec<Effect>), ServiceError> {
         let permit = self.hashing.clone().acquire_owned().await.map_err(|e| ServiceError::Pool(e.to_string()))?;
         let flow = self.flow.clone();
         let crypto = self.crypto.clone();
-        let directory = StoreDirectory(self.store.clone(), self.registry.clone());
+        let lookups = Lookups {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            rt: tokio::runtime::Handle::current(),
+        };
         let job = move || -> Result<(Session, Reply, Vec<Effect>), EngineError> {
             let _permit = permit;
-            let ctx = Ctx { flow: &flow, directory: &directory, crypto: &crypto, now, caller: &caller };
-            let mut session = session;
-            let mut effects = Vec::new();
-            let mut reply = None;
-            for input in inputs {
-                let turn = engine::step(&ctx, session.take(), input, &mut OsRng)?;
-                session = Some(turn.session);
-                effects.extend(turn.effects);
-                let end = turn.reply.end;
-                reply = Some(turn.reply);
-                if end {
-                    break;
-                }
-            }
-            match (session, reply) {
-                (Some(s), Some(r)) => Ok((s, r, effects)),
-                _ => Err(EngineError::Flow { state: String::new(), why: "no input to run" }),
-            }
+            let ctx = Ctx { flow: &flow, directory: &lookups, crypto: &crypto, now, caller: &caller };
+            let stepped = engine::step(&ctx, session, inbound, &mut OsRng)?;
+            Ok((stepped.session, stepped.reply, stepped.effects))
         };
         let result = tokio::task::spawn_blocking(job).await.map_err(|e| ServiceError::Pool(e.to_string()))?;
         Ok(result?)
@@ -242,20 +236,16 @@ impl Service {
             activate: None,
             sms: Vec::new(),
             audit: Vec::new(),
-            otp_sent: Vec::new(),
-            login_failures: Vec::new(),
+            bumps: Vec::new(),
         };
         for e in effects {
             match e {
                 Effect::Sms { to, body, purpose } => {
-                    if purpose == SmsPurpose::Otp {
-                        commit.otp_sent.push(to.clone());
-                    }
                     let sealed = self.crypto.seal(&body, to.as_str().as_bytes(), &mut OsRng)?;
-                    commit.sms.push(QueuedSms { id: 0, to, purpose, sealed, queued_at: now });
+                    commit.sms.push(NewSms { to, purpose, sealed, give_up_at: now.plus(purpose.useful_for()) });
                 }
                 Effect::Activate(account) => commit.activate = Some(account),
-                Effect::LoginFailures(id, record) => commit.login_failures.push((id, record)),
+                Effect::Count(bump) => commit.bumps.push(bump),
                 Effect::Audit(event) => commit.audit.push(AuditRecord { at: now, caller: phone.clone(), event }),
             }
         }
@@ -264,7 +254,7 @@ impl Service {
 
     /// The reply for an operational fault: logged here once, with no detail for the caller.
     pub fn fault_reply(&self, err: &ServiceError) -> Reply {
-        error!(error = %err, "hop failed");
-        Reply { text: self.flow.catalog(crate::flow::Lang::Vi).get(keys::END_UNAVAILABLE).to_string(), end: true }
+        error!(error = %err, "turn failed");
+        Reply { text: self.flow.catalog(Lang::Vi).get(keys::END_UNAVAILABLE).to_string(), end: true }
     }
 }

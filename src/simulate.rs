@@ -1,7 +1,7 @@
 //! `kichhoat simulate --phone 0912345678`: a keypad phone in the terminal, for people trying the product.
 //!
-//! It runs the same [`Service`](crate::service::Service) and store in-process (its own data directory by
-//! default), builds each hop exactly as Africa's Talking would (a fresh `sessionId` per dial, the
+//! It runs the same [`Service`](crate::service::Service) in-process on the in-memory store (a fresh start
+//! every run; `--store sled` keeps it in its own data directory), builds each hop exactly as Africa's Talking would (a fresh `sessionId` per dial, the
 //! cumulative `*`-joined `text`), shows each screen, and prints the SMS that arrive for the phone. When a
 //! screen ends the USSD session, the next line "dials again".
 
@@ -16,12 +16,10 @@ use crate::config::{Settings, SimulateArgs};
 use crate::crypto::HashCost;
 use crate::domain::{Msisdn, Secret};
 use crate::flow::catalog::to_gsm7;
-use crate::sms::file::FileSender;
 use crate::sms::{Delivery, OutgoingSms, SendFuture, SmsSender};
 
-/// Writes to the outbox file like the server, and shows the SMS on the terminal.
+/// Shows the SMS on the terminal instead of sending them.
 struct ShowingSender {
-    file: FileSender,
     phone: Msisdn,
     shown: Mutex<Vec<String>>,
 }
@@ -29,10 +27,6 @@ struct ShowingSender {
 impl SmsSender for ShowingSender {
     fn send<'a>(&'a self, sms: &'a OutgoingSms) -> SendFuture<'a> {
         Box::pin(async move {
-            // The background worker and the simulator both deliver: show what the file takes as new.
-            if self.file.send(sms).await? == Delivery::AlreadySent {
-                return Ok(Delivery::AlreadySent);
-            }
             let line = if sms.to == self.phone {
                 format!("  [SMS to {}] {}", sms.to.e164(), to_gsm7(sms.text.expose()))
             } else {
@@ -48,12 +42,12 @@ impl SmsSender for ShowingSender {
 
 pub async fn run(args: SimulateArgs) -> Result<(), String> {
     let phone = Msisdn::parse(&args.phone).map_err(|e| format!("--phone: {e}"))?;
-    let settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), &args.common);
-    let file = FileSender::open(&settings.sms_outbox).map_err(|e| format!("sms outbox: {e}"))?;
-    let sender = Arc::new(ShowingSender { file, phone: phone.clone(), shown: Mutex::new(Vec::new()) });
+    let settings = Settings::new(args.data_dir.clone(), None, args.store, &args.common);
+    let sender = Arc::new(ShowingSender { phone: phone.clone(), shown: Mutex::new(Vec::new()) });
     let app = App::open_with_sender(&settings, Arc::new(SystemClock), HashCost::OWASP, Some(sender.clone()))
+        .await
         .map_err(|e| e.to_string())?;
-    println!("kichhoat simulator: phone {} (data in {})", phone.e164(), settings.data_dir.display());
+    println!("kichhoat simulator: phone {} ({:?} store)", phone.e164(), settings.store);
     println!("Type your keypad input and press Enter. Ctrl-D hangs up.\n");
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut dial = 0u32;
@@ -64,14 +58,12 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
         let mut first = true;
         loop {
             let hop = Hop { phone: phone.clone(), session_id: session_id.clone(), text: Secret::new(text.clone()) };
-            let reply = match app.service.ussd(hop).await {
+            let reply = match app.service.turn(&app.web.africastalking, hop).await {
                 Ok(r) => r,
                 Err(e) => app.service.fault_reply(&e),
             };
-            crate::sms::worker::deliver_pending(app.store.as_ref(), &app.service.crypto, app.sender.as_ref())
-                .await
-                .map_err(|e| e.to_string())?;
-            let body = at::response(&reply, app.service.charset);
+            app.worker.deliver_due().await.map_err(|e| e.to_string())?;
+            let body = at::response(&reply, app.web.ussd_charset);
             println!("{}", screen(body.get(4..).unwrap_or_default()));
             if let Ok(mut shown) = sender.shown.lock() {
                 for s in shown.drain(..) {

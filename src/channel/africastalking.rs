@@ -6,19 +6,17 @@
 //! `text = previous + "*" + input`. The previous text is never stored (it repeats passwords); only its
 //! length and a keyed hash are, which is enough to check the prefix and cut the new input off.
 
-use serde::Deserialize;
+use std::sync::Arc;
 
-use crate::clock::Millis;
+use serde::{Deserialize, Serialize};
+
+use super::{Channel, Derived};
 use crate::crypto::{stored_mac_eq, Crypto};
 use crate::domain::{Msisdn, Secret};
-use crate::engine::Reply;
+use crate::engine::{Inbound, Reply};
 use crate::flow::catalog::for_channel;
 use crate::flow::Charset;
-use crate::store::{HopCursor, RecentHop};
-
-/// Replies kept per phone so a carrier retry of a recent hop (of this session or the one before) gets the
-/// same answer.
-const RECENT_HOPS: usize = 8;
+use crate::store::Cursor;
 /// Longest `sessionId` accepted (AT's are ~30 characters).
 pub const MAX_SESSION_ID: usize = 128;
 /// Longest cumulative `text` accepted; a USSD session holds a handful of short inputs.
@@ -81,77 +79,108 @@ impl AtForm {
     }
 }
 
-/// What a hop means for the conversation.
-#[derive(Debug)]
-pub enum Derived {
-    /// A retry of a hop already answered: answer the same.
-    Replay(Reply),
-    /// A new session with empty text: the citizen dialled the service code.
-    Dial,
-    /// A new session that already carries inputs (dialled `*code*1*2#`): dial, then each.
-    DialThen(Vec<Secret>),
-    /// The next input of the current session.
-    Input(Secret),
-    /// The text does not extend the previous hop: the carrier and we disagree; ask to dial again.
-    Lost,
+/// The Africa's Talking channel: cursors and retry keys are keyed hashes under the service's key.
+pub struct AfricasTalking {
+    crypto: Arc<Crypto>,
 }
 
-pub fn derive(crypto: &Crypto, hop: &Hop, cursor: Option<&HopCursor>) -> Derived {
-    let phone = hop.phone.as_str();
-    let sid = &hop.session_id;
-    let text = hop.text.expose();
-    let text_mac = crypto.hop_mac(phone, sid, text);
-    let session_mac = crypto.hop_mac(phone, sid, "");
-    let same_session = |c: &&HopCursor| stored_mac_eq(&c.session_mac, &session_mac);
-    // After an END the carrier closes the session; a hop on the same id that is not a retry of that END
-    // is a new dial by a client that reuses session ids.
-    let reused = cursor
-        .filter(same_session)
-        .is_some_and(|c| c.recent.last().is_some_and(|r| r.reply.end) && !stored_mac_eq(&c.text_mac, &text_mac));
-    // Otherwise a retry is recognised first, even of a hop from the session before (its MAC names the
-    // session): a late carrier retry must not run again as a new dial.
-    if !reused {
-        if let Some(r) = cursor.and_then(|c| c.recent.iter().find(|r| stored_mac_eq(&r.text_mac, &text_mac))) {
-            return Derived::Replay(r.reply.clone());
-        }
-    }
-    let Some(c) = cursor.filter(same_session).filter(|_| !reused) else {
-        if text.is_empty() {
-            return Derived::Dial;
-        }
-        return Derived::DialThen(text.split('*').map(Secret::new).collect());
-    };
-    let n = c.text_len;
-    if text.len() <= n || !text.is_char_boundary(n) {
-        return Derived::Lost;
-    }
-    let (prefix, rest) = text.split_at(n);
-    if !stored_mac_eq(&c.text_mac, &crypto.hop_mac(phone, sid, prefix)) {
-        return Derived::Lost;
-    }
-    match (n, rest.strip_prefix('*')) {
-        (0, _) => Derived::Input(Secret::new(rest)),
-        (_, Some(input)) => Derived::Input(Secret::new(input)),
-        (_, None) => Derived::Lost,
+impl AfricasTalking {
+    pub fn new(crypto: Arc<Crypto>) -> AfricasTalking {
+        AfricasTalking { crypto }
     }
 }
 
-/// How long a reply is kept for carrier retries. An AT session lasts at most ~180 s; the keyed hashes of
-/// texts that held a password are not kept longer than needed.
-pub const RECENT_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// Where the USSD session of a phone stands, without its text (which may repeat a password): keyed
+/// hashes of the session id and of the text answered last, the text's length, and whether that answer
+/// closed the session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct AtCursor {
+    #[serde(rename = "s")]
+    session_mac: String,
+    #[serde(rename = "n")]
+    text_len: usize,
+    #[serde(rename = "t")]
+    text_mac: String,
+    #[serde(rename = "e", default)]
+    ended: bool,
+}
 
-/// The cursor after answering `hop` with `reply` at `now`.
-pub fn advance(crypto: &Crypto, hop: &Hop, previous: Option<&HopCursor>, reply: &Reply, now: Millis) -> HopCursor {
-    let phone = hop.phone.as_str();
-    let session_mac = hex::encode(crypto.hop_mac(phone, &hop.session_id, ""));
-    let text_mac = hex::encode(crypto.hop_mac(phone, &hop.session_id, hop.text.expose()));
-    let mut recent: Vec<RecentHop> = previous.map(|p| p.recent.clone()).unwrap_or_default();
-    recent.retain(|r| now.since(r.at) <= RECENT_TTL);
-    recent.push(RecentHop { text_mac: text_mac.clone(), reply: reply.clone(), at: now });
-    if recent.len() > RECENT_HOPS {
-        recent.drain(..recent.len() - RECENT_HOPS);
+impl AtCursor {
+    fn read(c: &Cursor) -> Option<AtCursor> {
+        serde_json::from_str(&c.0).ok()
     }
-    HopCursor { session_mac, text_len: hop.text.expose().len(), text_mac, recent }
+    fn write(&self) -> Option<Cursor> {
+        serde_json::to_string(self).ok().map(Cursor)
+    }
+}
+
+/// The cursor of a conversation stored by the first release (store schema 1), for the migration.
+pub fn legacy_cursor(session_mac: &str, text_len: usize, text_mac: &str, ended: bool) -> (&'static str, Cursor) {
+    let c = AtCursor { session_mac: session_mac.into(), text_len, text_mac: text_mac.into(), ended };
+    (AfricasTalking::KIND, c.write().unwrap_or(Cursor(String::new())))
+}
+
+impl Channel for AfricasTalking {
+    type Request = Hop;
+    const KIND: &'static str = "africastalking";
+
+    fn phone<'r>(&self, hop: &'r Hop) -> &'r Msisdn {
+        &hop.phone
+    }
+
+    fn retry_key(&self, hop: &Hop) -> String {
+        hex::encode(self.crypto.hop_mac(hop.phone.as_str(), &hop.session_id, hop.text.expose()))
+    }
+
+    fn pseudonym(&self, hop: &Hop) -> String {
+        hex::encode(&self.crypto.hop_mac(hop.phone.as_str(), &hop.session_id, "")[..4])
+    }
+
+    fn derive(&self, hop: &Hop, cursor: Option<&Cursor>, stored: Option<&Reply>) -> Derived {
+        let phone = hop.phone.as_str();
+        let sid = &hop.session_id;
+        let text = hop.text.expose();
+        let text_mac = self.crypto.hop_mac(phone, sid, text);
+        let session_mac = self.crypto.hop_mac(phone, sid, "");
+        let cursor = cursor.and_then(AtCursor::read);
+        let same_session = cursor.as_ref().filter(|c| stored_mac_eq(&c.session_mac, &session_mac));
+        // After an END the carrier closes the session; a hop on the same id that is not a retry of that
+        // END is a new dial by a client that reuses session ids.
+        let reused = same_session.is_some_and(|c| c.ended && !stored_mac_eq(&c.text_mac, &text_mac));
+        // Otherwise a retry is recognised first, even of a hop from the session before (its key names the
+        // session): a late carrier retry must not run again as a new dial.
+        if let Some(reply) = stored.filter(|_| !reused) {
+            return Derived::Replay(reply.clone());
+        }
+        let Some(c) = same_session.filter(|_| !reused) else {
+            let choices = if text.is_empty() { Vec::new() } else { text.split('*').map(Secret::new).collect() };
+            return Derived::Inbound(Inbound::Start { choices });
+        };
+        let n = c.text_len;
+        if text.len() <= n || !text.is_char_boundary(n) {
+            return Derived::Lost;
+        }
+        let (prefix, rest) = text.split_at(n);
+        if !stored_mac_eq(&c.text_mac, &self.crypto.hop_mac(phone, sid, prefix)) {
+            return Derived::Lost;
+        }
+        match (n, rest.strip_prefix('*')) {
+            (0, _) => Derived::Inbound(Inbound::Text(Secret::new(rest))),
+            (_, Some(input)) => Derived::Inbound(Inbound::Text(Secret::new(input))),
+            (_, None) => Derived::Lost,
+        }
+    }
+
+    fn advance(&self, hop: &Hop, _previous: Option<&Cursor>, reply: &Reply) -> Option<Cursor> {
+        let phone = hop.phone.as_str();
+        AtCursor {
+            session_mac: hex::encode(self.crypto.hop_mac(phone, &hop.session_id, "")),
+            text_len: hop.text.expose().len(),
+            text_mac: hex::encode(self.crypto.hop_mac(phone, &hop.session_id, hop.text.expose())),
+            ended: reply.end,
+        }
+        .write()
+    }
 }
 
 /// The response body: `CON ` or `END ` and the screen for the configured charset.
@@ -169,26 +198,51 @@ mod tests {
         Hop { phone: Msisdn::parse("0912345678").unwrap(), session_id: sid.into(), text: Secret::new(text) }
     }
 
-    fn walk(c: &Crypto, texts: &[&str]) -> Vec<String> {
-        let mut cursor: Option<HopCursor> = None;
+    /// The channel's view of one phone, as the service keeps it: the cursor and the stored replies.
+    struct Phone {
+        at: AfricasTalking,
+        cursor: Option<Cursor>,
+        replies: Vec<(String, Reply)>,
+    }
+
+    impl Phone {
+        fn new(seed: u8) -> Phone {
+            let crypto = Arc::new(Crypto::from_master(&[seed; 32], HashCost::DANGER_TEST_ONLY).unwrap());
+            Phone { at: AfricasTalking::new(crypto), cursor: None, replies: Vec::new() }
+        }
+        fn derive(&self, h: &Hop) -> Derived {
+            let key = self.at.retry_key(h);
+            let stored = self.replies.iter().find(|(k, _)| *k == key).map(|(_, r)| r);
+            self.at.derive(h, self.cursor.as_ref(), stored)
+        }
+        fn answer(&mut self, h: &Hop, reply: Reply) {
+            self.cursor = self.at.advance(h, self.cursor.as_ref(), &reply);
+            self.replies.push((self.at.retry_key(h), reply));
+        }
+    }
+
+    fn walk(p: &mut Phone, texts: &[&str]) -> Vec<String> {
         let mut inputs = Vec::new();
         for t in texts {
             let h = hop("s1", t);
-            match derive(c, &h, cursor.as_ref()) {
-                Derived::Dial => inputs.push("<dial>".to_string()),
-                Derived::Input(s) => inputs.push(s.expose().to_string()),
+            match p.derive(&h) {
+                Derived::Inbound(Inbound::Start { choices }) if choices.is_empty() => inputs.push("<dial>".to_string()),
+                Derived::Inbound(Inbound::Text(s)) => inputs.push(s.expose().to_string()),
                 other => panic!("unexpected {other:?} at {t:?}"),
             }
-            let reply = Reply { text: format!("after {t}"), end: false };
-            cursor = Some(advance(c, &h, cursor.as_ref(), &reply, Millis(0)));
+            p.answer(&h, Reply { text: format!("after {t}"), end: false });
         }
         inputs
     }
 
+    fn is_start(d: &Derived, n: usize) -> bool {
+        matches!(d, Derived::Inbound(Inbound::Start { choices }) if choices.len() == n)
+    }
+
     #[test]
     fn a_password_with_stars_arrives_whole() {
-        let c = Crypto::from_master(&[3; 32], HashCost::DANGER_TEST_ONLY).unwrap();
-        let inputs = walk(&c, &["", "1", "1*001099012345", "1*001099012345*1", "1*001099012345*1*Ab*12*cd!9"]);
+        let inputs =
+            walk(&mut Phone::new(3), &["", "1", "1*001099012345", "1*001099012345*1", "1*001099012345*1*Ab*12*cd!9"]);
         assert_eq!(inputs, ["<dial>", "1", "001099012345", "1", "Ab*12*cd!9"]);
     }
 
@@ -197,57 +251,52 @@ mod tests {
         /// recovered whole from the cumulative text.
         #[test]
         fn every_input_is_recovered_from_the_cumulative_text(inputs in proptest::collection::vec("[0-9a-zA-Z*#!@ ạđ]{1,12}", 1..8)) {
-            let c = Crypto::from_master(&[5; 32], HashCost::DANGER_TEST_ONLY).unwrap();
             let mut texts = vec![String::new()];
             for i in 0..inputs.len() {
                 texts.push(inputs[..=i].join("*"));
             }
             let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let got = walk(&c, &texts);
+            let got = walk(&mut Phone::new(5), &texts);
             proptest::prop_assert_eq!(&got[1..], &inputs[..]);
         }
     }
 
     #[test]
     fn a_retried_hop_replays_and_a_stranger_text_is_lost() {
-        let c = Crypto::from_master(&[3; 32], HashCost::DANGER_TEST_ONLY).unwrap();
+        let mut p = Phone::new(3);
         let first = hop("s1", "");
         let reply = Reply { text: "menu".into(), end: false };
-        let cur = advance(&c, &first, None, &reply, Millis(0));
-        assert!(matches!(derive(&c, &first, Some(&cur)), Derived::Replay(r) if r == reply));
+        p.answer(&first, reply.clone());
+        assert!(matches!(p.derive(&first), Derived::Replay(r) if r == reply));
         let second = hop("s1", "1");
-        let cur = advance(&c, &second, Some(&cur), &reply, Millis(0));
-        assert!(matches!(derive(&c, &hop("s1", "2*5"), Some(&cur)), Derived::Lost));
-        assert!(matches!(derive(&c, &hop("s2", ""), Some(&cur)), Derived::Dial));
-        assert!(matches!(derive(&c, &hop("s3", "1*2"), Some(&cur)), Derived::DialThen(v) if v.len() == 2));
+        p.answer(&second, reply.clone());
+        assert!(matches!(p.derive(&hop("s1", "2*5")), Derived::Lost));
+        assert!(is_start(&p.derive(&hop("s2", "")), 0));
+        assert!(is_start(&p.derive(&hop("s3", "1*2")), 2), "a fast-dial carries its choices");
         // A new dial, then a late retry of the old session's hop: replayed, not run as a new dial.
-        let next = hop("s2", "");
-        let cur = advance(&c, &next, Some(&cur), &Reply { text: "menu again".into(), end: false }, Millis(0));
-        assert!(matches!(derive(&c, &second, Some(&cur)), Derived::Replay(r) if r == reply));
+        p.answer(&hop("s2", ""), Reply { text: "menu again".into(), end: false });
+        assert!(matches!(p.derive(&second), Derived::Replay(r) if r == reply));
     }
 
     #[test]
     fn a_session_id_reused_after_an_end_is_a_new_dial_but_the_end_itself_replays() {
-        let c = Crypto::from_master(&[3; 32], HashCost::DANGER_TEST_ONLY).unwrap();
-        let menu = Reply { text: "menu".into(), end: false };
+        let mut p = Phone::new(3);
         let help = Reply { text: "help".into(), end: true };
-        let cur = advance(&c, &hop("s1", ""), None, &menu, Millis(0));
-        let cur = advance(&c, &hop("s1", "3"), Some(&cur), &help, Millis(0));
-        assert!(matches!(derive(&c, &hop("s1", "3"), Some(&cur)), Derived::Replay(r) if r == help));
-        assert!(matches!(derive(&c, &hop("s1", ""), Some(&cur)), Derived::Dial));
-        assert!(matches!(derive(&c, &hop("s1", "2"), Some(&cur)), Derived::DialThen(_)));
+        p.answer(&hop("s1", ""), Reply { text: "menu".into(), end: false });
+        p.answer(&hop("s1", "3"), help.clone());
+        assert!(matches!(p.derive(&hop("s1", "3")), Derived::Replay(r) if r == help));
+        // The first hop of the old session replays no more once the session ended: it is a new dial.
+        assert!(is_start(&p.derive(&hop("s1", "")), 0));
+        assert!(is_start(&p.derive(&hop("s1", "2")), 1));
     }
 
     #[test]
-    fn replies_are_kept_for_retries_only_while_a_carrier_could_retry() {
-        let c = Crypto::from_master(&[3; 32], HashCost::DANGER_TEST_ONLY).unwrap();
-        let reply = Reply { text: "menu".into(), end: false };
-        let old = hop("s1", "");
-        let cur = advance(&c, &old, None, &reply, Millis(0));
-        let later = Millis(RECENT_TTL.as_millis() as u64 + 60_000);
-        let cur = advance(&c, &hop("s2", ""), Some(&cur), &reply, later);
-        assert_eq!(cur.recent.len(), 1, "the old session's hop was forgotten");
-        assert!(!matches!(derive(&c, &old, Some(&cur)), Derived::Replay(_)));
+    fn keys_and_cursors_hold_no_typed_text() {
+        let mut p = Phone::new(3);
+        let h = hop("s1", "Abc*1234x");
+        p.answer(&h, Reply { text: "ok".into(), end: false });
+        let stored = format!("{:?}{}", p.cursor, p.at.retry_key(&h));
+        assert!(!stored.contains("Abc") && !stored.contains("1234"), "{stored}");
     }
 
     #[test]

@@ -11,13 +11,13 @@ use rand::RngCore;
 
 pub use super::validators::{Validator, Value};
 use super::{
-    Account, Answered, AuditEvent, CitizenStatus, Ctx, Effect, EngineError, LoginFailures, OtpRecord, Out, Session,
-    Slots, SmsPurpose,
+    Account, Answered, AuditEvent, CitizenStatus, Ctx, Effect, EngineError, OtpRecord, Out, Session, Slots, SmsPurpose,
 };
 use crate::clock::Millis;
 use crate::crypto::stored_mac_eq;
 use crate::domain::{Msisdn, NationalId, Otp, Secret};
 use crate::engine::keys;
+use crate::limits::{self, Bump, CounterKey, Limit, Rule};
 
 /// VNeID's OTP lifetime (press guides; NIST allows up to 10 minutes).
 pub const OTP_LIFETIME: Duration = Duration::from_secs(3 * 60);
@@ -28,13 +28,25 @@ pub const OTP_MAX_SENDS: u8 = 3;
 /// OTP SMS to one registered phone per rolling hour, across activations and callers: restarting an
 /// activation must not make the service an SMS cannon aimed at one citizen (domain.md §5, SMS pumping).
 /// Generous on purpose: a citizen who mistypes and retries a few times never meets it.
-pub const OTP_SENDS_PER_WINDOW: usize = 20;
+pub const OTP_SENDS_PER_WINDOW: u32 = 20;
 pub const OTP_SEND_WINDOW: Duration = Duration::from_secs(60 * 60);
 /// Consecutive failed log-ins of one ID number before log-in is locked, and for how long. NIST SP
 /// 800-63B §5.2.2 allows at most 100 consecutive failures; a 10-then-15-minutes lock keeps an online
 /// guesser near 1,000 tries a day while a citizen who forgot a character is never stopped for long.
 pub const LOGIN_MAX_FAILURES: u32 = 10;
 pub const LOGIN_LOCKOUT: Duration = Duration::from_secs(15 * 60);
+/// Failures in a row idle this long (and not locked) are forgotten, so a record does not live for ever.
+pub const LOGIN_FAILURES_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn login_failure_rule() -> Rule {
+    Rule::Failure {
+        limit: Limit::LoginLocked,
+        max: LOGIN_MAX_FAILURES,
+        lock: LOGIN_LOCKOUT,
+        max_lock: LOGIN_LOCKOUT,
+        forget_after: LOGIN_FAILURES_KEPT,
+    }
+}
 /// VNeID asks two security questions.
 pub const QUESTIONS_REQUIRED: usize = 2;
 
@@ -421,8 +433,9 @@ pub(crate) fn run(
         (ActionKind::Login, Some(Value::Secret(pw))) => {
             let id = s.slots.national_id.clone().ok_or_else(|| misuse(s, "login before an ID number"))?;
             // Counted per ID number whether or not it has an account, so a lockout reveals nothing.
-            let mut failures = ctx.directory.login_failures(&id)?;
-            if failures.locked_until.is_some_and(|t| now < t) {
+            let key = CounterKey::login(&id);
+            let tally = ctx.directory.tally(&key)?;
+            if tally.locked_at(now) {
                 audit(out, "login_while_locked", Some(&id), Some(ctx.caller));
                 return Ok(Act::Go("locked", None));
             }
@@ -435,26 +448,29 @@ pub(crate) fn run(
                 }
             };
             let citizen = if ok { ctx.directory.citizen(&id)? } else { None };
+            let (rule, outcome) = match &citizen {
+                Some(_) => (Rule::Success { limit: Limit::LoginLocked }, "ok"),
+                None => (login_failure_rule(), "refused"),
+            };
+            // Counted in the commit: a lock set meanwhile by failures from other phones refuses this step,
+            // which then runs again and answers "locked".
+            let expect = match limits::apply(&rule, &tally, now) {
+                Ok((_, effect)) => effect,
+                Err(_) => return Err(misuse(s, "login lock read twice differently")),
+            };
+            out.effects.push(Effect::Count(Bump { key, rule, expect }));
             match citizen {
                 Some(c) => {
                     out.args.push(("name", c.full_name.chars().take(crate::flow::catalog::NAME_MAX).collect()));
                     audit(out, "login_ok", Some(&id), Some(ctx.caller));
-                    if failures != LoginFailures::default() {
-                        out.effects.push(Effect::LoginFailures(id, LoginFailures::default()));
-                    }
-                    Act::Go("ok", None)
+                    Act::Go(outcome, None)
                 }
                 None => {
                     audit(out, "login_failed", Some(&id), Some(ctx.caller));
-                    failures.consecutive = failures.consecutive.saturating_add(1);
-                    failures.locked_until = None;
-                    let locked = failures.consecutive >= LOGIN_MAX_FAILURES;
-                    if locked {
-                        failures = LoginFailures { consecutive: 0, locked_until: Some(now.plus(LOGIN_LOCKOUT)) };
+                    if expect.locked {
                         audit(out, "login_locked", Some(&id), Some(ctx.caller));
                     }
-                    out.effects.push(Effect::LoginFailures(id, failures));
-                    Act::Go(if locked { "locked" } else { "refused" }, None)
+                    Act::Go(if expect.locked { "locked" } else { outcome }, None)
                 }
             }
         }
@@ -488,12 +504,14 @@ fn send_otp(s: &mut Session, ctx: &Ctx, out: &mut Out, rng: &mut dyn RngCore) ->
     let (Some(id), Some(phone)) = (s.slots.national_id.clone(), s.slots.phone.clone()) else {
         return Err(misuse(s, "send_otp without ID and phone"));
     };
-    let recent = ctx.directory.otp_sends(&phone)?.into_iter().filter(|t| ctx.now.since(*t) < OTP_SEND_WINDOW).count();
-    if recent >= OTP_SENDS_PER_WINDOW {
+    let key = CounterKey::otp_phone(&phone);
+    let rule = Rule::Window { limit: Limit::OtpPerPhone, max: OTP_SENDS_PER_WINDOW, window: OTP_SEND_WINDOW };
+    let Ok((_, expect)) = limits::apply(&rule, &ctx.directory.tally(&key)?, ctx.now) else {
         s.slots.otp = None;
         audit(out, "otp_phone_limit", Some(&id), Some(&phone));
         return Ok(false);
-    }
+    };
+    out.effects.push(Effect::Count(Bump { key, rule, expect }));
     let code = Otp::generate(rng);
     let mac = ctx.crypto.otp_mac(id.as_str(), phone.as_str(), &Secret::new(code.expose()));
     s.slots.otp = Some(OtpRecord { mac: hex::encode(mac), expires_at: ctx.now.plus(OTP_LIFETIME), wrong: 0 });

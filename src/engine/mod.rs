@@ -20,6 +20,7 @@ use crate::clock::Millis;
 use crate::crypto::{Crypto, CryptoError};
 use crate::domain::{Msisdn, NationalId, Secret};
 use crate::flow::{Flow, Kind, Lang};
+use crate::limits::{Bump, CounterKey, Tally};
 pub use actions::Act;
 
 /// An activation (or log-in) idle this long starts over (issue #2).
@@ -61,21 +62,13 @@ pub struct Answered {
     pub answer_hash: String,
 }
 
-/// Read-only view of what the engine may consult: citizens, accounts, and recent OTP sends per phone.
+/// Read-only view of what the engine may consult: citizens, accounts, and the counters limits read.
+/// What it reads is a hint for the reply: limits are enforced again by the commit (see
+/// [`crate::limits`]).
 pub trait Directory {
     fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, DirectoryError>;
     fn account(&self, id: &NationalId) -> Result<Option<Account>, DirectoryError>;
-    /// When OTP SMS went to `phone` recently (at least the last hour's).
-    fn otp_sends(&self, phone: &Msisdn) -> Result<Vec<Millis>, DirectoryError>;
-    /// Failed log-ins of an ID number in a row, and any lock they caused.
-    fn login_failures(&self, id: &NationalId) -> Result<LoginFailures, DirectoryError>;
-}
-
-/// Failed log-ins of one ID number in a row (reset by a success), and the lock they caused.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LoginFailures {
-    pub consecutive: u32,
-    pub locked_until: Option<Millis>,
+    fn tally(&self, key: &CounterKey) -> Result<Tally, DirectoryError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,16 +130,27 @@ impl Session {
     pub fn new(flow: &Flow, now: Millis) -> Session {
         Session { lang: Lang::Vi, state: flow.start.clone(), tries: 0, updated_at: now, slots: Slots::default() }
     }
+
+    /// What is worth keeping of a conversation idle past [`IDLE_RESET`]: only the language choice, at no
+    /// state (the next input starts at the menu). `None` when that is the default, so nothing is kept.
+    pub fn idle_form(&self) -> Option<Session> {
+        (self.lang != Lang::Vi).then(|| Session {
+            lang: self.lang,
+            state: String::new(),
+            tries: 0,
+            updated_at: self.updated_at,
+            slots: Slots::default(),
+        })
+    }
 }
 
-/// What arrived from the citizen.
+/// What arrived from the citizen, whatever the channel.
 #[derive(Debug, Clone)]
 pub enum Inbound {
-    /// A new USSD session (the citizen dialled the service code): resumes an activation in progress.
-    Dial,
-    /// A new USSD session dialled with choices already in the code (`*384*2#`): those choices are meant
-    /// for the menu, so it starts there rather than resuming.
-    DialWithChoices,
+    /// The citizen opened a new session (dialled the USSD code). With no choices it resumes an activation
+    /// in progress; with choices already in it (a fast-dial `*384*2#`) they are meant for the menu, so it
+    /// starts there and runs each as typed.
+    Start { choices: Vec<Secret> },
     /// One entry typed at the current prompt. Wrapped: it may be a password.
     Text(Secret),
 }
@@ -167,6 +171,17 @@ pub enum SmsPurpose {
     Activated,
 }
 
+impl SmsPurpose {
+    /// How long after it is queued the message is still of use: an OTP after its lifetime only confuses,
+    /// so its delivery gives up then.
+    pub fn useful_for(self) -> Duration {
+        match self {
+            SmsPurpose::Otp => actions::OTP_LIFETIME,
+            SmsPurpose::Activated => Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
 /// A side effect for the caller to commit atomically with the new session.
 #[derive(Debug)]
 pub enum Effect {
@@ -178,8 +193,9 @@ pub enum Effect {
     /// Create the account; the commit must fail if one already exists (two phones racing).
     Activate(Account),
     Audit(AuditEvent),
-    /// Replace the log-in failure record of an ID number.
-    LoginFailures(NationalId, LoginFailures),
+    /// A counted event: the commit applies its rule to the counter and refuses the whole step if the
+    /// rule refuses it.
+    Count(Bump),
 }
 
 /// An authentication event for the audit trail.
@@ -192,7 +208,7 @@ pub struct AuditEvent {
 
 /// The result of one step.
 #[derive(Debug)]
-pub struct Turn {
+pub struct Stepped {
     pub session: Session,
     pub reply: Reply,
     pub effects: Vec<Effect>,
@@ -215,38 +231,63 @@ pub(crate) struct Out {
 }
 
 /// Runs one step of the conversation.
-pub fn step(ctx: &Ctx, session: Option<Session>, inbound: Inbound, rng: &mut dyn RngCore) -> Result<Turn, EngineError> {
+pub fn step(
+    ctx: &Ctx,
+    session: Option<Session>,
+    inbound: Inbound,
+    rng: &mut dyn RngCore,
+) -> Result<Stepped, EngineError> {
     let flow = ctx.flow;
     let mut s = session.unwrap_or_else(|| Session::new(flow, ctx.now));
     let mut out = Out { effects: Vec::new(), args: Vec::new() };
     let idle = ctx.now.since(s.updated_at) > IDLE_RESET;
-    let here = flow.state(&s.state).filter(|st| matches!(st.kind, Kind::Input { .. }));
-    let reply = match (inbound, here) {
-        (Inbound::Dial, Some(st)) if st.resume && !idle => {
-            let st = st.clone();
-            s.tries = 0; // a new session: a fresh set of tries at this step
-            let note = actions::resume_note(&st, &s, ctx.now).unwrap_or(keys::NOTE_RESUME);
-            screen(ctx, &s, &out, Some(note), &st.name)
+    let reply = match inbound {
+        Inbound::Start { choices } if choices.is_empty() => {
+            match flow.state(&s.state).filter(|st| st.resume && matches!(st.kind, Kind::Input { .. })) {
+                Some(st) if !idle => {
+                    let st = st.clone();
+                    s.tries = 0; // a new session: a fresh set of tries at this step
+                    let note = actions::resume_note(&st, &s, ctx.now).unwrap_or(keys::NOTE_RESUME);
+                    screen(ctx, &s, &out, Some(note), &st.name)
+                }
+                _ => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
+            }
         }
-        (Inbound::Dial | Inbound::DialWithChoices, _) => {
-            let start = flow.start.clone();
-            go(ctx, &mut s, &mut out, &start, None, rng)?
+        Inbound::Start { choices } => {
+            let mut reply = go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?;
+            for choice in choices {
+                if reply.end {
+                    break;
+                }
+                reply = on_text(ctx, &mut s, &mut out, choice, false, rng)?;
+            }
+            reply
         }
-        (Inbound::Text(_), Some(_)) if idle && s.slots != Slots::default() => {
-            let start = flow.start.clone();
-            go(ctx, &mut s, &mut out, &start, Some(keys::NOTE_RESTART), rng)?
-        }
-        (Inbound::Text(input), Some(st)) => {
-            let st = st.clone();
-            on_input(ctx, &mut s, &mut out, &st, input, rng)?
-        }
-        (Inbound::Text(_), None) => {
-            let start = flow.start.clone();
-            go(ctx, &mut s, &mut out, &start, Some(keys::NOTE_RESTART), rng)?
-        }
+        Inbound::Text(input) => on_text(ctx, &mut s, &mut out, input, idle, rng)?,
     };
     s.updated_at = ctx.now;
-    Ok(Turn { session: s, reply, effects: out.effects })
+    Ok(Stepped { session: s, reply, effects: out.effects })
+}
+
+/// An entry typed at whatever the session stands at; an idle activation or a session at no state starts
+/// over at the menu instead.
+fn on_text(
+    ctx: &Ctx,
+    s: &mut Session,
+    out: &mut Out,
+    input: Secret,
+    idle: bool,
+    rng: &mut dyn RngCore,
+) -> Result<Reply, EngineError> {
+    let start = ctx.flow.start.clone();
+    match ctx.flow.state(&s.state).filter(|st| matches!(st.kind, Kind::Input { .. })) {
+        Some(_) if idle && s.slots != Slots::default() => go(ctx, s, out, &start, Some(keys::NOTE_RESTART), rng),
+        Some(st) => {
+            let st = st.clone();
+            on_input(ctx, s, out, &st, input, rng)
+        }
+        None => go(ctx, s, out, &start, Some(keys::NOTE_RESTART), rng),
+    }
 }
 
 fn on_input(

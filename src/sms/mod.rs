@@ -2,9 +2,11 @@
 //! that moves queued messages from the store to a sender.
 //!
 //! An SMS is first committed to the store's outbox (sealed) in the same transaction as the conversation
-//! step that caused it; the worker delivers it afterwards and only then removes it. A crash between the two
-//! re-delivers on restart, and the file sender recognises what it already wrote by the message id, so a
-//! message is neither lost nor duplicated. Kannel and Twilio senders slot in behind the same trait.
+//! step that caused it; the worker claims it afterwards, delivers it and only then marks it sent. A crash
+//! between the two re-delivers once the claim's lease ends, and a sender recognises what it already took
+//! by the message id, so a message is neither lost nor duplicated. A message that fails is retried with
+//! exponential backoff, or failed for good, without holding up any other. Kannel and Twilio senders slot
+//! in behind the same trait.
 
 pub mod file;
 pub mod worker;
@@ -30,9 +32,13 @@ pub struct OutgoingSms {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// Worth retrying later (gateway down, disk full).
+    /// Worth retrying later (gateway down, disk full): the message is tried again after a backoff.
     #[error("temporary SMS failure: {0}")]
     Temporary(String),
+    /// Will never succeed (the gateway refuses the number or the credentials): the message is kept as
+    /// failed and audited, and never tried again.
+    #[error("permanent SMS failure: {0}")]
+    Permanent(String),
 }
 
 /// What a sender did with a message.

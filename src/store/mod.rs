@@ -1,24 +1,38 @@
-//! Storage behind a trait: conversations (per phone), citizens, accounts, the SMS outbox and the audit
-//! trail. sled is the embedded default ([`sled_store::SledStore`]); a multi-node backend (PostgreSQL)
-//! implements the same trait later.
+//! Storage behind one async trait: conversations (per phone, versioned), citizens, accounts, counters,
+//! the SMS outbox and the audit trail. sled is the embedded default ([`sled_store::SledStore`]), an
+//! in-memory store serves tests and `simulate` ([`memory::MemoryStore`]); a SQL database implements the
+//! same trait with the same guarantees (one transaction per commit, row locks for counters,
+//! `FOR UPDATE SKIP LOCKED` for outbox claims).
 //!
-//! The contract the service relies on:
-//! - [`Store::commit`] writes a conversation together with its effects (account, queued SMS, audit events)
-//!   atomically, and refuses to create an account that already exists;
-//! - [`Store::durable`] resolves once everything committed before the call is on disk (group commit), so a
-//!   reply is sent only after the state it reflects survives a crash;
-//! - nothing secret is ever written in plain text: callers pass hashes and sealed SMS bodies only.
-//!
-//! Stored records are versioned (`"v": 1`) and kept apart from in-memory types where they differ.
+//! The contract every backend keeps (and `tests/api/store_contract.rs` checks against each):
+//! - [`Store::commit`] is one transaction: the conversation, compared and set against the version the
+//!   caller loaded, with every effect of the step (account, queued SMS, audit records, counter bumps).
+//!   It answers [`CommitOutcome::Conflict`] when the conversation changed since it was loaded,
+//!   [`CommitOutcome::AccountExists`] when the account to create exists, and
+//!   [`CommitOutcome::LimitReached`] when a counter's rule refuses its event (see [`crate::limits`]);
+//!   then nothing at all is written. It returns only once the commit is durable.
+//! - Versions never repeat for a phone, even after its conversation was expired and made again, so a
+//!   stale version can never match.
+//! - The outbox is claimed with an owner and a lease: a claimed message is not claimable again until the
+//!   lease ends; a message is then marked sent, rescheduled, or failed for good (kept and audited), and
+//!   no message ever waits behind another.
+//! - [`Store::expire`] reclaims what is no longer needed, walking indexes by time rather than every
+//!   record, so the store stays flat under constant load.
+//! - Nothing secret is written in plain text: callers pass hashes and sealed SMS bodies only.
 
+pub mod memory;
 pub mod sled_store;
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
 use crate::clock::Millis;
 use crate::domain::{Msisdn, NationalId};
-use crate::engine::{Account, AuditEvent, Citizen, LoginFailures, Reply, Session, SmsPurpose};
+use crate::engine::{Account, AuditEvent, Citizen, Reply, Session, SmsPurpose};
+use crate::limits::{Bump, CounterKey, Limit, Tally};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,55 +40,87 @@ pub enum StoreError {
     Backend(String),
     #[error("stored record {what} could not be read: {why}")]
     Corrupt { what: &'static str, why: String },
+    #[error("the data was written by a newer release (store schema {found}; this build reads up to {supported})")]
+    NewerSchema { found: u32, supported: u32 },
 }
 
-/// Everything kept per phone between hops.
+/// The version of a stored conversation: changes on every write, never repeats.
+pub type Version = u64;
+
+/// Everything kept per phone between turns, whatever the channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
     pub session: Session,
-    /// The last USSD hop of this phone, to derive new input and recognise retries.
-    pub hop: Option<HopCursor>,
-}
-
-/// Where the current USSD session stands, without storing its text (which may repeat a password).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HopCursor {
-    /// Keyed hash of (phone, carrier session id).
-    pub session_mac: String,
-    /// Length in bytes of the cumulative text of the last hop answered.
-    pub text_len: usize,
-    /// Keyed hash of (phone, session id, that text).
-    pub text_mac: String,
-    /// Replies to the last few hops, by the keyed hash of their text: a retry gets the same reply.
-    pub recent: Vec<RecentHop>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecentHop {
-    pub text_mac: String,
-    pub reply: Reply,
-    /// When it was answered; kept only while a carrier could still retry it.
+    /// Replies to the last few turns by their retry key: a channel's retry of a turn gets the same reply
+    /// and repeats no effect. Kept only while a channel could still retry.
     #[serde(default)]
+    pub recent: Vec<RecentReply>,
+    /// Each channel's own cursor (where its session stands), by channel kind; opaque to the store.
+    #[serde(default)]
+    pub cursors: BTreeMap<String, Cursor>,
+}
+
+impl Conversation {
+    pub fn new(session: Session) -> Conversation {
+        Conversation { session, recent: Vec::new(), cursors: BTreeMap::new() }
+    }
+}
+
+/// A channel's cursor, encoded by the channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Cursor(pub String);
+
+/// A reply kept for retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentReply {
+    /// The retry key the channel derived for the turn (a keyed hash: it may cover typed secrets).
+    pub key: String,
+    pub reply: Reply,
     pub at: Millis,
 }
 
-/// An SMS waiting in the outbox; its body is sealed (see `crypto::Crypto::seal`).
+/// An SMS to queue, its body sealed (see `crypto::Crypto::seal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSms {
+    pub to: Msisdn,
+    pub purpose: SmsPurpose,
+    pub sealed: Vec<u8>,
+    /// After this, the message is no use to the citizen (an OTP past its lifetime): fail it for good.
+    pub give_up_at: Millis,
+}
+
+/// An SMS in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedSms {
-    #[serde(default)]
+    /// Sequence number, unique in this database.
     pub id: u64,
     pub to: Msisdn,
     pub purpose: SmsPurpose,
     #[serde(with = "hex_bytes")]
     pub sealed: Vec<u8>,
     pub queued_at: Millis,
+    /// Delivery attempts so far: claims, the current one included.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub give_up_at: Millis,
+    /// Why the last attempt failed (no secret: a gateway's status line).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When it is next due: when queued, the time of a scheduled retry, or the end of a claim's lease.
+    #[serde(default)]
+    pub due_at: Millis,
+    /// Who holds the current claim (until `due_at`).
+    #[serde(default)]
+    pub claimed_by: Option<String>,
 }
 
 /// One line of the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub at: Millis,
-    /// The phone the conversation came from.
+    /// The phone the conversation came from (for an SMS delivery event, its recipient).
     pub caller: Msisdn,
     #[serde(flatten)]
     pub event: AuditEvent,
@@ -87,47 +133,130 @@ pub struct Commit {
     pub phone: Msisdn,
     pub conversation: Conversation,
     pub activate: Option<Account>,
-    pub sms: Vec<QueuedSms>,
+    pub sms: Vec<NewSms>,
     pub audit: Vec<AuditRecord>,
-    /// Registered phones an OTP SMS was queued for (counted for the per-phone send limit).
-    pub otp_sent: Vec<Msisdn>,
-    /// New log-in failure records, by ID number.
-    pub login_failures: Vec<(NationalId, LoginFailures)>,
+    /// Counted events, applied with their rules inside the transaction.
+    pub bumps: Vec<Bump>,
 }
-
-/// How long OTP send times are kept per phone (the engine's limit looks back one hour).
-pub const OTP_SENDS_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
-    Committed,
-    /// Another conversation activated this ID first; nothing was written.
+    Committed(Version),
+    /// The conversation changed since it was loaded: load again and re-run the step.
+    Conflict,
+    /// Another conversation activated this ID first.
     AccountExists,
+    /// A counter's rule refused its event.
+    LimitReached(Limit),
 }
 
-/// Resolves when the data committed before it was asked for is durable.
-pub type Durable = oneshot::Receiver<Result<(), String>>;
+/// How long what expires is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Replies kept for retries and channel cursors (they hold keyed hashes of typed texts): as long as
+    /// a carrier could still retry or continue a session.
+    pub replies: Duration,
+    /// An idle conversation is then reduced to the citizen's language choice (or deleted when that is
+    /// the default): everything else in it is past the engine's idle reset.
+    pub conversations: Duration,
+    /// SMS that failed for good are kept this long for operators.
+    pub failed_sms: Duration,
+}
 
+impl Retention {
+    pub const DEFAULT: Retention = Retention {
+        replies: Duration::from_secs(10 * 60),
+        conversations: Duration::from_secs(60 * 60),
+        failed_sms: Duration::from_secs(30 * 24 * 60 * 60),
+    };
+}
+
+/// What one [`Store::expire`] pass reclaimed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Conversations whose retry replies and cursors were dropped.
+    pub swept: usize,
+    /// Idle conversations reduced to their language choice or deleted.
+    pub conversations: usize,
+    pub counters: usize,
+    pub failed_sms: usize,
+}
+
+impl Expired {
+    pub fn total(&self) -> usize {
+        self.swept + self.conversations + self.counters + self.failed_sms
+    }
+}
+
+/// An SMS that failed for good, kept for operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedSms {
+    pub sms: QueuedSms,
+    pub failed_at: Millis,
+    pub why: String,
+}
+
+#[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A random id of this database, made when it was created (outbox message ids start with it).
     fn instance(&self) -> &str;
-    fn conversation(&self, phone: &Msisdn) -> Result<Option<Conversation>, StoreError>;
-    fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, StoreError>;
-    fn account(&self, id: &NationalId) -> Result<Option<Account>, StoreError>;
-    /// When OTP SMS were queued for `phone` (the last [`OTP_SENDS_KEPT`]).
-    fn otp_sends(&self, phone: &Msisdn) -> Result<Vec<Millis>, StoreError>;
-    fn login_failures(&self, id: &NationalId) -> Result<LoginFailures, StoreError>;
-    /// Inserts or updates a citizen; never touches the account.
-    fn upsert_citizen(&self, citizen: &Citizen) -> Result<(), StoreError>;
-    fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError>;
-    fn durable(&self) -> Durable;
-    /// Queued SMS, oldest first.
-    fn outbox(&self, limit: usize) -> Result<Vec<QueuedSms>, StoreError>;
-    fn outbox_done(&self, id: u64) -> Result<(), StoreError>;
-    fn audit(&self) -> Result<Vec<AuditRecord>, StoreError>;
-    /// Forgets the USSD hop cursor (keyed hashes of typed texts) of conversations idle since before
-    /// `cutoff`, without racing a hop that updates one meanwhile. Returns how many were cleared.
-    fn sweep_hops(&self, cutoff: Millis) -> Result<usize, StoreError>;
+
+    /// The conversation of `phone` and its version.
+    async fn load(&self, phone: &Msisdn) -> Result<Option<(Conversation, Version)>, StoreError>;
+    /// Writes `commit` if the stored conversation still has version `expect` (`None`: there is none).
+    /// Durable when it returns `Committed`.
+    async fn commit(&self, expect: Option<Version>, commit: Commit) -> Result<CommitOutcome, StoreError>;
+    /// Resolves once everything committed before the call is durable (a reply replayed for a retry may
+    /// belong to a commit whose caller gave up waiting).
+    async fn durable(&self) -> Result<(), StoreError>;
+
+    // Reads for the engine: hints only; the commit enforces.
+    async fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, StoreError>;
+    async fn account(&self, id: &NationalId) -> Result<Option<Account>, StoreError>;
+    async fn tally(&self, key: &CounterKey) -> Result<Tally, StoreError>;
+
+    /// Inserts or updates citizens (the registry import); never touches an account.
+    async fn upsert_citizens(&self, citizens: &[Citizen]) -> Result<(), StoreError>;
+
+    /// Claims up to `n` messages that are due at `now` and not claimed by a live lease, oldest due
+    /// first, for `owner` until `now + lease`. A message whose lease ends unreported is due again.
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        n: usize,
+        lease: Duration,
+        now: Millis,
+    ) -> Result<Vec<QueuedSms>, StoreError>;
+    /// The gateway has it: forget it.
+    async fn outbox_sent(&self, id: u64) -> Result<(), StoreError>;
+    /// Try again at `at` (a temporary failure). Ignored unless `owner` holds the claim.
+    async fn outbox_retry(&self, owner: &str, id: u64, at: Millis, why: &str) -> Result<(), StoreError>;
+    /// Never to be sent: moved to the failed list, with `audit` in the same transaction. Ignored unless
+    /// `owner` holds the claim.
+    async fn outbox_failed(&self, owner: &str, id: u64, why: &str, audit: AuditRecord) -> Result<(), StoreError>;
+    /// Messages waiting (claimed or not), for operators and tests.
+    async fn outbox_len(&self) -> Result<usize, StoreError>;
+    /// Messages that failed for good, oldest first.
+    async fn failed_sms(&self, n: usize) -> Result<Vec<FailedSms>, StoreError>;
+
+    /// Reclaims what `keep` no longer covers at `now`.
+    async fn expire(&self, now: Millis, keep: &Retention) -> Result<Expired, StoreError>;
+
+    /// Up to `n` audit records after the cursor `after` (from the first when `None`), with their cursors.
+    async fn audit_after(&self, after: Option<u64>, n: usize) -> Result<Vec<(u64, AuditRecord)>, StoreError>;
+}
+
+/// Reads the whole audit trail (operators and tests).
+pub async fn audit_all(store: &dyn Store) -> Result<Vec<AuditRecord>, StoreError> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.audit_after(after, 1000).await?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        out.extend(page.into_iter().map(|(_, r)| r));
+    }
+    Ok(out)
 }
 
 mod hex_bytes {

@@ -1,5 +1,12 @@
-//! The embedded store: sled 0.34, one tree per record kind, one multi-tree transaction per hop, and a
-//! group-commit flusher thread.
+//! The embedded store: sled 0.34, one tree per record kind plus time indexes, one multi-tree transaction
+//! per commit, and a group-commit flusher thread.
+//!
+//! Trees: `conversations` (phone → version, conversation), `conv_fresh` and `conv_idle` (time indexes for
+//! [`Store::expire`]: conversations whose retry replies are still kept, and those already swept),
+//! `citizens`, `accounts`, `counters` with `counter_due`, `outbox` with `outbox_due` (when each message
+//! is next due: queued, retried, or its lease ends), `outbox_failed` (by time of failure) and `audit`.
+//! Each index key starts with a big-endian time, so expiry and outbox claims walk a range, never the
+//! whole store.
 //!
 //! Durability: sled's `flush_async` deadlocks under concurrent load (sled issue 1308), and a blocking
 //! `flush` per request would serialize every reply behind its own fsync. Instead one thread owns
@@ -7,20 +14,32 @@
 //! answers them all. Everything committed before a waiter was registered is covered by that flush.
 
 use std::path::Path;
-use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
+use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 use tokio::sync::oneshot;
 
-use super::{AuditRecord, Commit, CommitOutcome, Conversation, Durable, QueuedSms, Store, StoreError};
+use super::{
+    AuditRecord, Commit, CommitOutcome, Conversation, Expired, FailedSms, QueuedSms, Retention, Store, StoreError,
+    Version,
+};
 use crate::clock::Millis;
 use crate::domain::{Msisdn, NationalId};
-use crate::engine::{Account, Citizen, LoginFailures};
+use crate::engine::{Account, Citizen};
+use crate::limits::{self, CounterKey, Tally};
+
+mod migrate;
+
+/// The store layout this build writes. 1: the first release (conversations with a USSD hop cursor,
+/// per-kind limit trees); 2: versioned conversations with channel cursors, counters, time indexes.
+pub const SCHEMA: u32 = 2;
 
 /// Versioned envelopes: what is on disk, apart from the in-memory types.
 #[derive(Serialize, Deserialize)]
@@ -41,53 +60,137 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, St
     }
 }
 
+/// A conversation as stored: `{"v":"2", ...}` (schema 1 wrote `{"v":"1", session, hop}`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "v")]
+enum StoredConv {
+    #[serde(rename = "2")]
+    V2(ConvRecord),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ConvRecord {
+    version: Version,
+    /// The time it is filed under in `conv_fresh` (or `conv_idle` once `swept`).
+    indexed_at: Millis,
+    #[serde(default)]
+    swept: bool,
+    conversation: Conversation,
+}
+
+fn encode_conv(r: ConvRecord) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(&StoredConv::V2(r)).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+fn decode_conv(bytes: &[u8]) -> Result<ConvRecord, StoreError> {
+    match serde_json::from_slice::<StoredConv>(bytes) {
+        Ok(StoredConv::V2(r)) => Ok(r),
+        Err(e) => Err(StoreError::Corrupt { what: "conversation", why: e.to_string() }),
+    }
+}
+
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// An index key: a big-endian time, then the record's key.
+fn at_key(at: Millis, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + rest.len());
+    k.extend_from_slice(&at.0.to_be_bytes());
+    k.extend_from_slice(rest);
+    k
+}
+
+fn split_at_key(k: &[u8]) -> Option<(Millis, &[u8])> {
+    let (t, rest) = k.split_first_chunk::<8>()?;
+    Some((Millis(u64::from_be_bytes(*t)), rest))
+}
+
+fn id_of(bytes: &[u8]) -> Option<u64> {
+    bytes.first_chunk::<8>().map(|b| u64::from_be_bytes(*b))
+}
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
 pub struct SledStore {
     db: sled::Db,
     conversations: sled::Tree,
+    conv_fresh: sled::Tree,
+    conv_idle: sled::Tree,
     citizens: sled::Tree,
     accounts: sled::Tree,
+    counters: sled::Tree,
+    counter_due: sled::Tree,
     outbox: sled::Tree,
+    outbox_due: sled::Tree,
+    outbox_failed: sled::Tree,
     audit: sled::Tree,
-    otp_sends: sled::Tree,
-    login_failures: sled::Tree,
     /// Random, made with the database: outbox message ids are `<instance>-<seq>`, so a fresh database
     /// writing to an old outbox file never collides with the messages already in it.
     instance: String,
-    flush_tx: Mutex<mpsc::Sender<oneshot::Sender<Result<(), String>>>>,
+    flush_tx: Mutex<mpsc::Sender<Waiter>>,
+    flushes: Arc<AtomicU64>,
+}
+
+/// Why a commit transaction stopped.
+enum Abort {
+    Outcome(CommitOutcome),
+    Store(StoreError),
+}
+
+type TxError = ConflictableTransactionError<Abort>;
+
+fn abort_store(e: StoreError) -> TxError {
+    ConflictableTransactionError::Abort(Abort::Store(e))
+}
+
+fn abort(o: CommitOutcome) -> TxError {
+    ConflictableTransactionError::Abort(Abort::Outcome(o))
 }
 
 impl SledStore {
+    /// Opens (or creates) the database at `dir`, migrating a data dir of an earlier schema.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(backend)?;
+        migrate::to_current(&db)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         let instance = instance_id(&db)?;
-        let (tx, rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>();
+        release_claims(&db)?;
+        let (tx, rx) = mpsc::channel::<Waiter>();
         let flusher_db = db.clone();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let counted = flushes.clone();
         thread::Builder::new()
             .name("sled-group-commit".into())
-            .spawn(move || group_commit(flusher_db, rx))
+            .spawn(move || group_commit(flusher_db, rx, counted))
             .map_err(backend)?;
         Ok(SledStore {
             conversations: tree("conversations")?,
+            conv_fresh: tree("conv_fresh")?,
+            conv_idle: tree("conv_idle")?,
             citizens: tree("citizens")?,
             accounts: tree("accounts")?,
+            counters: tree("counters")?,
+            counter_due: tree("counter_due")?,
             outbox: tree("outbox")?,
+            outbox_due: tree("outbox_due")?,
+            outbox_failed: tree("outbox_failed")?,
             audit: tree("audit")?,
-            otp_sends: tree("otp_sends")?,
-            login_failures: tree("login_failures")?,
             db,
             instance,
             flush_tx: Mutex::new(tx),
+            flushes,
         })
     }
 
     /// Flushes synchronously (shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(backend)
+    }
+
+    /// How many group flushes have run: many waiters share one.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::SeqCst)
     }
 
     fn get<T: DeserializeOwned>(
@@ -101,24 +204,66 @@ impl SledStore {
             None => Ok(None),
         }
     }
-}
 
-/// Why a commit transaction stopped.
-enum Abort {
-    AccountExists,
-    Store(StoreError),
-}
+    fn wait_durable(&self) -> oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = match self.flush_tx.lock() {
+            Ok(sender) => sender.send(tx).map_err(|e| e.0),
+            Err(_) => Err(tx),
+        };
+        if let Err(tx) = sent {
+            // The flusher is gone (shutting down): flush here rather than promise durability we lack.
+            let _ = tx.send(self.db.flush().map(|_| ()).map_err(|e| e.to_string()));
+        }
+        rx
+    }
 
-impl Abort {
-    fn store(e: StoreError) -> ConflictableTransactionError<Abort> {
-        ConflictableTransactionError::Abort(Abort::Store(e))
+    /// Sweeps or compacts the conversation filed at `index_key` in `index` (one expiry step).
+    fn expire_conversation(&self, index_key: &[u8], sweep: bool) -> Result<bool, StoreError> {
+        let Some((at, phone)) = split_at_key(index_key) else { return Ok(false) };
+        let phone = phone.to_vec();
+        let trees = (&self.conversations, &self.conv_fresh, &self.conv_idle);
+        let done = trees.transaction(|(conv, fresh, idle)| {
+            let index = if sweep { fresh } else { idle };
+            index.remove(index_key)?;
+            let Some(bytes) = conv.get(&phone)? else { return Ok(false) };
+            let mut r = decode_conv(&bytes).map_err(abort_store)?;
+            if r.indexed_at != at || r.swept == sweep {
+                return Ok(false); // a stale index entry: the record was rewritten since
+            }
+            if sweep {
+                r.conversation.recent.clear();
+                r.conversation.cursors.clear();
+                r.swept = true;
+                idle.insert(at_key(at, &phone), &[])?;
+            } else {
+                match r.conversation.session.idle_form() {
+                    None => {
+                        conv.remove(phone.as_slice())?;
+                        return Ok(true);
+                    }
+                    Some(session) => {
+                        r.conversation = Conversation::new(session);
+                        r.indexed_at = Millis(0); // filed nowhere: nothing more to expire
+                        r.swept = true;
+                    }
+                }
+            }
+            r.version = conv.generate_id()? + 1;
+            conv.insert(phone.as_slice(), encode_conv(r).map_err(abort_store)?)?;
+            Ok(true)
+        });
+        tx_result(done)
     }
 }
 
-/// The OTP send times of one phone, as stored.
-#[derive(Serialize, Deserialize, Default)]
-struct OtpSends {
-    times: Vec<Millis>,
+fn tx_result<T>(r: Result<T, TransactionError<Abort>>) -> Result<T, StoreError> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(TransactionError::Abort(Abort::Store(e))) => Err(e),
+        Err(TransactionError::Abort(Abort::Outcome(o))) => Err(StoreError::Backend(format!("unexpected {o:?}"))),
+        Err(TransactionError::Storage(e)) => Err(backend(e)),
+    }
 }
 
 fn instance_id(db: &sled::Db) -> Result<String, StoreError> {
@@ -134,279 +279,344 @@ fn instance_id(db: &sled::Db) -> Result<String, StoreError> {
     Ok(id)
 }
 
-fn group_commit(db: sled::Db, rx: mpsc::Receiver<oneshot::Sender<Result<(), String>>>) {
+/// Makes every claimed message due again at once. sled allows one process per data dir, so any claim found
+/// at open belongs to a process that died holding it; its message need not wait for the lease to end.
+fn release_claims(db: &sled::Db) -> Result<(), StoreError> {
+    let (outbox, due) = (db.open_tree("outbox").map_err(backend)?, db.open_tree("outbox_due").map_err(backend)?);
+    for kv in outbox.iter() {
+        let (key, bytes) = kv.map_err(backend)?;
+        let mut sms: QueuedSms = decode("outbox", &bytes)?;
+        if sms.claimed_by.take().is_none() {
+            continue;
+        }
+        due.remove(at_key(sms.due_at, &key)).map_err(backend)?;
+        sms.due_at = sms.queued_at;
+        due.insert(at_key(sms.due_at, &key), &[]).map_err(backend)?;
+        outbox.insert(&key, encode(&sms)?).map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn group_commit(db: sled::Db, rx: mpsc::Receiver<Waiter>, flushes: Arc<AtomicU64>) {
     while let Ok(first) = rx.recv() {
         let mut waiters = vec![first];
         waiters.extend(rx.try_iter());
         let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        flushes.fetch_add(1, Ordering::SeqCst);
         for w in waiters {
             let _ = w.send(result.clone());
         }
     }
 }
 
+/// Applies one counted event inside a commit transaction.
+fn bump(counters: &TransactionalTree, due: &TransactionalTree, b: &limits::Bump, now: Millis) -> Result<(), TxError> {
+    let key = b.key.as_str().as_bytes();
+    let old: Option<Tally> = match counters.get(key)? {
+        Some(bytes) => Some(decode("counter", &bytes).map_err(abort_store)?),
+        None => None,
+    };
+    let current = old.clone().unwrap_or_default();
+    let (next, effect) = match limits::apply(&b.rule, &current, now) {
+        Ok(v) => v,
+        Err(limit) => return Err(abort(CommitOutcome::LimitReached(limit))),
+    };
+    if effect != b.expect {
+        return Err(abort(CommitOutcome::Conflict));
+    }
+    if let Some(old) = &old {
+        due.remove(at_key(old.expires_at, key))?;
+    }
+    if next.is_empty() {
+        counters.remove(key)?;
+    } else {
+        due.insert(at_key(next.expires_at, key), &[])?;
+        counters.insert(key, encode(&next).map_err(abort_store)?)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
 impl Store for SledStore {
     fn instance(&self) -> &str {
         &self.instance
     }
 
-    fn conversation(&self, phone: &Msisdn) -> Result<Option<Conversation>, StoreError> {
-        self.get(&self.conversations, "conversation", phone.as_str().as_bytes())
-    }
-
-    fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, StoreError> {
-        self.get(&self.citizens, "citizen", id.as_str().as_bytes())
-    }
-
-    fn account(&self, id: &NationalId) -> Result<Option<Account>, StoreError> {
-        self.get(&self.accounts, "account", id.as_str().as_bytes())
-    }
-
-    fn otp_sends(&self, phone: &Msisdn) -> Result<Vec<Millis>, StoreError> {
-        let sends: Option<OtpSends> = self.get(&self.otp_sends, "otp sends", phone.as_str().as_bytes())?;
-        Ok(sends.map(|s| s.times).unwrap_or_default())
-    }
-
-    fn login_failures(&self, id: &NationalId) -> Result<LoginFailures, StoreError> {
-        Ok(self.get(&self.login_failures, "login failures", id.as_str().as_bytes())?.unwrap_or_default())
-    }
-
-    fn upsert_citizen(&self, citizen: &Citizen) -> Result<(), StoreError> {
-        let bytes = encode(citizen)?;
-        let key = citizen.national_id.as_str().as_bytes();
-        if self.citizens.get(key).map_err(backend)?.as_deref() != Some(&bytes[..]) {
-            self.citizens.insert(key, bytes).map_err(backend)?;
+    async fn load(&self, phone: &Msisdn) -> Result<Option<(Conversation, Version)>, StoreError> {
+        match self.conversations.get(phone.as_str().as_bytes()).map_err(backend)? {
+            Some(bytes) => decode_conv(&bytes).map(|r| Some((r.conversation, r.version))),
+            None => Ok(None),
         }
-        Ok(())
     }
 
-    fn commit(&self, c: Commit) -> Result<CommitOutcome, StoreError> {
-        let conversation = encode(&c.conversation)?;
+    async fn commit(&self, expect: Option<Version>, c: Commit) -> Result<CommitOutcome, StoreError> {
         let account = match &c.activate {
             Some(a) => Some((a.national_id.as_str().as_bytes().to_vec(), encode(a)?)),
             None => None,
         };
         let audit: Vec<Vec<u8>> = c.audit.iter().map(encode).collect::<Result<_, _>>()?;
-        let login: Vec<(Vec<u8>, Vec<u8>)> = c
-            .login_failures
-            .iter()
-            .map(|(id, f)| Ok((id.as_str().as_bytes().to_vec(), encode(f)?)))
-            .collect::<Result<_, StoreError>>()?;
-        let trees =
-            (&self.conversations, &self.accounts, &self.outbox, &self.audit, &self.otp_sends, &self.login_failures);
-        let result = trees.transaction(|(conv, accounts, outbox, audit_tree, sends, failures)| {
-            for (key, bytes) in &login {
-                failures.insert(key.as_slice(), bytes.as_slice())?;
-            }
-            if let Some((key, bytes)) = &account {
-                if accounts.get(key)?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(Abort::AccountExists));
+        let phone = c.phone.as_str().as_bytes().to_vec();
+        let trees = (
+            &self.conversations,
+            &self.conv_fresh,
+            &self.conv_idle,
+            &self.accounts,
+            &self.outbox,
+            &self.outbox_due,
+            &self.audit,
+            &self.counters,
+            &self.counter_due,
+        );
+        let result = trees.transaction(
+            |(conv, fresh, idle, accounts, outbox, outbox_due, audit_tree, counters, counter_due)| {
+                let current = match conv.get(&phone)? {
+                    Some(bytes) => Some(decode_conv(&bytes).map_err(abort_store)?),
+                    None => None,
+                };
+                if current.as_ref().map(|r| r.version) != expect {
+                    return Err(abort(CommitOutcome::Conflict));
                 }
-                accounts.insert(key.as_slice(), bytes.as_slice())?;
+                for b in &c.bumps {
+                    bump(counters, counter_due, b, c.at)?;
+                }
+                if let Some((key, bytes)) = &account {
+                    if accounts.get(key)?.is_some() {
+                        return Err(abort(CommitOutcome::AccountExists));
+                    }
+                    accounts.insert(key.as_slice(), bytes.as_slice())?;
+                }
+                if let Some(old) = &current {
+                    let index = if old.swept { idle } else { fresh };
+                    index.remove(at_key(old.indexed_at, &phone))?;
+                }
+                let version = conv.generate_id()? + 1;
+                let record =
+                    ConvRecord { version, indexed_at: c.at, swept: false, conversation: c.conversation.clone() };
+                conv.insert(phone.as_slice(), encode_conv(record).map_err(abort_store)?)?;
+                fresh.insert(at_key(c.at, &phone), &[])?;
+                for sms in &c.sms {
+                    let id = outbox.generate_id()?;
+                    let record = QueuedSms {
+                        id,
+                        to: sms.to.clone(),
+                        purpose: sms.purpose,
+                        sealed: sms.sealed.clone(),
+                        queued_at: c.at,
+                        attempts: 0,
+                        give_up_at: sms.give_up_at,
+                        last_error: None,
+                        due_at: c.at,
+                        claimed_by: None,
+                    };
+                    outbox.insert(&id.to_be_bytes(), encode(&record).map_err(abort_store)?)?;
+                    outbox_due.insert(at_key(c.at, &id.to_be_bytes()), &[])?;
+                }
+                for a in &audit {
+                    let id = audit_tree.generate_id()?;
+                    audit_tree.insert(&id.to_be_bytes(), a.as_slice())?;
+                }
+                Ok(version)
+            },
+        );
+        let version = match result {
+            Ok(v) => v,
+            Err(TransactionError::Abort(Abort::Outcome(o))) => return Ok(o),
+            Err(TransactionError::Abort(Abort::Store(e))) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(backend(e)),
+        };
+        self.durable().await?;
+        Ok(CommitOutcome::Committed(version))
+    }
+
+    async fn durable(&self) -> Result<(), StoreError> {
+        self.wait_durable().await.map_err(backend)?.map_err(StoreError::Backend)
+    }
+
+    async fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, StoreError> {
+        self.get(&self.citizens, "citizen", id.as_str().as_bytes())
+    }
+
+    async fn account(&self, id: &NationalId) -> Result<Option<Account>, StoreError> {
+        self.get(&self.accounts, "account", id.as_str().as_bytes())
+    }
+
+    async fn tally(&self, key: &CounterKey) -> Result<Tally, StoreError> {
+        Ok(self.get(&self.counters, "counter", key.as_str().as_bytes())?.unwrap_or_default())
+    }
+
+    async fn upsert_citizens(&self, citizens: &[Citizen]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for citizen in citizens {
+            let bytes = encode(citizen)?;
+            let key = citizen.national_id.as_str().as_bytes();
+            // Unchanged rows are not rewritten: a restart re-imports the registry.
+            if self.citizens.get(key).map_err(backend)?.as_deref() != Some(&bytes[..]) {
+                batch.insert(key, bytes);
             }
-            conv.insert(c.phone.as_str().as_bytes(), conversation.as_slice())?;
-            for sms in &c.sms {
-                let id = outbox.generate_id()?;
-                let record = QueuedSms { id, ..sms.clone() };
-                let bytes = encode(&record).map_err(Abort::store)?;
-                outbox.insert(&id.to_be_bytes(), bytes)?;
+        }
+        self.citizens.apply_batch(batch).map_err(backend)
+    }
+
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        n: usize,
+        lease: Duration,
+        now: Millis,
+    ) -> Result<Vec<QueuedSms>, StoreError> {
+        let mut claimed = Vec::new();
+        let end = at_key(Millis(now.0.saturating_add(1)), &[]);
+        let due: Vec<sled::IVec> =
+            self.outbox_due.range(..end).keys().take(n).collect::<Result<_, _>>().map_err(backend)?;
+        for index_key in due {
+            let Some((_, id)) = split_at_key(&index_key) else { continue };
+            let id = id.to_vec();
+            let until = now.plus(lease);
+            let got = (&self.outbox, &self.outbox_due).transaction(|(outbox, outbox_due)| {
+                if outbox_due.remove(&*index_key)?.is_none() {
+                    return Ok(None); // claimed by someone else meanwhile
+                }
+                let Some(bytes) = outbox.get(&id)? else { return Ok(None) };
+                let mut sms: QueuedSms = decode("outbox", &bytes).map_err(abort_store)?;
+                sms.attempts = sms.attempts.saturating_add(1);
+                sms.due_at = until;
+                sms.claimed_by = Some(owner.to_string());
+                outbox.insert(id.as_slice(), encode(&sms).map_err(abort_store)?)?;
+                outbox_due.insert(at_key(until, &id), &[])?;
+                Ok(Some(sms))
+            });
+            if let Some(sms) = tx_result(got)? {
+                claimed.push(sms);
             }
-            for a in &audit {
-                let id = audit_tree.generate_id()?;
-                audit_tree.insert(&id.to_be_bytes(), a.as_slice())?;
-            }
-            for phone in &c.otp_sent {
-                let key = phone.as_str().as_bytes();
-                let mut times: Vec<Millis> = sends
-                    .get(key)?
-                    .and_then(|b| decode::<OtpSends>("otp sends", &b).ok())
-                    .map(|s| s.times)
-                    .unwrap_or_default();
-                times.retain(|t| c.at.since(*t) < super::OTP_SENDS_KEPT);
-                times.push(c.at);
-                let bytes = encode(OtpSends { times }).map_err(Abort::store)?;
-                sends.insert(key, bytes)?;
+        }
+        Ok(claimed)
+    }
+
+    async fn outbox_sent(&self, id: u64) -> Result<(), StoreError> {
+        let key = id.to_be_bytes();
+        let done = (&self.outbox, &self.outbox_due).transaction(|(outbox, outbox_due)| {
+            if let Some(bytes) = outbox.remove(&key)? {
+                let sms: QueuedSms = decode("outbox", &bytes).map_err(abort_store)?;
+                outbox_due.remove(at_key(sms.due_at, &key))?;
             }
             Ok(())
         });
-        match result {
-            Ok(()) => Ok(CommitOutcome::Committed),
-            Err(TransactionError::Abort(Abort::AccountExists)) => Ok(CommitOutcome::AccountExists),
-            Err(TransactionError::Abort(Abort::Store(e))) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(backend(e)),
-        }
+        tx_result(done)
     }
 
-    fn durable(&self) -> Durable {
-        let (tx, rx) = oneshot::channel();
-        let sent = match self.flush_tx.lock() {
-            Ok(sender) => sender.send(tx).map_err(|e| e.0),
-            Err(_) => Err(tx),
-        };
-        if let Err(tx) = sent {
-            // The flusher is gone (shutting down): flush here rather than promise durability we lack.
-            let _ = tx.send(self.db.flush().map(|_| ()).map_err(|e| e.to_string()));
-        }
-        rx
-    }
-
-    fn outbox(&self, limit: usize) -> Result<Vec<QueuedSms>, StoreError> {
-        self.outbox.iter().take(limit).map(|kv| kv.map_err(backend).and_then(|(_, v)| decode("outbox", &v))).collect()
-    }
-
-    fn outbox_done(&self, id: u64) -> Result<(), StoreError> {
-        self.outbox.remove(id.to_be_bytes()).map(|_| ()).map_err(backend)
-    }
-
-    fn sweep_hops(&self, cutoff: Millis) -> Result<usize, StoreError> {
-        let mut cleared = 0;
-        for kv in self.conversations.iter() {
-            let (key, old) = kv.map_err(backend)?;
-            let Ok(mut conv) = decode::<Conversation>("conversation", &old) else { continue };
-            if conv.hop.is_none() || conv.session.updated_at >= cutoff {
-                continue;
+    async fn outbox_retry(&self, owner: &str, id: u64, at: Millis, why: &str) -> Result<(), StoreError> {
+        let key = id.to_be_bytes();
+        let done = (&self.outbox, &self.outbox_due).transaction(|(outbox, outbox_due)| {
+            let Some(bytes) = outbox.get(key)? else { return Ok(()) };
+            let mut sms: QueuedSms = decode("outbox", &bytes).map_err(abort_store)?;
+            if sms.claimed_by.as_deref() != Some(owner) {
+                return Ok(());
             }
-            conv.hop = None;
-            let new = encode(&conv)?;
-            // Compare-and-swap: if a hop rewrote the conversation since we read it, leave it alone.
-            if let Ok(Ok(())) = self.conversations.compare_and_swap(&key, Some(old), Some(new)) {
-                cleared += 1;
+            outbox_due.remove(at_key(sms.due_at, &key))?;
+            sms.due_at = at;
+            sms.claimed_by = None;
+            sms.last_error = Some(why.to_string());
+            outbox.insert(&key, encode(&sms).map_err(abort_store)?)?;
+            outbox_due.insert(at_key(at, &key), &[])?;
+            Ok(())
+        });
+        tx_result(done)
+    }
+
+    async fn outbox_failed(&self, owner: &str, id: u64, why: &str, audit: AuditRecord) -> Result<(), StoreError> {
+        let key = id.to_be_bytes();
+        let audit_bytes = encode(&audit)?;
+        let trees = (&self.outbox, &self.outbox_due, &self.outbox_failed, &self.audit);
+        let done = trees.transaction(|(outbox, outbox_due, failed, audit_tree)| {
+            let Some(bytes) = outbox.get(key)? else { return Ok(false) };
+            let sms: QueuedSms = decode("outbox", &bytes).map_err(abort_store)?;
+            if sms.claimed_by.as_deref() != Some(owner) {
+                return Ok(false);
+            }
+            outbox.remove(&key)?;
+            outbox_due.remove(at_key(sms.due_at, &key))?;
+            let record = FailedSms { sms, failed_at: audit.at, why: why.to_string() };
+            failed.insert(at_key(audit.at, &key), encode(&record).map_err(abort_store)?)?;
+            let aid = audit_tree.generate_id()?;
+            audit_tree.insert(&aid.to_be_bytes(), audit_bytes.as_slice())?;
+            Ok(true)
+        });
+        let written = tx_result(done)?;
+        if written {
+            self.durable().await?;
+        }
+        Ok(())
+    }
+
+    async fn outbox_len(&self) -> Result<usize, StoreError> {
+        Ok(self.outbox.len())
+    }
+
+    async fn failed_sms(&self, n: usize) -> Result<Vec<FailedSms>, StoreError> {
+        self.outbox_failed
+            .iter()
+            .values()
+            .take(n)
+            .map(|v| v.map_err(backend).and_then(|v| decode("failed sms", &v)))
+            .collect()
+    }
+
+    async fn expire(&self, now: Millis, keep: &Retention) -> Result<Expired, StoreError> {
+        let mut out = Expired::default();
+        let cutoff = |d: Duration| at_key(Millis(now.0.saturating_sub(d.as_millis() as u64)), &[]);
+        for (index, sweep) in [(&self.conv_fresh, true), (&self.conv_idle, false)] {
+            let end = cutoff(if sweep { keep.replies } else { keep.conversations });
+            let keys: Vec<sled::IVec> = index.range(..end).keys().collect::<Result<_, _>>().map_err(backend)?;
+            for k in keys {
+                if self.expire_conversation(&k, sweep)? {
+                    if sweep {
+                        out.swept += 1;
+                    } else {
+                        out.conversations += 1;
+                    }
+                }
             }
         }
-        Ok(cleared)
-    }
-
-    fn audit(&self) -> Result<Vec<AuditRecord>, StoreError> {
-        self.audit.iter().map(|kv| kv.map_err(backend).and_then(|(_, v)| decode("audit", &v))).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::{AuditEvent, Session, Slots, SmsPurpose};
-    use crate::flow::Lang;
-    use crate::store::QueuedSms;
-
-    fn conversation(state: &str) -> Conversation {
-        let session =
-            Session { lang: Lang::Vi, state: state.into(), tries: 0, updated_at: Millis(1), slots: Slots::default() };
-        Conversation { session, hop: None }
-    }
-
-    fn account(id: &NationalId, phone: &Msisdn) -> Account {
-        Account {
-            national_id: id.clone(),
-            phone: phone.clone(),
-            password_hash: "$argon2id$x".into(),
-            passcode_hash: "$argon2id$y".into(),
-            questions: Vec::new(),
-            activated_at: Millis(1),
+        let end = at_key(Millis(now.0.saturating_add(1)), &[]);
+        let keys: Vec<sled::IVec> = self.counter_due.range(..end).keys().collect::<Result<_, _>>().map_err(backend)?;
+        for k in keys {
+            let Some((at, name)) = split_at_key(&k) else { continue };
+            let name = name.to_vec();
+            let done = (&self.counters, &self.counter_due).transaction(|(counters, due)| {
+                due.remove(&*k)?;
+                let Some(bytes) = counters.get(&name)? else { return Ok(false) };
+                let tally: Tally = decode("counter", &bytes).map_err(abort_store)?;
+                if tally.expires_at != at || tally.expires_at > now {
+                    return Ok(false);
+                }
+                counters.remove(name.as_slice())?;
+                Ok(true)
+            });
+            if tx_result(done)? {
+                out.counters += 1;
+            }
         }
+        let end = cutoff(keep.failed_sms);
+        let keys: Vec<sled::IVec> =
+            self.outbox_failed.range(..end).keys().collect::<Result<_, _>>().map_err(backend)?;
+        for k in keys {
+            if self.outbox_failed.remove(&k).map_err(backend)?.is_some() {
+                out.failed_sms += 1;
+            }
+        }
+        Ok(out)
     }
 
-    #[tokio::test]
-    async fn a_second_activation_of_one_id_is_refused_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let id = NationalId::parse("001099012345", 2026).unwrap();
-        let (a, b) = (Msisdn::parse("0912345678").unwrap(), Msisdn::parse("0987654321").unwrap());
-        let sms = QueuedSms {
-            id: 0,
-            to: a.clone(),
-            purpose: SmsPurpose::Activated,
-            sealed: vec![1, 2],
-            queued_at: Millis(1),
-        };
-        let audit = AuditRecord {
-            at: Millis(1),
-            caller: a.clone(),
-            event: AuditEvent { event: "activated".into(), national_id: Some(id.clone()), phone: Some(a.clone()) },
-        };
-        let first = Commit {
-            at: Millis(1),
-            otp_sent: vec![],
-            login_failures: vec![],
-            phone: a.clone(),
-            conversation: conversation("menu"),
-            activate: Some(account(&id, &a)),
-            sms: vec![sms.clone()],
-            audit: vec![audit.clone()],
-        };
-        assert_eq!(store.commit(first).unwrap(), CommitOutcome::Committed);
-        let second = Commit {
-            at: Millis(1),
-            otp_sent: vec![],
-            login_failures: vec![],
-            phone: b.clone(),
-            conversation: conversation("menu"),
-            activate: Some(account(&id, &b)),
-            sms: vec![sms],
-            audit: vec![audit],
-        };
-        assert_eq!(store.commit(second).unwrap(), CommitOutcome::AccountExists);
-        assert!(store.conversation(&b).unwrap().is_none(), "nothing of the refused commit was written");
-        assert_eq!(store.outbox(10).unwrap().len(), 1);
-        assert_eq!(store.audit().unwrap().len(), 1);
-        assert_eq!(store.account(&id).unwrap().unwrap().phone, a);
-        store.durable().await.unwrap().unwrap();
-    }
-
-    #[test]
-    fn idle_hop_cursors_are_swept_and_fresh_ones_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let cursor =
-            crate::store::HopCursor { session_mac: "00".into(), text_len: 0, text_mac: "00".into(), recent: vec![] };
-        for (phone, at) in [("0912345678", 1_000), ("0987654321", 900_000)] {
-            let mut conversation = conversation("act_otp");
-            conversation.session.updated_at = Millis(at);
-            conversation.hop = Some(cursor.clone());
-            let phone = Msisdn::parse(phone).unwrap();
-            store
-                .commit(Commit {
-                    at: Millis(1),
-                    phone,
-                    conversation,
-                    activate: None,
-                    sms: vec![],
-                    audit: vec![],
-                    otp_sent: vec![],
-                    login_failures: vec![],
-                })
-                .unwrap();
-        }
-        assert_eq!(store.sweep_hops(Millis(600_000)).unwrap(), 1);
-        let old = store.conversation(&Msisdn::parse("0912345678").unwrap()).unwrap().unwrap();
-        assert!(old.hop.is_none() && old.session.state == "act_otp", "only the cursor goes");
-        assert!(store.conversation(&Msisdn::parse("0987654321").unwrap()).unwrap().unwrap().hop.is_some());
-    }
-
-    #[tokio::test]
-    async fn many_waiters_share_group_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
-        let mut tasks = Vec::new();
-        for i in 0..64u32 {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move {
-                let phone = Msisdn::parse(&format!("09123{i:05}")).unwrap();
-                let c = Commit {
-                    at: Millis(1),
-                    phone,
-                    conversation: conversation("menu"),
-                    activate: None,
-                    sms: vec![],
-                    audit: vec![],
-                    otp_sent: vec![],
-                    login_failures: vec![],
-                };
-                store.commit(c).unwrap();
-                store.durable().await.unwrap().unwrap();
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
+    async fn audit_after(&self, after: Option<u64>, n: usize) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
+        let start = after.map(|a| a.saturating_add(1)).unwrap_or(0);
+        self.audit
+            .range(start.to_be_bytes()..)
+            .take(n)
+            .map(|kv| {
+                let (k, v) = kv.map_err(backend)?;
+                let id = id_of(&k).ok_or(StoreError::Corrupt { what: "audit key", why: "short".into() })?;
+                Ok((id, decode("audit", &v)?))
+            })
+            .collect()
     }
 }

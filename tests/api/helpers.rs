@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use kichhoat::app::App;
 use kichhoat::clock::{Clock, ManualClock, Millis};
-use kichhoat::config::{Common, Settings};
+use kichhoat::config::{Common, Settings, StoreKind};
 use kichhoat::crypto::HashCost;
 use kichhoat::domain::text::fold_diacritics;
 use kichhoat::flow::Charset;
@@ -27,7 +27,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         key_file: None,
         ussd_charset: Charset::Gsm7,
     };
-    Settings::new(data_dir.to_path_buf(), None, &common)
+    Settings::new(data_dir.to_path_buf(), None, StoreKind::Sled, &common)
 }
 
 /// A running in-process server.
@@ -53,10 +53,10 @@ impl TestServer {
 
     pub async fn start_with(dir: tempfile::TempDir, settings: Settings) -> TestServer {
         let clock = Arc::new(ManualClock::new(T0));
-        let app = App::open(&settings, clock.clone() as Arc<dyn Clock>, HashCost::DANGER_TEST_ONLY).unwrap();
+        let app = App::open(&settings, clock.clone() as Arc<dyn Clock>, HashCost::DANGER_TEST_ONLY).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let router = kichhoat::http::router(app.service.clone());
+        let router = kichhoat::http::router(app.web.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
@@ -68,11 +68,16 @@ impl TestServer {
     }
 
     /// Delivers queued SMS now (the worker would within a second) and returns every line of the outbox.
+    /// The background worker may hold a message's claim meanwhile: wait until the outbox is empty.
     pub async fn outbox(&self) -> Vec<OutboxLine> {
         let app = self.app();
-        kichhoat::sms::worker::deliver_pending(app.store.as_ref(), &app.service.crypto, app.sender.as_ref())
-            .await
-            .unwrap();
+        for _ in 0..500 {
+            app.worker.deliver_due().await.unwrap();
+            if app.store.outbox_len().await.unwrap() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         read_outbox(&self.outbox)
     }
 

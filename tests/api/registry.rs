@@ -8,7 +8,6 @@ use kichhoat::clock::{Clock, ManualClock};
 use kichhoat::crypto::HashCost;
 use kichhoat::domain::NationalId;
 use kichhoat::registry::import_csv;
-use kichhoat::store::Store;
 
 use crate::helpers::{settings, TestServer, T0};
 
@@ -28,12 +27,13 @@ async fn malformed_rows_are_reported_by_line_and_skipped() {
     .unwrap();
     let mut s = settings(&dir.path().join("data"));
     s.registry = Some(csv.clone());
-    let app = App::open(&s, Arc::new(ManualClock::new(T0)) as Arc<dyn Clock>, HashCost::DANGER_TEST_ONLY).unwrap();
-    let report = import_csv(&csv, app.store.as_ref(), 2026).unwrap();
+    let app =
+        App::open(&s, Arc::new(ManualClock::new(T0)) as Arc<dyn Clock>, HashCost::DANGER_TEST_ONLY).await.unwrap();
+    let report = import_csv(&csv, app.store.as_ref(), 2026).await.unwrap();
     assert_eq!(report.imported, 2);
     let lines: Vec<u64> = report.skipped.iter().map(|(l, _)| *l).collect();
     assert_eq!(lines, [3, 4, 5]);
-    let quoted = app.store.citizen(&NationalId::parse("001199012348", 2026).unwrap()).unwrap().unwrap();
+    let quoted = app.store.citizen(&NationalId::parse("001199012348", 2026).unwrap()).await.unwrap().unwrap();
     assert_eq!(quoted.full_name, "Trần, Thị Quote");
     app.shutdown().await;
 }
@@ -46,6 +46,6 @@ async fn re_importing_the_registry_never_resets_an_activation() {
     // Same data dir, the registry imported again at start.
     let server = TestServer::start_in(dir).await;
     let id = NationalId::parse("001099012345", 2026).unwrap();
-    assert!(server.app().store.account(&id).unwrap().is_some());
+    assert!(server.app().store.account(&id).await.unwrap().is_some());
     server.stop().await;
 }

@@ -14,11 +14,10 @@ use kichhoat::channel::africastalking::response;
 use kichhoat::clock::Millis;
 use kichhoat::crypto::{Crypto, HashCost};
 use kichhoat::domain::{Msisdn, NationalId, Secret};
-use kichhoat::engine::{
-    self, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, LoginFailures, Session, SmsPurpose,
-};
+use kichhoat::engine::{self, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Session};
 use kichhoat::flow::catalog::to_gsm7;
 use kichhoat::flow::{Charset, Flow};
+use kichhoat::limits::{self, CounterKey, Tally};
 
 use crate::helpers::{fold, otp_in, repo, AtPhone, TestServer, T0};
 
@@ -138,8 +137,7 @@ async fn run(file: &str, t: &Transcript, driver: &mut impl Driver, via: &str) {
 struct MemDirectory {
     citizens: HashMap<String, Citizen>,
     accounts: HashMap<String, Account>,
-    otp_sends: HashMap<String, Vec<Millis>>,
-    login_failures: HashMap<String, LoginFailures>,
+    counters: HashMap<CounterKey, Tally>,
 }
 
 impl Directory for MemDirectory {
@@ -149,11 +147,8 @@ impl Directory for MemDirectory {
     fn account(&self, id: &NationalId) -> Result<Option<Account>, DirectoryError> {
         Ok(self.accounts.get(id.as_str()).cloned())
     }
-    fn otp_sends(&self, phone: &Msisdn) -> Result<Vec<Millis>, DirectoryError> {
-        Ok(self.otp_sends.get(phone.as_str()).cloned().unwrap_or_default())
-    }
-    fn login_failures(&self, id: &NationalId) -> Result<LoginFailures, DirectoryError> {
-        Ok(self.login_failures.get(id.as_str()).copied().unwrap_or_default())
+    fn tally(&self, key: &CounterKey) -> Result<Tally, DirectoryError> {
+        Ok(self.counters.get(key).cloned().unwrap_or_default())
     }
 }
 
@@ -205,17 +200,16 @@ impl EngineDriver {
         let mut sms = Vec::new();
         for e in turn.effects {
             match e {
-                Effect::Sms { to, body, purpose } => {
-                    if purpose == SmsPurpose::Otp {
-                        self.dir.otp_sends.entry(to.as_str().to_string()).or_default().push(self.now);
-                    }
-                    sms.push((to.e164(), to_gsm7(body.expose())))
-                }
+                Effect::Sms { to, body, .. } => sms.push((to.e164(), to_gsm7(body.expose()))),
                 Effect::Activate(a) => {
                     self.dir.accounts.insert(a.national_id.as_str().to_string(), a);
                 }
-                Effect::LoginFailures(id, record) => {
-                    self.dir.login_failures.insert(id.as_str().to_string(), record);
+                Effect::Count(bump) => {
+                    // One conversation at a time: the engine's read is exact, so the rule must agree.
+                    let old = self.dir.counters.get(&bump.key).cloned().unwrap_or_default();
+                    let (next, effect) = limits::apply(&bump.rule, &old, self.now).unwrap();
+                    assert_eq!(effect, bump.expect);
+                    self.dir.counters.insert(bump.key, next);
                 }
                 Effect::Audit(_) => {}
             }
@@ -229,7 +223,7 @@ impl Driver for EngineDriver {
         self.now = self.now.plus(d);
     }
     async fn dial(&mut self) -> Seen {
-        self.step(Inbound::Dial)
+        self.step(Inbound::Start { choices: Vec::new() })
     }
     async fn send(&mut self, input: &str) -> Seen {
         self.step(Inbound::Text(Secret::new(input)))

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use kichhoat::domain::Msisdn;
-use kichhoat::store::Store;
 
 use crate::helpers::{fold, otp_in, post_at, AtPhone, TestServer};
 
@@ -170,7 +169,7 @@ async fn requests_the_server_cannot_understand_get_a_4xx_and_change_nothing() {
         .unwrap();
     assert!(resp.status().is_client_error());
     let phone = Msisdn::parse("+84912345678").unwrap();
-    assert!(server.app().store.conversation(&phone).unwrap().is_none(), "nothing was stored");
+    assert!(server.app().store.load(&phone).await.unwrap().is_none(), "nothing was stored");
     let health = reqwest::get(format!("{}/healthz", server.url)).await.unwrap();
     assert_eq!(health.status(), 200);
     server.stop().await;
@@ -247,7 +246,8 @@ async fn ten_failed_log_ins_lock_the_id_for_15_minutes_whether_or_not_it_has_an_
     assert!(locked.contains("tam khoa"), "{locked}");
     server.clock.advance(std::time::Duration::from_secs(15 * 60 + 1));
     assert!(fold(&login(&server, "+84912345678", "001099012345", "Abc*1234x").await).contains("Xin chao"));
-    let events: Vec<String> = server.app().store.audit().unwrap().into_iter().map(|a| a.event.event).collect();
+    let audit = kichhoat::store::audit_all(server.app().store.as_ref()).await.unwrap();
+    let events: Vec<String> = audit.into_iter().map(|a| a.event.event).collect();
     assert_eq!(events.iter().filter(|e| *e == "login_locked").count(), 2, "every lockout is audited");
     server.stop().await;
 }
