@@ -1,0 +1,58 @@
+//! Log-in with the ID number and the password. One refusal for an unknown ID number, an account not
+//! activated yet and a wrong password, taking the same time (OWASP Authentication Cheat Sheet); failures
+//! are counted per ID number and lock log-in after [`LOGIN_MAX_FAILURES`] (NIST SP 800-63B §5.2.2).
+
+use super::{audit, misuse, Act, LOGIN_LOCKOUT, LOGIN_MAX_FAILURES};
+use crate::domain::{NationalId, Secret};
+use crate::engine::{Ctx, Effect, EngineError, LoginFailures, Out, Session, Slots};
+use crate::flow::catalog::NAME_MAX;
+
+/// `start_login`: a fresh log-in for the ID number typed. The same as starting an activation today; kept
+/// apart because log-in is about to gather different things.
+pub(super) fn start_login(id: NationalId, s: &mut Session, ctx: &Ctx) -> Result<Act, EngineError> {
+    s.slots = Slots { started_at: Some(ctx.now), national_id: Some(id), ..Slots::default() };
+    Ok(Act::Go("done", None))
+}
+
+/// `login`: the password typed against the account's, unless the ID number is locked.
+pub(super) fn login(pw: Secret, s: &mut Session, ctx: &Ctx, out: &mut Out) -> Result<Act, EngineError> {
+    let now = ctx.now;
+    let id = s.slots.national_id.clone().ok_or_else(|| misuse(s, "login before an ID number"))?;
+    // Counted per ID number whether or not it has an account, so a lockout reveals nothing.
+    let mut failures = ctx.directory.login_failures(&id)?;
+    if failures.locked_until.is_some_and(|t| now < t) {
+        audit(out, "login_while_locked", Some(&id), Some(ctx.caller));
+        return Ok(Act::Go("locked", None));
+    }
+    let account = ctx.directory.account(&id)?;
+    let ok = match &account {
+        Some(a) => ctx.crypto.verify_secret(pw.expose(), &a.password_hash),
+        None => {
+            ctx.crypto.dummy_verify(pw.expose()); // same time whether or not the account exists
+            false
+        }
+    };
+    let citizen = if ok { ctx.directory.citizen(&id)? } else { None };
+    match citizen {
+        Some(c) => {
+            out.args.push(("name", c.full_name.chars().take(NAME_MAX).collect()));
+            audit(out, "login_ok", Some(&id), Some(ctx.caller));
+            if failures != LoginFailures::default() {
+                out.effects.push(Effect::LoginFailures(id, LoginFailures::default()));
+            }
+            Ok(Act::Go("ok", None))
+        }
+        None => {
+            audit(out, "login_failed", Some(&id), Some(ctx.caller));
+            failures.consecutive = failures.consecutive.saturating_add(1);
+            failures.locked_until = None;
+            let locked = failures.consecutive >= LOGIN_MAX_FAILURES;
+            if locked {
+                failures = LoginFailures { consecutive: 0, locked_until: Some(now.plus(LOGIN_LOCKOUT)) };
+                audit(out, "login_locked", Some(&id), Some(ctx.caller));
+            }
+            out.effects.push(Effect::LoginFailures(id, failures));
+            Ok(Act::Go(if locked { "locked" } else { "refused" }, None))
+        }
+    }
+}
