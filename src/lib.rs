@@ -14,8 +14,13 @@
 //! ```
 //!
 //! - [`domain`]: parsed identifiers and secrets (`NationalId`, `Msisdn`, `Password`, `Otp`, ...).
-//! - [`flow`]: flow files and message catalogues as checked data (`kichhoat check`).
-//! - [`engine`]: the conversation step, its validators and named actions; no IO, no clock, no tokio.
+//! - [`vocab`]: the named actions and validators flow files may use, what each declares (input, outcomes,
+//!   reasons, notices), and the message keys the engine shows; data only, so flows are checked without
+//!   the interpreter.
+//! - [`flow`]: flow files and message catalogues as checked data (`kichhoat check`); depends on `vocab`,
+//!   never on `engine`.
+//! - [`engine`]: the conversation step, parsing for the validators and the named actions, held to what
+//!   `vocab` declares; no IO, no clock, no tokio.
 //! - [`crypto`]: argon2id, keyed hashes and sealing, with keys kept outside the database.
 //! - [`store`]: storage trait and its sled implementation with group commit.
 //! - [`registry`]: the citizens registry import (CSV today, a national API later).
@@ -43,3 +48,4 @@ pub mod service;
 pub mod simulate;
 pub mod sms;
 pub mod store;
+pub mod vocab;

@@ -8,7 +8,6 @@
 //! are here in Rust; the dialogue around them is flow data.
 
 pub mod actions;
-pub mod keys;
 pub mod validators;
 
 use std::time::Duration;
@@ -21,6 +20,8 @@ use crate::crypto::{Crypto, CryptoError};
 use crate::domain::{Msisdn, NationalId, Secret};
 use crate::flow::{Flow, Kind, Lang};
 use crate::limits::{Bump, CounterKey, Tally};
+/// The message keys the engine shows, re-exported from their home in [`crate::vocab`].
+pub use crate::vocab::keys;
 pub use actions::Act;
 
 /// An activation (or log-in) idle this long starts over (issue #2).
@@ -412,7 +413,7 @@ fn render(ctx: &Ctx, s: &Session, out: &Out, key: &str) -> String {
     ];
     if catalog.get(key).contains("{questions}") {
         let chosen: Vec<String> = s.slots.questions.iter().map(|a| a.question.clone()).collect();
-        args.push(("questions", question_list(ctx.flow, s.lang, &chosen)));
+        args.push(("questions", ctx.flow.question_list(s.lang, &chosen)));
     }
     if let Some(q) = &s.slots.question {
         args.push(("question", catalog.get(q).to_string()));
@@ -422,16 +423,4 @@ fn render(ctx: &Ctx, s: &Session, out: &Out, key: &str) -> String {
     }
     args.extend(out.args.iter().cloned());
     catalog.render(key, &args)
-}
-
-/// The numbered list of security questions, leaving out those already chosen (numbers stay stable).
-pub fn question_list(flow: &Flow, lang: Lang, exclude: &[String]) -> String {
-    let cat = flow.catalog(lang);
-    flow.questions
-        .iter()
-        .enumerate()
-        .filter(|(_, q)| !exclude.contains(q))
-        .map(|(i, q)| format!("{}.{}", i + 1, cat.get(q)))
-        .collect::<Vec<_>>()
-        .join("\n")
 }

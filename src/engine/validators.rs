@@ -1,63 +1,12 @@
-//! Validators: parse one keypad entry into a domain value, as flow files name them (`input = "otp"`).
-//! Each declares the reasons it can show, so `kichhoat check` can measure every refusal screen.
-//! Context-free rules live in the domain types; rules that need the conversation (a password must not
-//! contain this citizen's ID) get it from the session here.
+//! Validators at work: parse one keypad entry into a domain value, for the validator a flow state names
+//! (`input = "otp"`). The [`Validator`] names and the reasons each may show are declared in
+//! [`crate::vocab`], where `kichhoat check` reads them. Context-free rules live in the domain types; rules
+//! that need the conversation (a password must not contain this citizen's ID) get it from the session here.
 
-use super::{keys, Ctx, Session};
+use super::{Ctx, Session};
 use crate::domain::{Msisdn, NationalId, Otp, Passcode, Password, PasswordContext, Secret, SecurityAnswer};
-
-/// Parsers from a keypad entry to a domain value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Validator {
-    NationalId,
-    /// A Vietnamese mobile number in any form, or `1` for the number calling.
-    Phone,
-    Otp,
-    /// A new password, checked against the composition rules and the citizen's own identifiers.
-    NewPassword,
-    NewPasscode,
-    /// Any non-empty entry, kept secret (log-in password, confirmations).
-    Secret,
-    /// A number from the security-question list not chosen yet.
-    Question,
-    Answer,
-}
-
-const VALIDATORS: &[(&str, Validator)] = &[
-    ("national_id", Validator::NationalId),
-    ("phone", Validator::Phone),
-    ("otp", Validator::Otp),
-    ("new_password", Validator::NewPassword),
-    ("new_passcode", Validator::NewPasscode),
-    ("secret", Validator::Secret),
-    ("question", Validator::Question),
-    ("answer", Validator::Answer),
-];
-
-impl Validator {
-    pub fn from_name(name: &str) -> Option<Validator> {
-        VALIDATORS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
-    }
-    pub fn name(self) -> &'static str {
-        VALIDATORS.iter().find(|(_, v)| *v == self).map(|(n, _)| *n).unwrap_or("?")
-    }
-    /// Every reason this validator can show.
-    pub fn reasons(self) -> Vec<&'static str> {
-        match self {
-            Validator::NationalId => vec!["err.id_empty", "err.id_digits", "err.id_length"],
-            Validator::Phone => vec!["err.phone_empty", "err.phone_digits", "err.phone_length", "err.phone_not_mobile"],
-            Validator::Otp => vec!["err.otp_format"],
-            Validator::NewPassword => crate::domain::password::all_reason_keys().to_vec(),
-            Validator::NewPasscode => crate::domain::passcode::all_reason_keys().to_vec(),
-            Validator::Secret => vec![ERR_EMPTY],
-            Validator::Question => vec![ERR_QUESTION],
-            Validator::Answer => crate::domain::answer::all_reason_keys().to_vec(),
-        }
-    }
-}
-
-const ERR_EMPTY: &str = "err.empty";
-const ERR_QUESTION: &str = "err.question";
+use crate::vocab::keys::{self, ERR_EMPTY, ERR_QUESTION};
+use crate::vocab::Validator;
 
 /// A parsed entry.
 pub enum Value {

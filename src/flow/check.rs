@@ -5,13 +5,15 @@
 //! actions, validator/action pairing, every outcome of an action mapped and no unknown outcome, dangling
 //! transitions, unreachable states, missing or unused translations, unknown placeholders, and every
 //! screen (with each reason or notice that can stand above it) against the USSD budget.
+//!
+//! What actions and validators exist, and what each takes, returns and shows, is read from their
+//! declarations in [`crate::vocab`]; the engine is held to the same declarations when it runs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::catalog::{placeholders, sms_overflow, ussd_overflow, Catalog, PLACEHOLDERS};
 use super::{FileDef, Flow, Kind, Lang, Problem, Source, State, StateDef, SPEC_VERSION};
-use crate::engine::actions::{ActionKind, Validator};
-use crate::engine::keys;
+use crate::vocab::{keys, ActionKind, Validator};
 
 /// The fewest refused entries a citizen gets at one step before the session ends (issue #2).
 pub const MIN_TRIES: u8 = 5;
@@ -383,7 +385,7 @@ fn check_messages(flow: &Flow, questions_file: &str, report_unused: bool, p: &mu
     }
     // Budgets, with every placeholder at its widest.
     for (lang, cat) in &flow.catalogs {
-        let list = crate::engine::question_list(flow, *lang, &[]);
+        let list = flow.question_list(*lang, &[]);
         let longest = flow.questions.iter().map(|q| cat.get(q)).max_by_key(|t| t.chars().count()).unwrap_or("");
         let widest = |key: &str| -> String {
             let mut t = cat.get(key).to_string();

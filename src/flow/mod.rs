@@ -12,6 +12,9 @@
 //! `options = { "1" = "state" }` for literal keypad choices, which are tried before the validator.
 //! Loading rejects anything the engine could trip on (see [`check`]); `kichhoat check` and start-up share
 //! that code. Security rules (OTP lifetime, attempts, hashing, masking) are Rust, not flow data.
+//!
+//! The actions and validators a state may name, and what each declares, come from [`crate::vocab`]; this
+//! module never reaches into the engine that runs them.
 
 pub mod catalog;
 pub mod check;
@@ -24,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use catalog::{Catalog, Charset};
 
-use crate::engine::actions::{ActionKind, Validator};
+use crate::vocab::{ActionKind, Validator};
 
 /// The flow format version this build understands.
 pub const SPEC_VERSION: u32 = 1;
@@ -146,6 +149,19 @@ impl Flow {
     pub fn catalog(&self, lang: Lang) -> &Catalog {
         // Every language is present after checking; fall back to any catalogue rather than panic.
         self.catalogs.get(&lang).or_else(|| self.catalogs.values().next()).unwrap_or(&catalog::EMPTY)
+    }
+
+    /// The numbered list of security questions in `lang`, leaving out those in `exclude` (already chosen);
+    /// the numbers stay those of the full list, so a citizen's choice means the same on every screen.
+    pub fn question_list(&self, lang: Lang, exclude: &[String]) -> String {
+        let cat = self.catalog(lang);
+        self.questions
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| !exclude.contains(q))
+            .map(|(i, q)| format!("{}.{}", i + 1, cat.get(q)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Loads and checks every flow file and catalogue under `dir`.

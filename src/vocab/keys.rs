@@ -1,0 +1,50 @@
+//! Message keys named in Rust rather than in flow files.
+//!
+//! [`FIXED`] are the keys the engine itself shows whatever the flow: `kichhoat check` requires each of them
+//! in every catalogue and measures the screens among them against the USSD budget. The others are reasons
+//! and notices of particular actions and validators; the check requires them only where a flow uses the
+//! action or validator that declares them (see [`super::ActionKind::spec`], [`super::Validator::reasons`]).
+
+/// Above a menu prompt when the choice matched no option.
+pub const ERR_CHOICE: &str = "err.choice";
+/// Above a prompt when a new dial reopens an activation where it stopped.
+pub const NOTE_RESUME: &str = "note.resume";
+/// Above the start prompt when an idle conversation was started over.
+pub const NOTE_RESTART: &str = "note.restart";
+/// END after too many refused entries at one step.
+pub const END_TOO_MANY: &str = "end.too_many_tries";
+/// END when an operational fault keeps the service from answering (details go to the log only).
+pub const END_UNAVAILABLE: &str = "end.unavailable";
+/// END when a carrier hop cannot be matched to the conversation (the citizen should dial again).
+pub const END_DIAL_AGAIN: &str = "end.dial_again";
+/// The OTP SMS: `{otp}`, `{minutes}`; no links, and a warning that the police never ask for codes.
+pub const SMS_OTP: &str = "sms.otp";
+/// The confirmation SMS after a successful activation.
+pub const SMS_ACTIVATED: &str = "sms.activated";
+
+pub const FIXED: &[&str] =
+    &[ERR_CHOICE, NOTE_RESUME, NOTE_RESTART, END_TOO_MANY, END_UNAVAILABLE, END_DIAL_AGAIN, SMS_OTP, SMS_ACTIVATED];
+pub const FIXED_SCREENS: &[&str] = &[END_TOO_MANY, END_UNAVAILABLE, END_DIAL_AGAIN];
+pub const SMS: &[&str] = &[SMS_OTP, SMS_ACTIVATED];
+
+// Reasons and notices of actions.
+
+/// `verify_otp` refusing a wrong code: `{attempts}` left.
+pub const ERR_OTP_WRONG: &str = "err.otp_wrong";
+/// Above the code prompt after `resend_otp` sent a new code.
+pub const NOTE_OTP_RESENT: &str = "note.otp_resent";
+/// Above the code prompt reopened by a new dial once the code has expired (`verify_otp`'s resume notice).
+pub const NOTE_OTP_EXPIRED: &str = "note.otp_expired";
+/// Above the password prompt when the confirmation did not match.
+pub const ERR_PW_MISMATCH: &str = "err.pw_mismatch";
+/// Above the passcode prompt when the confirmation did not match.
+pub const ERR_PC_MISMATCH: &str = "err.pc_mismatch";
+/// `set_answer` refusing an answer that is the password.
+pub const ERR_ANS_PASSWORD: &str = "err.ans_password";
+
+// Reasons of validators whose rules are not a domain type's.
+
+/// The `secret` validator refusing an empty entry.
+pub const ERR_EMPTY: &str = "err.empty";
+/// The `question` validator refusing a number not on the list, or a question already answered.
+pub const ERR_QUESTION: &str = "err.question";
