@@ -5,7 +5,7 @@
 //! (`--key-file`), so a copy of the database alone reveals no OTP, hop text or queued SMS.
 //!
 //! Argon2id parameters are OWASP's Password Storage Cheat Sheet minimum, m = 19 MiB, t = 2, p = 1
-//! (the `argon2` 0.5 defaults; ../shared/reference/domain.md §5). Hashing is pure CPU work: callers run it
+//! (the `argon2` 0.5 defaults). Hashing is pure CPU work: callers run it
 //! on a bounded blocking pool (see `service`).
 
 use std::fs;

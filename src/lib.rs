@@ -4,30 +4,27 @@
 //! pure function:
 //!
 //! ```text
-//!  carrier ──HTTP──▶ channel::africastalking ──▶ service ──▶ engine::step (pure)
-//!                    (form → phone, new input)   (lock,       (flow, session, input, now, rng)
-//!                                                 load,          → (session, reply, effects)
-//!                                                 commit,
-//!                                                 group flush)
+//!  carrier ──HTTP──▶ channel (Channel trait)  ──▶ service ──▶ engine::step (pure)
+//!                    africastalking: form →      (lock, load   (flow, session, input, now, rng)
+//!                    phone, retry key, input      + version,      → (session, reply, effects)
+//!                                                 commit against
+//!                                                 the version)
 //!                                                   │
-//!                           store (sled, behind a trait) ◀─┘──▶ sms::worker ──▶ sms sender (outbox file)
+//!              store (async trait: sled, memory) ◀──┘──▶ sms::worker ──▶ sms sender (outbox file)
 //! ```
 //!
 //! - [`domain`]: parsed identifiers and secrets (`NationalId`, `Msisdn`, `Password`, `Otp`, ...).
-//! - [`vocab`]: the named actions and validators flow files may use, what each declares (input, outcomes,
-//!   reasons, notices), and the message keys the engine shows; data only, so flows are checked without
-//!   the interpreter.
-//! - [`flow`]: flow files and message catalogues as checked data (`kichhoat check`); depends on `vocab`,
-//!   never on `engine`.
-//! - [`engine`]: the conversation step, parsing for the validators and the named actions, held to what
-//!   `vocab` declares; no IO, no clock, no tokio.
+//! - [`vocab`]: names of actions and validators and what each declares (data only, a leaf).
+//! - [`flow`]: flow files and message catalogues as checked data (`kichhoat check`).
+//! - [`engine`]: the conversation step, its validators and named actions; no IO, no clock, no tokio.
+//! - [`limits`]: counter rules (windows, failures that lock), applied by the store inside commits.
 //! - [`crypto`]: argon2id, keyed hashes and sealing, with keys kept outside the database.
-//! - [`store`]: storage trait and its sled implementation with group commit.
+//! - [`store`]: the storage trait (versions, claims, expiry) and its sled and memory backends.
 //! - [`registry`]: the citizens registry import (CSV today, a national API later).
-//! - [`sms`]: outgoing SMS senders and the outbox delivery worker.
-//! - [`channel`]: carrier webhook formats (Africa's Talking USSD).
-//! - [`service`]: one inbound hop from a carrier to a durable reply; shared by HTTP and `simulate`.
-//! - [`app`]: assembling an instance (flows, keys, store, registry import, SMS worker, hop sweeper).
+//! - [`sms`]: outgoing SMS senders and the delivery worker (retries, backoff, permanent failures).
+//! - [`channel`]: the channel interface and carrier formats (Africa's Talking USSD).
+//! - [`service`]: one turn of any channel to a durable reply; shared by HTTP and `simulate`.
+//! - [`app`]: assembling an instance (flows, keys, store, registry import, SMS worker, expiry sweeper).
 //! - [`clock`]: time as a parameter (`Millis`, the system clock, a manual clock for tests).
 //! - [`http`], [`config`], [`simulate`]: the server, its settings and the terminal keypad phone.
 

@@ -1,4 +1,4 @@
-//! Africa's Talking USSD callbacks (../shared/reference/domain.md §3): form fields `sessionId`,
+//! Africa's Talking USSD callbacks (Africa's Talking USSD API documentation): form fields `sessionId`,
 //! `serviceCode`, `phoneNumber`, `networkCode`, `text`; reply `text/plain` starting `CON ` or `END `.
 //!
 //! `text` is cumulative: every input of the session joined by `*`. An input may itself contain `*` (a

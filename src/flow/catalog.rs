@@ -1,7 +1,7 @@
 //! Message catalogues (`flows/messages/<lang>.toml`): every text the citizen sees, written once per
 //! language with full Vietnamese diacritics, plus the rules that fit a text to a USSD screen.
 //!
-//! Screen budget (3GPP TS 29.002, USSD string of 160 octets; ../shared/reference/domain.md §4): 182 GSM-7
+//! Screen budget (3GPP TS 29.002, USSD string of 160 octets; 3GPP TS 23.038 for the GSM-7 alphabet): 182 GSM-7
 //! characters, or 80 UCS-2 characters. Carriers default to GSM-7, so Vietnamese is sent without
 //! diacritics there; with `Charset::Ucs2` a screen keeps its diacritics when it fits 80 UCS-2 characters
 //! and falls back to the GSM-7 rendering when it does not (each screen must fit one message either way).

@@ -4,7 +4,7 @@
 //! Written with `O_APPEND` and fsynced before the store forgets the message. On open, a torn last line
 //! (a crash mid-write) is cut off, and the ids already in the file are remembered so a message re-delivered
 //! after a crash is not written twice. Texts go out without diacritics (GSM-7), as Vietnamese OTP and
-//! brandname SMS customarily are (../shared/reference/domain.md §4).
+//! brandname SMS customarily are (carriers' brandname templates; Decree 91/2020/NĐ-CP on messages).
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};

@@ -279,6 +279,13 @@ fn instance_id(db: &sled::Db) -> Result<String, StoreError> {
     Ok(id)
 }
 
+/// Expiry walks many records on a runtime thread: let other tasks run between chunks of them.
+async fn yield_sometimes(i: usize) {
+    if i % 256 == 255 {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Makes every claimed message due again at once. sled allows one process per data dir, so any claim found
 /// at open belongs to a process that died holding it; its message need not wait for the lease to end.
 fn release_claims(db: &sled::Db) -> Result<(), StoreError> {
@@ -567,7 +574,8 @@ impl Store for SledStore {
         for (index, sweep) in [(&self.conv_fresh, true), (&self.conv_idle, false)] {
             let end = cutoff(if sweep { keep.replies } else { keep.conversations });
             let keys: Vec<sled::IVec> = index.range(..end).keys().collect::<Result<_, _>>().map_err(backend)?;
-            for k in keys {
+            for (i, k) in keys.into_iter().enumerate() {
+                yield_sometimes(i).await;
                 if self.expire_conversation(&k, sweep)? {
                     if sweep {
                         out.swept += 1;
@@ -579,7 +587,8 @@ impl Store for SledStore {
         }
         let end = at_key(Millis(now.0.saturating_add(1)), &[]);
         let keys: Vec<sled::IVec> = self.counter_due.range(..end).keys().collect::<Result<_, _>>().map_err(backend)?;
-        for k in keys {
+        for (i, k) in keys.into_iter().enumerate() {
+            yield_sometimes(i).await;
             let Some((at, name)) = split_at_key(&k) else { continue };
             let name = name.to_vec();
             let done = (&self.counters, &self.counter_due).transaction(|(counters, due)| {
