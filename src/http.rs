@@ -1,7 +1,8 @@
 //! The HTTP surface: carrier webhooks and health. Handlers only translate; the [`Service`] does the work.
 //!
 //! - `POST /ussd/africastalking`: Africa's Talking USSD callback; `text/plain` `CON …` / `END …`.
-//! - `POST /ussd/africastalking/events`: AT's end-of-session notification; logged, answered 200.
+//! - `POST /ussd/africastalking/events`: AT's end-of-session notification; `sessionId` and `status`
+//!   required (else 400); status, hops and duration logged with the session's pseudonym, never `input`.
 //! - `GET /healthz`: 200 when the process serves.
 //!
 //! A request the server cannot understand (wrong content type, missing field, a phone that is not a
@@ -24,7 +25,8 @@ use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
 
 use crate::app::Web;
-use crate::channel::africastalking::{self as at, AtForm};
+use crate::channel::africastalking::{self as at, AfricasTalking, AtForm, SessionEnd};
+use crate::channel::Channel;
 use crate::service::ServiceError;
 
 /// A hop is answered by then, busy or not (Africa's Talking gives up after ~10 s).
@@ -76,10 +78,35 @@ async fn africastalking(State(web): State<Arc<Web>>, form: Result<Form<AtForm>, 
     plain(StatusCode::OK, at::response(&reply, web.ussd_charset))
 }
 
-async fn africastalking_event(Form(fields): Form<HashMap<String, String>>) -> StatusCode {
-    // `input` may hold the last thing typed (a password): log only the outcome.
-    let status = fields.get("status").map(String::as_str).unwrap_or("?");
-    let hops = fields.get("hopsCount").map(String::as_str).unwrap_or("?");
-    info!(status, hops, "africastalking: session ended");
-    StatusCode::OK
+async fn africastalking_event(
+    State(web): State<Arc<Web>>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let fields = match form {
+        Ok(Form(f)) => f,
+        Err(rejection) => {
+            warn!(status = %rejection.status(), "africastalking: unreadable session end");
+            return plain(rejection.status(), format!("{}\n", rejection.body_text()));
+        }
+    };
+    // Only the fields named are read: `input` may hold the last thing typed (a password).
+    let end = match SessionEnd::parse(&fields) {
+        Ok(e) => e,
+        Err(bad) => {
+            warn!(reason = %bad, "africastalking: session end refused");
+            return plain(StatusCode::BAD_REQUEST, format!("{bad}\n"));
+        }
+    };
+    let phone = end.phone.as_ref().map(|p| p.masked()).unwrap_or_default();
+    let session = web.africastalking.session_pseudonym(end.phone.as_ref(), &end.session_id);
+    info!(
+        channel = AfricasTalking::KIND,
+        phone = %phone,
+        session = %session,
+        status = %end.status,
+        hops = end.hops,
+        duration_ms = end.duration_ms,
+        "africastalking: session ended"
+    );
+    plain(StatusCode::OK, "ok\n".to_string())
 }

@@ -6,6 +6,7 @@
 //! `text = previous + "*" + input`. The previous text is never stored (it repeats passwords); only its
 //! length and a keyed hash are, which is enough to check the prefix and cut the new input off.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,55 @@ impl AtForm {
     }
 }
 
+/// Longest `status` accepted in an end-of-session notification (AT sends `Success`, `Incomplete`,
+/// `Failed`).
+pub const MAX_STATUS: usize = 32;
+
+/// Africa's Talking's end-of-session notification, as far as it is read. Its `input` (the last thing
+/// typed, possibly a password) and `lastAppResponse` (a screen, possibly with a name) are never read.
+#[derive(Debug)]
+pub struct SessionEnd {
+    pub session_id: String,
+    /// `phoneNumber`, when it is a Vietnamese mobile: it keys the session's pseudonym like a hop's.
+    pub phone: Option<Msisdn>,
+    /// A short word (`Success`, `Incomplete`, `Failed`), safe to log as it is.
+    pub status: String,
+    pub hops: Option<u32>,
+    pub duration_ms: Option<u64>,
+}
+
+/// Why an end-of-session notification is refused with a 400.
+#[derive(Debug, thiserror::Error)]
+pub enum BadEvent {
+    #[error("sessionId is missing, empty or too long")]
+    SessionId,
+    #[error("status is missing or not a short word")]
+    Status,
+}
+
+impl SessionEnd {
+    /// Reads the notification's form fields: `sessionId` and `status` are required; `hopsCount` and
+    /// `durationInMillis` are kept when they are numbers.
+    pub fn parse(fields: &HashMap<String, String>) -> Result<SessionEnd, BadEvent> {
+        let session_id = fields.get("sessionId").map(|s| s.trim()).unwrap_or_default();
+        if session_id.is_empty() || session_id.len() > MAX_SESSION_ID || session_id.contains('\u{fffd}') {
+            return Err(BadEvent::SessionId);
+        }
+        let status = fields.get("status").map(|s| s.trim()).unwrap_or_default();
+        let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if status.is_empty() || status.len() > MAX_STATUS || !status.chars().all(word) {
+            return Err(BadEvent::Status);
+        }
+        Ok(SessionEnd {
+            session_id: session_id.to_string(),
+            phone: fields.get("phoneNumber").and_then(|p| Msisdn::parse(p).ok()),
+            status: status.to_string(),
+            hops: fields.get("hopsCount").and_then(|h| h.trim().parse().ok()),
+            duration_ms: fields.get("durationInMillis").and_then(|d| d.trim().parse().ok()),
+        })
+    }
+}
+
 /// The Africa's Talking channel: cursors and retry keys are keyed hashes under the service's key.
 pub struct AfricasTalking {
     crypto: Arc<Crypto>,
@@ -87,6 +137,12 @@ pub struct AfricasTalking {
 impl AfricasTalking {
     pub fn new(crypto: Arc<Crypto>) -> AfricasTalking {
         AfricasTalking { crypto }
+    }
+
+    /// The short pseudonym of a USSD session in log lines: the same for its hops and its end.
+    pub fn session_pseudonym(&self, phone: Option<&Msisdn>, session_id: &str) -> String {
+        let phone = phone.map(Msisdn::as_str).unwrap_or_default();
+        hex::encode(&self.crypto.hop_mac(phone, session_id, "")[..4])
     }
 }
 
@@ -133,7 +189,7 @@ impl Channel for AfricasTalking {
     }
 
     fn pseudonym(&self, hop: &Hop) -> String {
-        hex::encode(&self.crypto.hop_mac(hop.phone.as_str(), &hop.session_id, "")[..4])
+        self.session_pseudonym(Some(&hop.phone), &hop.session_id)
     }
 
     fn derive(&self, hop: &Hop, cursor: Option<&Cursor>, stored: Option<&Reply>) -> Derived {

@@ -276,6 +276,19 @@ pub async fn wait_outbox(path: &Path, n: usize) -> Vec<OutboxLine> {
     read_outbox(path)
 }
 
+/// A delivery round of the background worker (it sleeps 1 s between rounds) and some margin.
+pub const WORKER_ROUND: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// The outbox once it has `n` lines and a worker round more has passed: a duplicate written after the
+/// n-th line (a message delivered twice, a claim released and delivered again) has had its chance to
+/// appear. Asserting "no second SMS" on what [`wait_outbox`] returns would check it the instant the
+/// first arrived.
+pub async fn settled_outbox(path: &Path, n: usize) -> Vec<OutboxLine> {
+    wait_outbox(path, n).await;
+    tokio::time::sleep(WORKER_ROUND).await;
+    read_outbox(path)
+}
+
 impl Drop for Proc {
     /// A failing test must not leave a server behind.
     fn drop(&mut self) {

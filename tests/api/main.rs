@@ -1,8 +1,10 @@
 //! One black-box test binary (cargo links it once). Modules by concern:
 //! transcripts (data-driven conversations, engine and server), webhook (carrier contract, retries and
-//! races), flows (`kichhoat check`), restart (kill -9), secrets (nothing secret on disk or in logs).
+//! races), concurrency (N requests at once get no further than one at a time), flows (`kichhoat check`),
+//! restart (kill -9), secrets (nothing secret on disk or in logs).
 
 mod cli;
+mod concurrency;
 mod engine_props;
 mod flows;
 mod helpers;

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use crate::helpers::{fold, otp_in, scratch, wait_outbox, AtPhone, Proc};
+use crate::helpers::{fold, otp_in, scratch, settled_outbox, wait_outbox, AtPhone, Proc};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_9_mid_activation_loses_nothing_that_was_answered() {
@@ -14,10 +14,11 @@ async fn a_kill_9_mid_activation_loses_nothing_that_was_answered() {
     assert!(fold(&p.request_code("001099012345", "1").await).contains("Nhap ma"));
     server.kill9();
 
-    // 2. Restart: the queued OTP is delivered (once), and a new dial resumes at the OTP prompt.
+    // 2. Restart: the queued OTP is delivered, and a new dial resumes at the OTP prompt. (That it went
+    // out once is checked at the end, when any duplicate has had time to appear.)
     let server = Proc::spawn(&data, &outbox, &log, "info").await;
     let lines = wait_outbox(&outbox, 1).await;
-    assert_eq!(lines.len(), 1, "one OTP SMS");
+    assert!(!lines.is_empty(), "the OTP queued before the kill is delivered");
     let otp = otp_in(&lines[0].text).unwrap();
     let mut p = AtPhone::new(&server.url, "+84912345678");
     assert!(fold(&p.dial().await).contains("Tiep tuc kich hoat"));
@@ -28,9 +29,10 @@ async fn a_kill_9_mid_activation_loses_nothing_that_was_answered() {
     assert!(fold(&p.send("Pho").await).contains("thanh cong"));
     server.kill9();
 
-    // 3. Restart: the account exists, the confirmation SMS went out exactly once.
+    // 3. Restart: the account exists, the confirmation SMS went out exactly once. Counted a worker round
+    // after the second line appeared, so a late duplicate would be there.
     let server = Proc::spawn(&data, &outbox, &log, "info").await;
-    let lines = wait_outbox(&outbox, 2).await;
+    let lines = settled_outbox(&outbox, 2).await;
     assert_eq!(
         lines.len(),
         2,
@@ -51,8 +53,8 @@ async fn a_torn_outbox_line_from_a_crash_is_cut_and_the_sms_written_once() {
     let server = Proc::spawn(&data, &outbox, &log, "info").await;
     let mut p = AtPhone::new(&server.url, "+84912345678");
     p.request_code("001099012345", "1").await;
-    let lines = wait_outbox(&outbox, 1).await;
-    assert_eq!(lines.len(), 1);
+    let lines = settled_outbox(&outbox, 1).await;
+    assert_eq!(lines.len(), 1, "written once: {:?}", lines.iter().map(|l| &l.id).collect::<Vec<_>>());
     server.terminate();
 }
 
@@ -74,7 +76,7 @@ async fn the_binary_serves_its_built_in_defaults_from_any_directory() {
     p.send("001099012345").await;
     assert!(fold(&p.send("1").await).contains("091****678"), "the demo registry is built in");
     let outbox = dir.path().join("data/outbox.jsonl");
-    assert_eq!(wait_outbox(&outbox, 1).await.len(), 1, "outbox under ./data by default");
+    assert!(!wait_outbox(&outbox, 1).await.is_empty(), "outbox under ./data by default");
     server.terminate();
 }
 

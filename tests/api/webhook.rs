@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use kichhoat::domain::Msisdn;
 
-use crate::helpers::{fold, otp_in, post_at, AtPhone, TestServer};
+use crate::helpers::{fold, otp_in, post_at, scratch, AtPhone, Proc, TestServer};
 
 /// Runs a whole activation of `id` from `phone` with `password`.
 pub async fn activate(server: &TestServer, phone: &str, id: &str, password: &str) {
@@ -175,18 +175,80 @@ async fn requests_the_server_cannot_understand_get_a_4xx_and_change_nothing() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_end_of_session_notification_is_accepted() {
-    let server = TestServer::start().await;
+/// Posts an end-of-session notification as Africa's Talking does.
+async fn post_event(url: &str, body: &str) -> u16 {
     let resp = reqwest::Client::new()
-        .post(format!("{}/ussd/africastalking/events", server.url))
+        .post(format!("{url}/ussd/africastalking/events"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body("sessionId=s1&status=Incomplete&input=Abc%2A1234x&hopsCount=3&durationInMillis=20000")
+        .body(body.to_string())
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    server.stop().await;
+    resp.status().as_u16()
+}
+
+/// The value of `name=` in a text log line.
+fn field<'l>(line: &'l str, name: &str) -> Option<&'l str> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..].split([' ', ':', '}']).next()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_of_session_notification_is_logged_with_its_outcome_and_never_the_input_it_carries() {
+    let (_dir, data, outbox, log) = scratch();
+    let server = Proc::spawn(&data, &outbox, &log, "info").await;
+    let mut p = AtPhone::new(&server.url, "+84912345678");
+    p.dial().await;
+    let session = p.session.clone();
+    let body = format!(
+        "sessionId={session}&serviceCode=%2A384%23&networkCode=45204&phoneNumber=%2B84912345678&status=Incomplete\
+         &input=Abc%2A1234x&lastAppResponse=CON+Nhap+mat+khau&hopsCount=3&durationInMillis=20000&cost=0"
+    );
+    assert_eq!(post_event(&server.url, &body).await, 200);
+    server.terminate();
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let ends: Vec<&str> = logs.lines().filter(|l| l.contains("session ended")).collect();
+    assert_eq!(ends.len(), 1, "one line for the end: {logs}");
+    let end = ends[0];
+    assert_eq!(field(end, "status"), Some("Incomplete"), "{end}");
+    assert_eq!(field(end, "hops"), Some("3"), "{end}");
+    assert_eq!(field(end, "duration_ms"), Some("20000"), "{end}");
+    // The end carries the pseudonym the session's hops were logged with, so an operator can follow it.
+    let pseudonym = field(end, "session").unwrap();
+    let hop = logs.lines().find(|l| l.contains("turn answered")).unwrap();
+    assert_eq!(field(hop, "session"), Some(pseudonym), "{hop}\n{end}");
+    for typed in ["Abc*1234x", "Abc%2A1234x", "1234x", "Nhap mat khau"] {
+        assert!(!logs.contains(typed), "{typed:?} is in the log:\n{logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_of_session_notification_without_session_or_status_is_refused_and_not_logged_as_an_end() {
+    let (_dir, data, outbox, log) = scratch();
+    let server = Proc::spawn(&data, &outbox, &log, "info").await;
+    for body in [
+        "status=Success&phoneNumber=%2B84912345678&hopsCount=3&input=Abc%2A1234x",
+        "sessionId=&status=Success&phoneNumber=%2B84912345678",
+        "sessionId=ATUid_1&phoneNumber=%2B84912345678&hopsCount=3&input=Abc%2A1234x",
+        "sessionId=ATUid_1&status=&phoneNumber=%2B84912345678",
+        "sessionId=ATUid_1&status=Success%0Aforged+line&phoneNumber=%2B84912345678",
+    ] {
+        assert_eq!(post_event(&server.url, body).await, 400, "{body}");
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{}/ussd/africastalking/events", server.url))
+        .header("content-type", "application/json")
+        .body(r#"{"sessionId":"ATUid_1","status":"Success"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_client_error(), "{}", resp.status());
+    server.terminate();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("session end refused"), "the refusals are logged: {logs}");
+    assert!(!logs.contains("session ended"), "no refused notification is logged as an end: {logs}");
+    assert!(!logs.contains("1234x") && !logs.contains("forged"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
