@@ -1,9 +1,11 @@
 //! One black-box test binary (cargo links it once). Modules by concern:
 //! transcripts (data-driven conversations, engine and server), webhook (carrier contract, retries and
-//! races), flows (`kichhoat check`), restart (kill -9), secrets (nothing secret on disk or in logs).
+//! races), flows (`kichhoat check`), restart (kill -9), secrets (nothing secret on disk or in logs),
+//! expiry (what the sweeper reclaims, on the injected clock).
 
 mod cli;
 mod engine_props;
+mod expiry;
 mod flows;
 mod helpers;
 mod registry;
