@@ -39,6 +39,8 @@ async fn ten_minutes_after_the_code_was_sent_the_retry_data_goes_but_the_activat
     let mut phone = AtPhone::new(&server.url, AN.1);
     let sent = phone.request_code(AN.0, "1").await;
     assert!(fold(&sent).contains("Nhap ma"), "{sent}");
+    // Delivered before the clock moves on (an OTP still queued 11 minutes later would be failed as stale).
+    assert_eq!(server.outbox().await.len(), 1);
     let before = stored(&server, AN.1).await.unwrap();
     assert!(!before.recent.is_empty() && !before.cursors.is_empty(), "kept while the carrier may retry");
 
