@@ -21,7 +21,7 @@ use crate::sms::worker::Worker;
 use crate::sms::SmsSender;
 use crate::store::memory::MemoryStore;
 use crate::store::sled_store::SledStore;
-use crate::store::{Retention, Store, StoreError};
+use crate::store::{Expired, Retention, Store, StoreError};
 
 /// How often the sweeper reclaims what expired.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -55,9 +55,26 @@ pub struct App {
     /// The sled store when that is the backend (flushed at shutdown; tests count its flushes).
     pub sled: Option<Arc<SledStore>>,
     pub worker: Arc<Worker>,
+    /// The injected clock (the sweeper's time, as everything else's).
+    clock: Arc<dyn Clock>,
     stop: watch::Sender<bool>,
     /// The SMS delivery worker and the expiry sweeper.
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// One expiry pass at the clock's time with the default retention; logs what it reclaimed.
+async fn expire_once(store: &dyn Store, clock: &dyn Clock) -> Result<Expired, StoreError> {
+    let e = store.expire(clock.now(), &Retention::DEFAULT).await?;
+    if e.total() > 0 {
+        info!(
+            swept = e.swept,
+            conversations = e.conversations,
+            counters = e.counters,
+            failed_sms = e.failed_sms,
+            "expired records reclaimed"
+        );
+    }
+    Ok(e)
 }
 
 /// Every [`SWEEP_EVERY`], reclaims what the store no longer needs to keep (on the injected clock).
@@ -67,16 +84,8 @@ async fn sweep(store: Arc<dyn Store>, clock: Arc<dyn Clock>, mut stop: watch::Re
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
             _ = stop.changed() => break,
         }
-        match store.expire(clock.now(), &Retention::DEFAULT).await {
-            Ok(e) if e.total() > 0 => info!(
-                swept = e.swept,
-                conversations = e.conversations,
-                counters = e.counters,
-                failed_sms = e.failed_sms,
-                "expired records reclaimed"
-            ),
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "expiry sweep failed"),
+        if let Err(e) = expire_once(store.as_ref(), clock.as_ref()).await {
+            warn!(error = %e, "expiry sweep failed");
         }
     }
 }
@@ -149,8 +158,14 @@ impl App {
         let (stop, stopped) = watch::channel(false);
         let worker = Arc::new(Worker::new(store.clone(), crypto, sender, clock.clone()));
         let delivery = tokio::spawn(worker.clone().run(service.outbox_ready.clone(), stopped.clone()));
-        let sweeper = tokio::spawn(sweep(store.clone(), clock, stopped));
-        Ok(App { service, web, store, sled, worker, stop, tasks: vec![delivery, sweeper] })
+        let sweeper = tokio::spawn(sweep(store.clone(), clock.clone(), stopped));
+        Ok(App { service, web, store, sled, worker, clock, stop, tasks: vec![delivery, sweeper] })
+    }
+
+    /// Runs one expiry pass now, exactly as the periodic sweeper does (the app's clock,
+    /// [`Retention::DEFAULT`]): what tests and operators call instead of waiting for it.
+    pub async fn expire_now(&self) -> Result<Expired, StoreError> {
+        expire_once(self.store.as_ref(), self.clock.as_ref()).await
     }
 
     /// Stops the background tasks after a last delivery round, and flushes the store.

@@ -31,6 +31,9 @@ const FIRST_RETRY: Duration = Duration::from_secs(2);
 const LAST_RETRY: Duration = Duration::from_secs(5 * 60);
 /// Messages claimed at once.
 const BATCH: usize = 32;
+/// How long the worker waits for a gateway to take one message before counting it a temporary failure:
+/// a gateway that hangs on one message must not hold up the rest (well under [`LEASE`]).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// When to try a message again after its `attempts`-th attempt failed: exponential, capped, and spread by
 /// up to a quarter (derived from the id, so it is the same on every run) so retries do not arrive in step.
@@ -49,6 +52,8 @@ pub struct Worker {
     pub clock: Arc<dyn Clock>,
     /// Names this worker's claims (host, process and a random part).
     pub owner: String,
+    /// See [`SEND_TIMEOUT`]; real time, not the injected clock: it guards against a gateway that hangs.
+    pub send_timeout: Duration,
 }
 
 /// What happened to one claimed message.
@@ -68,7 +73,7 @@ impl Worker {
         let mut bytes = [0u8; 4];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
         let owner = format!("{}-{}", std::process::id(), hex::encode(bytes));
-        Worker { store, crypto, sender, clock, owner }
+        Worker { store, crypto, sender, clock, owner, send_timeout: SEND_TIMEOUT }
     }
 
     /// Delivers every message due now; returns how many were handed to the sender.
@@ -109,7 +114,10 @@ impl Worker {
             purpose: q.purpose,
             at: q.queued_at,
         };
-        match self.sender.send(&sms).await {
+        let sent = tokio::time::timeout(self.send_timeout, self.sender.send(&sms)).await.unwrap_or_else(|_| {
+            Err(SendError::Temporary(format!("the gateway did not answer within {:?}", self.send_timeout)))
+        });
+        match sent {
             Ok(delivery) => Fate::Sent(delivery),
             Err(SendError::Permanent(why)) => Fate::Failed(why),
             Err(SendError::Temporary(why)) if q.attempts >= MAX_ATTEMPTS => {
@@ -161,7 +169,186 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::Mutex;
+
+    use rand::rngs::OsRng;
+
     use super::*;
+    use crate::clock::ManualClock;
+    use crate::crypto::HashCost;
+    use crate::domain::{Msisdn, Secret};
+    use crate::engine::{Session, Slots, SmsPurpose};
+    use crate::flow::Lang;
+    use crate::sms::SendFuture;
+    use crate::store::memory::MemoryStore;
+    use crate::store::sled_store::SledStore;
+    use crate::store::{audit_all, Commit, CommitOutcome, Conversation, FailedSms, NewSms};
+
+    const T0: Millis = Millis(1_795_996_800_000);
+    const MS: Duration = Duration::from_millis(1);
+
+    /// What the scripted gateway answers to one call.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Answer {
+        Sent,
+        Temporary,
+        Permanent,
+        /// Never answers.
+        Hang,
+    }
+
+    /// A gateway that answers each recipient from a script and records every call.
+    #[derive(Default)]
+    struct Scripted {
+        /// Answers per recipient (canonical `84…`), in order; the last one repeats. Unscripted: `Sent`.
+        script: Mutex<HashMap<String, VecDeque<Answer>>>,
+        /// Every call, in order: (message id, recipient, text).
+        calls: Mutex<Vec<(String, String, String)>>,
+        /// Ids the recipient actually received, once per delivery.
+        received: Mutex<Vec<String>>,
+        /// Recognises an id it delivered before and answers `AlreadySent`, as the file sender does.
+        idempotent: bool,
+    }
+
+    impl Scripted {
+        fn idempotent() -> Scripted {
+            Scripted { idempotent: true, ..Scripted::default() }
+        }
+
+        fn script(&self, to: &Msisdn, answers: &[Answer]) {
+            self.script.lock().unwrap().insert(to.as_str().to_string(), answers.iter().copied().collect());
+        }
+
+        fn calls_to(&self, to: &Msisdn) -> usize {
+            self.calls.lock().unwrap().iter().filter(|c| c.1 == to.as_str()).count()
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.lock().unwrap().len()
+        }
+
+        fn received_by(&self, to: &Msisdn) -> Vec<String> {
+            let calls = self.calls.lock().unwrap();
+            let to_ids: Vec<&String> = calls.iter().filter(|c| c.1 == to.as_str()).map(|c| &c.0).collect();
+            self.received.lock().unwrap().iter().filter(|id| to_ids.contains(id)).cloned().collect()
+        }
+
+        /// The outbox sequence number of the last message handed over (ids are `<instance>-<seq>`).
+        fn last_seq(&self) -> u64 {
+            let calls = self.calls.lock().unwrap();
+            let id = &calls.last().unwrap().0;
+            id.rsplit('-').next().unwrap().parse().unwrap()
+        }
+
+        fn answer(&self, to: &Msisdn) -> Answer {
+            let mut script = self.script.lock().unwrap();
+            match script.get_mut(to.as_str()) {
+                Some(q) if q.len() > 1 => q.pop_front().unwrap(),
+                Some(q) => q.front().copied().unwrap_or(Answer::Sent),
+                None => Answer::Sent,
+            }
+        }
+    }
+
+    impl SmsSender for Scripted {
+        fn send<'a>(&'a self, sms: &'a OutgoingSms) -> SendFuture<'a> {
+            Box::pin(async move {
+                // Give a concurrent delivery round the chance to run in between.
+                tokio::task::yield_now().await;
+                let to = sms.to.as_str().to_string();
+                self.calls.lock().unwrap().push((sms.id.clone(), to, sms.text.expose().to_string()));
+                if self.idempotent && self.received.lock().unwrap().contains(&sms.id) {
+                    return Ok(Delivery::AlreadySent);
+                }
+                match self.answer(&sms.to) {
+                    Answer::Sent => {
+                        self.received.lock().unwrap().push(sms.id.clone());
+                        Ok(Delivery::Sent)
+                    }
+                    Answer::Temporary => Err(SendError::Temporary("gateway busy".into())),
+                    Answer::Permanent => Err(SendError::Permanent("number refused by the gateway".into())),
+                    Answer::Hang => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    /// A store, the test key, a manual clock and a scripted gateway.
+    struct Rig {
+        store: Arc<dyn Store>,
+        crypto: Arc<Crypto>,
+        clock: Arc<ManualClock>,
+        sender: Arc<Scripted>,
+    }
+
+    impl Rig {
+        fn new(sender: Scripted) -> Rig {
+            Rig::on(Arc::new(MemoryStore::new()), sender)
+        }
+
+        fn on(store: Arc<dyn Store>, sender: Scripted) -> Rig {
+            Rig {
+                store,
+                crypto: Arc::new(Crypto::from_master(&[9; 32], HashCost::DANGER_TEST_ONLY).unwrap()),
+                clock: Arc::new(ManualClock::new(T0)),
+                sender: Arc::new(sender),
+            }
+        }
+
+        fn worker(&self) -> Worker {
+            Worker::new(self.store.clone(), self.crypto.clone(), self.sender.clone(), self.clock.clone())
+        }
+
+        fn now(&self) -> Millis {
+            self.clock.now()
+        }
+
+        fn advance(&self, d: Duration) {
+            self.clock.advance(d);
+        }
+
+        /// Queues `text` for `to` as the service does: committed with a conversation, sealed for `to`.
+        async fn queue(&self, to: &str, text: &str, purpose: SmsPurpose) -> Msisdn {
+            let phone = Msisdn::parse(to).unwrap();
+            let sealed = self.crypto.seal(&Secret::new(text), phone.as_str().as_bytes(), &mut OsRng).unwrap();
+            self.queue_sealed(&phone, sealed, purpose).await;
+            phone
+        }
+
+        async fn queue_sealed(&self, to: &Msisdn, sealed: Vec<u8>, purpose: SmsPurpose) {
+            let now = self.now();
+            let version = self.store.load(to).await.unwrap().map(|(_, v)| v);
+            let session =
+                Session { lang: Lang::Vi, state: "otp".into(), tries: 0, updated_at: now, slots: Slots::default() };
+            let sms = NewSms { to: to.clone(), purpose, sealed, give_up_at: now.plus(purpose.useful_for()) };
+            let commit = Commit {
+                at: now,
+                phone: to.clone(),
+                conversation: Conversation::new(session),
+                activate: None,
+                sms: vec![sms],
+                audit: Vec::new(),
+                bumps: Vec::new(),
+            };
+            let outcome = self.store.commit(version, commit).await.unwrap();
+            assert!(matches!(outcome, CommitOutcome::Committed(_)), "{outcome:?}");
+        }
+
+        async fn waiting(&self) -> usize {
+            self.store.outbox_len().await.unwrap()
+        }
+
+        async fn failed(&self) -> Vec<FailedSms> {
+            self.store.failed_sms(1000).await.unwrap()
+        }
+
+        /// The recipients of `sms_failed` audit records.
+        async fn failures_audited(&self) -> Vec<Msisdn> {
+            let all = audit_all(self.store.as_ref()).await.unwrap();
+            all.into_iter().filter(|a| a.event.event == "sms_failed").map(|a| a.caller).collect()
+        }
+    }
 
     #[test]
     fn backoff_doubles_from_two_seconds_to_five_minutes_with_a_stable_spread() {
@@ -173,5 +360,294 @@ mod tests {
             assert!(d >= base && d <= base + base / 4, "attempt {a}: {d:?}");
             assert_eq!(d, backoff(a, 12345), "the same every time");
         }
+    }
+
+    #[tokio::test]
+    async fn a_temporary_failure_is_retried_only_after_its_backoff_and_failed_for_good_after_max_attempts() {
+        let rig = Rig::new(Scripted::default());
+        let to = rig.queue("0912000001", "Tai khoan VNeID da kich hoat", SmsPurpose::Activated).await;
+        rig.sender.script(&to, &[Answer::Temporary]);
+        let w = rig.worker();
+        assert_eq!(w.deliver_due().await.unwrap(), 0);
+        assert_eq!(rig.sender.calls_to(&to), 1);
+        let seq = rig.sender.last_seq();
+        for attempt in 1..MAX_ATTEMPTS {
+            let wait = backoff(attempt, seq);
+            rig.advance(wait - MS);
+            w.deliver_due().await.unwrap();
+            assert_eq!(rig.sender.calls_to(&to), attempt as usize, "attempt {attempt}: retried before {wait:?}");
+            assert_eq!(rig.waiting().await, 1, "attempt {attempt}: still waiting");
+            rig.advance(MS);
+            w.deliver_due().await.unwrap();
+            assert_eq!(rig.sender.calls_to(&to), attempt as usize + 1, "attempt {attempt}: retried after {wait:?}");
+        }
+        assert_eq!(rig.waiting().await, 0, "failed for good after {MAX_ATTEMPTS} attempts");
+        let failed = rig.failed().await;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].sms.id, seq);
+        assert_eq!(failed[0].sms.attempts, MAX_ATTEMPTS, "each attempt counted");
+        assert_eq!(failed[0].sms.last_error.as_deref(), Some("gateway busy"));
+        assert!(failed[0].why.contains(&format!("{MAX_ATTEMPTS} attempts failed")), "{}", failed[0].why);
+        assert_eq!(failed[0].failed_at, rig.now());
+        assert_eq!(rig.failures_audited().await, vec![to.clone()]);
+        rig.advance(Duration::from_secs(24 * 60 * 60));
+        w.deliver_due().await.unwrap();
+        assert_eq!(rig.sender.calls_to(&to), MAX_ATTEMPTS as usize, "never tried again");
+    }
+
+    #[tokio::test]
+    async fn a_message_that_succeeds_on_a_retry_is_sent_once_and_not_failed() {
+        let rig = Rig::new(Scripted::default());
+        let to = rig.queue("0912000001", "Tai khoan VNeID da kich hoat", SmsPurpose::Activated).await;
+        rig.sender.script(&to, &[Answer::Temporary, Answer::Temporary, Answer::Sent]);
+        let w = rig.worker();
+        w.deliver_due().await.unwrap();
+        let seq = rig.sender.last_seq();
+        rig.advance(backoff(1, seq));
+        assert_eq!(w.deliver_due().await.unwrap(), 0);
+        rig.advance(backoff(2, seq));
+        assert_eq!(w.deliver_due().await.unwrap(), 1);
+        assert_eq!(rig.sender.calls_to(&to), 3);
+        assert_eq!(rig.sender.received_by(&to).len(), 1);
+        assert_eq!(rig.waiting().await, 0);
+        assert!(rig.failed().await.is_empty());
+        assert!(rig.failures_audited().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_fails_at_once_without_a_retry_and_is_audited() {
+        let rig = Rig::new(Scripted::default());
+        let to = rig.queue("0912000001", "Ma OTP: 123456", SmsPurpose::Otp).await;
+        rig.sender.script(&to, &[Answer::Permanent, Answer::Sent]);
+        let w = rig.worker();
+        assert_eq!(w.deliver_due().await.unwrap(), 0);
+        assert_eq!(rig.waiting().await, 0);
+        let failed = rig.failed().await;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].sms.attempts, 1);
+        assert_eq!(failed[0].why, "number refused by the gateway");
+        assert_eq!(rig.failures_audited().await, vec![to.clone()]);
+        for _ in 0..10 {
+            rig.advance(Duration::from_secs(10));
+            w.deliver_due().await.unwrap();
+        }
+        assert_eq!(rig.sender.calls_to(&to), 1, "a permanent failure is never retried");
+    }
+
+    #[tokio::test]
+    async fn one_bad_message_never_delays_the_others_queued_after_it() {
+        let rig = Rig::new(Scripted::default());
+        let refused = rig.queue("0912000001", "Ma OTP: 111111", SmsPurpose::Otp).await;
+        rig.sender.script(&refused, &[Answer::Permanent]);
+        // A whole claim batch of messages that fail temporarily, ahead of the good ones.
+        let mut busy = Vec::new();
+        for i in 0..BATCH {
+            let to = rig.queue(&format!("0913{i:06}"), "Ma OTP: 222222", SmsPurpose::Otp).await;
+            rig.sender.script(&to, &[Answer::Temporary]);
+            busy.push(to);
+        }
+        let mut good = Vec::new();
+        for i in 0..3 {
+            good.push(rig.queue(&format!("0914{i:06}"), "Ma OTP: 333333", SmsPurpose::Otp).await);
+        }
+        assert_eq!(rig.worker().deliver_due().await.unwrap(), good.len(), "sent in the same round");
+        for to in &good {
+            assert_eq!(rig.sender.received_by(to).len(), 1);
+        }
+        for to in &busy {
+            assert_eq!(rig.sender.calls_to(to), 1, "tried once, waiting for its retry");
+        }
+        assert_eq!(rig.waiting().await, busy.len());
+        assert_eq!(rig.failures_audited().await, vec![refused]);
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_hangs_on_one_message_does_not_hold_up_the_others() {
+        let rig = Rig::new(Scripted::default());
+        let stuck = rig.queue("0912000001", "Ma OTP: 111111", SmsPurpose::Otp).await;
+        rig.sender.script(&stuck, &[Answer::Hang, Answer::Sent]);
+        let good = rig.queue("0912000002", "Ma OTP: 222222", SmsPurpose::Otp).await;
+        let mut w = rig.worker();
+        w.send_timeout = Duration::from_millis(50);
+        let round = tokio::time::timeout(Duration::from_secs(5), w.deliver_due()).await;
+        assert_eq!(round.expect("the round ends though the gateway hangs").unwrap(), 1);
+        assert_eq!(rig.sender.received_by(&good).len(), 1);
+        assert_eq!(rig.waiting().await, 1, "the unanswered message waits for a retry");
+        rig.advance(FIRST_RETRY * 2);
+        assert_eq!(w.deliver_due().await.unwrap(), 1);
+        assert_eq!(rig.sender.received_by(&stuck).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_otp_past_its_lifetime_is_failed_as_no_longer_of_use_not_sent() {
+        let rig = Rig::new(Scripted::default());
+        let late = rig.queue("0912000001", "Ma OTP: 123456", SmsPurpose::Otp).await;
+        rig.advance(SmsPurpose::Otp.useful_for());
+        let fresh = rig.queue("0912000002", "Ma OTP: 654321", SmsPurpose::Otp).await;
+        assert_eq!(rig.worker().deliver_due().await.unwrap(), 1);
+        assert_eq!(rig.sender.calls_to(&late), 0, "an expired code is not sent");
+        assert_eq!(rig.sender.received_by(&fresh).len(), 1);
+        let failed = rig.failed().await;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].sms.to, late);
+        assert!(failed[0].why.contains("no longer of use"), "{}", failed[0].why);
+        assert_eq!(rig.failures_audited().await, vec![late]);
+    }
+
+    #[tokio::test]
+    async fn an_otp_whose_retries_outlast_its_lifetime_is_failed_and_never_sent_late() {
+        let rig = Rig::new(Scripted::default());
+        let to = rig.queue("0912000001", "Ma OTP: 123456", SmsPurpose::Otp).await;
+        let give_up_at = rig.now().plus(SmsPurpose::Otp.useful_for());
+        rig.sender.script(&to, &[Answer::Temporary]);
+        let w = rig.worker();
+        w.deliver_due().await.unwrap();
+        let mut before = 0;
+        for _ in 0..600 {
+            rig.advance(Duration::from_secs(1));
+            w.deliver_due().await.unwrap();
+            if rig.now() < give_up_at {
+                before = rig.sender.calls_to(&to);
+            }
+        }
+        assert!(before > 1, "retried while the code was of use");
+        assert_eq!(rig.sender.calls_to(&to), before, "not handed over once the code expired");
+        assert!((before as u32) < MAX_ATTEMPTS);
+        let failed = rig.failed().await;
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].why.contains("no longer of use"), "{}", failed[0].why);
+        assert_eq!(rig.failures_audited().await, vec![to]);
+    }
+
+    #[tokio::test]
+    async fn a_body_sealed_under_another_key_fails_for_good_without_stopping_the_others() {
+        let rig = Rig::new(Scripted::default());
+        let other = Crypto::from_master(&[8; 32], HashCost::DANGER_TEST_ONLY).unwrap();
+        let foreign = Msisdn::parse("0912000001").unwrap();
+        let sealed = other.seal(&Secret::new("Ma OTP: 123456"), foreign.as_str().as_bytes(), &mut OsRng).unwrap();
+        rig.queue_sealed(&foreign, sealed, SmsPurpose::Otp).await;
+        let good = rig.queue("0912000002", "Ma OTP: 654321", SmsPurpose::Otp).await;
+        let w = rig.worker();
+        assert_eq!(w.deliver_due().await.unwrap(), 1);
+        assert_eq!(rig.sender.calls_to(&foreign), 0);
+        assert_eq!(rig.sender.received_by(&good).len(), 1);
+        assert_eq!(rig.waiting().await, 0, "not kept for a retry");
+        let failed = rig.failed().await;
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].why.contains("another key"), "{}", failed[0].why);
+        assert_eq!(rig.failures_audited().await, vec![foreign]);
+    }
+
+    #[tokio::test]
+    async fn a_message_handed_over_by_a_worker_that_died_before_recording_it_reaches_the_recipient_once() {
+        let rig = Rig::new(Scripted::idempotent());
+        let to = rig.queue("0912000001", "Ma OTP: 123456", SmsPurpose::Otp).await;
+        let dead = rig.worker();
+        let claimed = rig.store.claim_outbox(&dead.owner, BATCH, LEASE, rig.now()).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        // It hands the message to the gateway, then dies before marking it sent.
+        assert!(matches!(dead.attempt(&claimed[0], rig.now()).await, Fate::Sent(Delivery::Sent)));
+        drop(dead);
+        let survivor = rig.worker();
+        assert_eq!(survivor.deliver_due().await.unwrap(), 0, "the claim still holds");
+        rig.advance(LEASE - MS);
+        assert_eq!(survivor.deliver_due().await.unwrap(), 0, "the claim still holds");
+        assert_eq!(rig.sender.calls(), 1);
+        rig.advance(MS);
+        assert_eq!(survivor.deliver_due().await.unwrap(), 1, "handed over again once the lease ended");
+        assert_eq!(rig.sender.calls(), 2);
+        assert_eq!(rig.sender.received_by(&to).len(), 1, "the gateway knew the id: received once");
+        assert_eq!(rig.waiting().await, 0, "already sent: marked sent");
+        assert!(rig.failed().await.is_empty());
+        rig.advance(Duration::from_secs(3600));
+        survivor.deliver_due().await.unwrap();
+        assert_eq!(rig.sender.calls(), 2, "never again");
+    }
+
+    #[tokio::test]
+    async fn a_message_claimed_by_a_worker_that_died_before_sending_is_delivered_by_another_after_the_lease() {
+        let rig = Rig::new(Scripted::idempotent());
+        let to = rig.queue("0912000001", "Ma OTP: 123456", SmsPurpose::Otp).await;
+        let dead = rig.worker();
+        assert_eq!(rig.store.claim_outbox(&dead.owner, BATCH, LEASE, rig.now()).await.unwrap().len(), 1);
+        drop(dead);
+        let survivor = rig.worker();
+        rig.advance(LEASE - MS);
+        assert_eq!(survivor.deliver_due().await.unwrap(), 0);
+        assert_eq!(rig.sender.calls(), 0);
+        rig.advance(MS);
+        assert_eq!(survivor.deliver_due().await.unwrap(), 1);
+        assert_eq!(rig.sender.received_by(&to).len(), 1);
+        assert_eq!(rig.waiting().await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_worker_whose_lease_ended_cannot_fail_or_reschedule_a_message_another_worker_holds() {
+        let rig = Rig::new(Scripted::default());
+        let to = rig.queue("0912000001", "Ma OTP: 123456", SmsPurpose::Otp).await;
+        let slow = rig.worker();
+        let claimed = rig.store.claim_outbox(&slow.owner, BATCH, LEASE, rig.now()).await.unwrap();
+        rig.advance(LEASE);
+        let other = rig.worker();
+        let again = rig.store.claim_outbox(&other.owner, BATCH, LEASE, rig.now()).await.unwrap();
+        assert_eq!(again.len(), 1, "claimable again once the lease ended");
+        // The slow worker reports late: neither report may touch the other worker's claim.
+        slow.record(&claimed[0], Fate::Failed("late".into()), rig.now()).await.unwrap();
+        slow.record(&claimed[0], Fate::Retry(rig.now(), "late".into()), rig.now()).await.unwrap();
+        assert!(rig.failed().await.is_empty());
+        assert!(rig.failures_audited().await.is_empty());
+        assert!(rig.store.claim_outbox(&slow.owner, BATCH, LEASE, rig.now()).await.unwrap().is_empty(), "still held");
+        rig.advance(LEASE);
+        assert_eq!(other.deliver_due().await.unwrap(), 1);
+        assert_eq!(rig.sender.received_by(&to).len(), 1);
+    }
+
+    /// Two workers deliver concurrently while messages keep arriving; a gateway that does not deduplicate
+    /// counts what it was handed.
+    async fn two_concurrent_workers_hand_each_message_over_once(store: Arc<dyn Store>) {
+        let rig = Arc::new(Rig::on(store, Scripted::default()));
+        const MESSAGES: usize = 300;
+        let (a, b) = (Arc::new(rig.worker()), Arc::new(rig.worker()));
+        let (stop_tx, stop) = watch::channel(false);
+        let rounds = |w: Arc<Worker>, stop: watch::Receiver<bool>| {
+            tokio::spawn(async move {
+                let mut sent = 0;
+                loop {
+                    let last = *stop.borrow();
+                    sent += w.deliver_due().await.unwrap();
+                    if last {
+                        return sent;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let (ta, tb) = (rounds(a, stop.clone()), rounds(b, stop));
+        for i in 0..MESSAGES {
+            rig.queue(&format!("0915{i:06}"), "Ma OTP: 123456", SmsPurpose::Otp).await;
+        }
+        stop_tx.send(true).unwrap();
+        let sent = ta.await.unwrap() + tb.await.unwrap();
+        let calls = rig.sender.calls.lock().unwrap().clone();
+        let mut per_id: HashMap<String, usize> = HashMap::new();
+        for (id, _, _) in &calls {
+            *per_id.entry(id.clone()).or_default() += 1;
+        }
+        let twice: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "handed over more than once: {twice:?}");
+        assert_eq!(per_id.len(), MESSAGES, "every message handed over");
+        assert_eq!(sent, MESSAGES);
+        assert_eq!(rig.waiting().await, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_workers_on_one_memory_store_never_hand_the_same_message_to_the_sender_twice() {
+        two_concurrent_workers_hand_each_message_over_once(Arc::new(MemoryStore::new())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_workers_on_one_sled_store_never_hand_the_same_message_to_the_sender_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        two_concurrent_workers_hand_each_message_over_once(Arc::new(SledStore::open(dir.path()).unwrap())).await;
     }
 }

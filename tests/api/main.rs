@@ -1,11 +1,13 @@
 //! One black-box test binary (cargo links it once). Modules by concern:
 //! transcripts (data-driven conversations, engine and server), webhook (carrier contract, retries and
 //! races), concurrency (N requests at once get no further than one at a time), flows (`kichhoat check`),
-//! restart (kill -9), secrets (nothing secret on disk or in logs).
+//! restart (kill -9), secrets (nothing secret on disk or in logs), expiry (what the sweeper reclaims, on
+//! the injected clock).
 
 mod cli;
 mod concurrency;
 mod engine_props;
+mod expiry;
 mod flows;
 mod helpers;
 mod registry;

@@ -1,10 +1,11 @@
 //! Transcripts are the spec: each file in `fixtures/transcripts/` is a conversation (dials, inputs, clock
 //! moves) with what the citizen sees (CON/END and words, compared without diacritics) and the SMS that
-//! must (and must not) go out. Every transcript runs twice:
+//! must (and must not) go out. Every transcript runs twice, as two tests named after its file (see
+//! `transcripts!`):
 //! - against the pure engine, writing the session out as JSON and reading it back between every turn;
 //! - against the real HTTP server on a random port, driven as Africa's Talking drives it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use rand::SeedableRng;
@@ -14,7 +15,7 @@ use kichhoat::channel::africastalking::response;
 use kichhoat::clock::Millis;
 use kichhoat::crypto::{Crypto, HashCost};
 use kichhoat::domain::{Msisdn, NationalId, Secret};
-use kichhoat::engine::{self, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Session};
+use kichhoat::engine::{Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Session};
 use kichhoat::flow::catalog::to_gsm7;
 use kichhoat::flow::{Charset, Flow};
 use kichhoat::limits::{self, CounterKey, Tally};
@@ -57,21 +58,16 @@ struct Turn {
     note: Option<String>,
 }
 
-fn load_all() -> Vec<(String, Transcript)> {
-    let dir = repo().join("fixtures/transcripts");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    let all: Vec<_> = files
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .map(|p| {
-            let t: Transcript = toml::from_str(&std::fs::read_to_string(&p).unwrap())
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            (p.file_name().unwrap().to_string_lossy().to_string(), t)
-        })
-        .collect();
-    assert!(all.len() >= 10, "expected the transcript suite, found {}", all.len());
-    all
+/// The transcript file a test is named after: test `t01_activation_happy_path` runs
+/// `fixtures/transcripts/01_activation_happy_path.toml` (a Rust name cannot start with a digit).
+fn file_of(test: &str) -> String {
+    format!("{}.toml", test.strip_prefix('t').unwrap_or(test))
+}
+
+fn load(file: &str) -> Transcript {
+    let path = repo().join("fixtures/transcripts").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn duration(s: &str) -> Duration {
@@ -195,7 +191,7 @@ impl EngineDriver {
         let session: Option<Session> = self.saved.as_deref().map(|j| serde_json::from_str(j).unwrap());
         let ctx =
             Ctx { flow: &self.flow, directory: &self.dir, crypto: &self.crypto, now: self.now, caller: &self.caller };
-        let turn = engine::step(&ctx, session, inbound, &mut self.rng).unwrap();
+        let turn = kichhoat::engine::step(&ctx, session, inbound, &mut self.rng).unwrap();
         self.saved = Some(serde_json::to_string(&turn.session).unwrap());
         let mut sms = Vec::new();
         for e in turn.effects {
@@ -261,21 +257,80 @@ impl Driver for ServerDriver {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_transcript_holds_against_the_engine() {
-    for (file, t) in load_all() {
-        let mut d = EngineDriver::new(&t.phone);
-        run(&file, &t, &mut d, "engine").await;
-    }
+async fn on_engine(file: &str) {
+    let t = load(file);
+    let mut d = EngineDriver::new(&t.phone);
+    run(file, &t, &mut d, "engine").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_transcript_holds_against_the_http_server() {
-    for (file, t) in load_all() {
-        let server = TestServer::start().await;
-        let phone = AtPhone::new(&server.url, &Msisdn::parse(&t.phone).unwrap().e164());
-        let mut d = ServerDriver { server, phone, seen_sms: 0 };
-        run(&file, &t, &mut d, "http").await;
-        d.server.stop().await;
-    }
+async fn on_http(file: &str) {
+    let t = load(file);
+    let server = TestServer::start().await;
+    let phone = AtPhone::new(&server.url, &Msisdn::parse(&t.phone).unwrap().e164());
+    let mut d = ServerDriver { server, phone, seen_sms: 0 };
+    run(file, &t, &mut d, "http").await;
+    d.server.stop().await;
+}
+
+/// One test per transcript and driver, so a failing transcript hides none of the others:
+/// `transcripts::engine::t01_activation_happy_path` and `transcripts::http::t01_activation_happy_path`.
+/// Each name is the file's, see [`file_of`].
+macro_rules! transcripts {
+    ($($test:ident),* $(,)?) => {
+        /// The tests, by name, for [`every_transcript_file_has_a_test_and_every_test_a_file`].
+        const LISTED: &[&str] = &[$(stringify!($test)),*];
+
+        /// Against the pure engine, the session round-tripped through JSON on every turn.
+        mod engine {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::on_engine(&super::file_of(stringify!($test))).await;
+                }
+            )*
+        }
+
+        /// Against the HTTP server, driven as Africa's Talking drives it.
+        mod http {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::on_http(&super::file_of(stringify!($test))).await;
+                }
+            )*
+        }
+    };
+}
+
+transcripts! {
+    t01_activation_happy_path,
+    t02_unknown_and_mismatch_look_alike,
+    t03_pending,
+    t04_otp_wrong_five_times,
+    t05_otp_expired,
+    t06_otp_resend,
+    t07_password_and_passcode_rules,
+    t08_idle_starts_over,
+    t09_english_and_help,
+    t10_malformed_id_refused,
+    t11_login_refusals,
+    t12_typed_phone_forms,
+    t13_otp_valid_until_three_minutes,
+    t14_too_many_refusals_keep_the_activation,
+}
+
+#[test]
+fn every_transcript_file_has_a_test_and_every_test_a_file() {
+    let dir = repo().join("fixtures/transcripts");
+    let files: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|name| name.ends_with(".toml"))
+        .collect();
+    let tested: BTreeSet<String> = LISTED.iter().map(|t| file_of(t)).collect();
+    assert_eq!(tested.len(), LISTED.len(), "a transcript listed twice: {LISTED:?}");
+    let untested: Vec<_> = files.difference(&tested).collect();
+    let missing: Vec<_> = tested.difference(&files).collect();
+    assert!(untested.is_empty(), "transcripts without a test (add them to `transcripts!`): {untested:?}");
+    assert!(missing.is_empty(), "tests without a transcript in {}: {missing:?}", dir.display());
 }
