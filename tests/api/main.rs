@@ -1,6 +1,7 @@
 //! One black-box test binary (cargo links it once). Modules by concern:
 //! transcripts (data-driven conversations, engine and server), webhook (carrier contract, retries and
-//! races), flows (`kichhoat check`), restart (kill -9), secrets (nothing secret on disk or in logs).
+//! races), flows (`kichhoat check`), restart (kill -9), secrets (nothing secret on disk or in logs),
+//! store_contract (the `Store` contract, run against every backend).
 
 mod cli;
 mod engine_props;
@@ -9,5 +10,6 @@ mod helpers;
 mod registry;
 mod restart;
 mod secrets;
+mod store_contract;
 mod transcripts;
 mod webhook;
