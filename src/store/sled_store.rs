@@ -30,7 +30,7 @@ use super::{
     AuditRecord, Commit, CommitOutcome, Conversation, Expired, FailedSms, QueuedSms, Retention, Store, StoreError,
     Version,
 };
-use crate::clock::Millis;
+use crate::clock::{Clock, Millis, SystemClock};
 use crate::domain::{Msisdn, NationalId};
 use crate::engine::{Account, Citizen};
 use crate::limits::{self, CounterKey, Tally};
@@ -151,8 +151,14 @@ fn abort(o: CommitOutcome) -> TxError {
 impl SledStore {
     /// Opens (or creates) the database at `dir`, migrating a data dir of an earlier schema.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        Self::open_at(dir, SystemClock.now())
+    }
+
+    /// As [`SledStore::open`], with the time a migration dates what it converts by (the service's clock:
+    /// migrated counters must not be forgotten, nor kept, on another clock than the one that reads them).
+    pub fn open_at(dir: &Path, now: Millis) -> Result<SledStore, StoreError> {
         let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(backend)?;
-        migrate::to_current(&db)?;
+        migrate::to_current(&db, now)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         let instance = instance_id(&db)?;
         release_claims(&db)?;
