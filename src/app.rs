@@ -116,7 +116,7 @@ impl App {
         let crypto = Arc::new(Crypto::load_or_create(&settings.key_file, cost)?);
         let (store, sled): (Arc<dyn Store>, Option<Arc<SledStore>>) = match settings.store {
             StoreKind::Sled => {
-                let sled = Arc::new(SledStore::open(&settings.db_dir())?);
+                let sled = Arc::new(SledStore::open_at(&settings.db_dir(), clock.now())?);
                 (sled.clone(), Some(sled))
             }
             StoreKind::Memory => (Arc::new(MemoryStore::new()), None),

@@ -30,7 +30,7 @@ use super::{
     AuditRecord, Commit, CommitOutcome, Conversation, Expired, FailedSms, QueuedSms, Retention, Store, StoreError,
     Version,
 };
-use crate::clock::Millis;
+use crate::clock::{Clock, Millis, SystemClock};
 use crate::domain::{Msisdn, NationalId};
 use crate::engine::{Account, Citizen};
 use crate::limits::{self, CounterKey, Tally};
@@ -151,8 +151,14 @@ fn abort(o: CommitOutcome) -> TxError {
 impl SledStore {
     /// Opens (or creates) the database at `dir`, migrating a data dir of an earlier schema.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        Self::open_at(dir, SystemClock.now())
+    }
+
+    /// As [`SledStore::open`], with the time a migration dates what it converts by (the service's clock:
+    /// migrated counters must not be forgotten, nor kept, on another clock than the one that reads them).
+    pub fn open_at(dir: &Path, now: Millis) -> Result<SledStore, StoreError> {
         let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(backend)?;
-        migrate::to_current(&db)?;
+        migrate::to_current(&db, now)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         let instance = instance_id(&db)?;
         release_claims(&db)?;
@@ -627,5 +633,70 @@ impl Store for SledStore {
                 Ok((id, decode("audit", &v)?))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Session, Slots};
+    use crate::flow::Lang;
+
+    fn commit_of(n: u32) -> Commit {
+        let at = Millis(1_795_996_800_000);
+        let phone = Msisdn::parse(&format!("+8491{n:07}")).unwrap();
+        let session =
+            Session { lang: Lang::Vi, state: "menu".into(), tries: 0, updated_at: at, slots: Slots::default() };
+        Commit {
+            at,
+            phone,
+            conversation: Conversation::new(session),
+            activate: None,
+            sms: Vec::new(),
+            audit: Vec::new(),
+            bumps: Vec::new(),
+        }
+    }
+
+    /// Copies the files of a live database, as a crash would leave them.
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    /// Commits answer only once durable, and concurrent ones wait for the same flush: with one flush per
+    /// commit (or a commit flushing on its own, uncounted), this fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sixty_four_concurrent_commits_share_group_flushes_and_are_on_disk_when_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
+        let before = store.flushes();
+        let commits: Vec<_> = (0..64)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move { store.commit(None, commit_of(n)).await })
+            })
+            .collect();
+        for c in commits {
+            assert!(matches!(c.await.unwrap().unwrap(), CommitOutcome::Committed(_)));
+        }
+        let flushes = store.flushes() - before;
+        assert!((1..64).contains(&flushes), "{flushes} flushes for 64 commits");
+
+        // What is on disk now (the store still open, nothing flushed since) holds every commit.
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(&dir.path().join("db"), &copy.path().join("db"));
+        let reopened = SledStore::open(&copy.path().join("db")).unwrap();
+        for n in 0..64 {
+            assert!(reopened.load(&commit_of(n).phone).await.unwrap().is_some(), "commit {n} is not on disk");
+        }
     }
 }

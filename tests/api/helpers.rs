@@ -52,7 +52,12 @@ impl TestServer {
     }
 
     pub async fn start_with(dir: tempfile::TempDir, settings: Settings) -> TestServer {
-        let clock = Arc::new(ManualClock::new(T0));
+        Self::start_at(dir, settings, T0).await
+    }
+
+    /// As [`TestServer::start_with`], with the clock starting at `now` (a data dir made at another time).
+    pub async fn start_at(dir: tempfile::TempDir, settings: Settings, now: Millis) -> TestServer {
+        let clock = Arc::new(ManualClock::new(now));
         let app = App::open(&settings, clock.clone() as Arc<dyn Clock>, HashCost::DANGER_TEST_ONLY).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -2,7 +2,8 @@
 //! transcripts (data-driven conversations, engine and server), webhook (carrier contract, retries and
 //! races), concurrency (N requests at once get no further than one at a time), flows (`kichhoat check`),
 //! restart (kill -9), secrets (nothing secret on disk or in logs), expiry (what the sweeper reclaims, on
-//! the injected clock).
+//! the injected clock), store_contract (the `Store` contract, run against every backend), migration (a data
+//! dir of the previous release opens and carries on).
 
 mod cli;
 mod concurrency;
@@ -10,8 +11,10 @@ mod engine_props;
 mod expiry;
 mod flows;
 mod helpers;
+mod migration;
 mod registry;
 mod restart;
 mod secrets;
+mod store_contract;
 mod transcripts;
 mod webhook;

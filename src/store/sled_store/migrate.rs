@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{at_key, backend, decode, encode, encode_conv, ConvRecord, SCHEMA};
 use crate::channel::africastalking::legacy_cursor;
-use crate::clock::{Clock, Millis, SystemClock};
+use crate::clock::Millis;
 use crate::domain::{Msisdn, NationalId};
 use crate::engine::{Reply, Session};
 use crate::limits::{CounterKey, Tally};
@@ -67,8 +67,9 @@ enum StoredV1<T> {
     V1(T),
 }
 
-/// Reads the schema of `db`, migrates it to the current one, or refuses a newer one.
-pub fn to_current(db: &sled::Db) -> Result<(), StoreError> {
+/// Reads the schema of `db`, migrates it to the current one (dating what has no time of its own `now`), or
+/// refuses a newer one.
+pub fn to_current(db: &sled::Db, now: Millis) -> Result<(), StoreError> {
     let schema = match db.get(SCHEMA_KEY).map_err(backend)? {
         Some(v) => std::str::from_utf8(&v)
             .ok()
@@ -82,15 +83,14 @@ pub fn to_current(db: &sled::Db) -> Result<(), StoreError> {
         return Err(StoreError::NewerSchema { found: schema, supported: SCHEMA });
     }
     if schema == 1 {
-        from_v1(db)?;
+        from_v1(db, now)?;
     }
     db.insert(SCHEMA_KEY, SCHEMA.to_string().as_bytes()).map_err(backend)?;
     db.flush().map_err(backend)?;
     Ok(())
 }
 
-fn from_v1(db: &sled::Db) -> Result<(), StoreError> {
-    let now = SystemClock.now();
+fn from_v1(db: &sled::Db, now: Millis) -> Result<(), StoreError> {
     let tree = |name: &str| db.open_tree(name).map_err(backend);
     let (conversations, fresh) = (tree("conversations")?, tree("conv_fresh")?);
     for kv in conversations.iter() {
