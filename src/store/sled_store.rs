@@ -128,8 +128,22 @@ pub struct SledStore {
     /// Random, made with the database: outbox message ids are `<instance>-<seq>`, so a fresh database
     /// writing to an old outbox file never collides with the messages already in it.
     instance: String,
-    flush_tx: Mutex<mpsc::Sender<Waiter>>,
+    /// `None` once dropped: the flusher thread then ends, and `Drop` waits for it so the database is
+    /// closed (and its lock released) when the store is gone.
+    flush_tx: Mutex<Option<mpsc::Sender<Waiter>>>,
+    flusher: Mutex<Option<thread::JoinHandle<()>>>,
     flushes: Arc<AtomicU64>,
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        if let Ok(mut tx) = self.flush_tx.lock() {
+            tx.take();
+        }
+        if let Some(handle) = self.flusher.lock().ok().and_then(|mut h| h.take()) {
+            let _ = handle.join();
+        }
+    }
 }
 
 /// Why a commit transaction stopped.
@@ -166,7 +180,7 @@ impl SledStore {
         let flusher_db = db.clone();
         let flushes = Arc::new(AtomicU64::new(0));
         let counted = flushes.clone();
-        thread::Builder::new()
+        let flusher = thread::Builder::new()
             .name("sled-group-commit".into())
             .spawn(move || group_commit(flusher_db, rx, counted))
             .map_err(backend)?;
@@ -184,7 +198,8 @@ impl SledStore {
             audit: tree("audit")?,
             db,
             instance,
-            flush_tx: Mutex::new(tx),
+            flush_tx: Mutex::new(Some(tx)),
+            flusher: Mutex::new(Some(flusher)),
             flushes,
         })
     }
@@ -214,7 +229,10 @@ impl SledStore {
     fn wait_durable(&self) -> oneshot::Receiver<Result<(), String>> {
         let (tx, rx) = oneshot::channel();
         let sent = match self.flush_tx.lock() {
-            Ok(sender) => sender.send(tx).map_err(|e| e.0),
+            Ok(sender) => match sender.as_ref() {
+                Some(sender) => sender.send(tx).map_err(|e| e.0),
+                None => Err(tx),
+            },
             Err(_) => Err(tx),
         };
         if let Err(tx) = sent {
