@@ -21,7 +21,7 @@ use crate::clock::{Clock, Millis};
 use crate::crypto::{Crypto, CryptoError};
 use crate::domain::{Msisdn, NationalId};
 use crate::engine::{
-    self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound, Reply, Session,
+    self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound, Medium, Reply, Session,
 };
 use crate::flow::{Flow, Lang};
 use crate::limits::{CounterKey, Tally};
@@ -159,7 +159,7 @@ impl Service {
             };
             let now = self.clock.now();
             let session = conversation.as_ref().map(|c| c.session.clone());
-            let (session, reply, effects) = self.run_step(phone.clone(), session, inbound, now).await?;
+            let (session, reply, effects) = self.run_step(phone.clone(), C::MEDIUM, session, inbound, now).await?;
             let state = session.state.clone();
             let mut next = conversation.unwrap_or_else(|| Conversation::new(session.clone()));
             next.session = session;
@@ -200,6 +200,7 @@ impl Service {
     async fn run_step(
         &self,
         caller: Msisdn,
+        medium: Medium,
         session: Option<Session>,
         inbound: Inbound,
         now: Millis,
@@ -214,7 +215,7 @@ impl Service {
         };
         let job = move || -> Result<(Session, Reply, Vec<Effect>), EngineError> {
             let _permit = permit;
-            let ctx = Ctx { flow: &flow, directory: &lookups, crypto: &crypto, now, caller: &caller };
+            let ctx = Ctx { flow: &flow, directory: &lookups, crypto: &crypto, now, caller: &caller, medium };
             let stepped = engine::step(&ctx, session, inbound, &mut OsRng)?;
             Ok((stepped.session, stepped.reply, stepped.effects))
         };

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{Channel, Derived};
 use crate::crypto::{stored_mac_eq, Crypto};
 use crate::domain::{Msisdn, Secret};
-use crate::engine::{Inbound, Reply};
+use crate::engine::{Inbound, Medium, Reply};
 use crate::flow::catalog::for_channel;
 use crate::flow::Charset;
 use crate::store::Cursor;
@@ -179,6 +179,7 @@ pub fn legacy_cursor(session_mac: &str, text_len: usize, text_mac: &str, ended: 
 impl Channel for AfricasTalking {
     type Request = Hop;
     const KIND: &'static str = "africastalking";
+    const MEDIUM: Medium = Medium::Ussd;
 
     fn phone<'r>(&self, hop: &'r Hop) -> &'r Msisdn {
         &hop.phone

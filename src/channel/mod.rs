@@ -10,7 +10,7 @@
 pub mod africastalking;
 
 use crate::domain::Msisdn;
-use crate::engine::{Inbound, Reply};
+use crate::engine::{Inbound, Medium, Reply};
 use crate::store::Cursor;
 
 /// What a request means for the conversation.
@@ -30,6 +30,8 @@ pub trait Channel: Send + Sync {
     type Request: Send + Sync;
     /// Names this channel's cursor inside a conversation; stable, as it is stored.
     const KIND: &'static str;
+    /// How its replies reach the citizen (words, budget, frame).
+    const MEDIUM: Medium;
 
     fn phone<'r>(&self, r: &'r Self::Request) -> &'r Msisdn;
     /// A keyed hash naming this request among its retries (Africa's Talking: session and cumulative

@@ -22,6 +22,7 @@ use crate::flow::{Flow, Kind, Lang};
 use crate::limits::{Bump, CounterKey, Tally};
 /// The message keys the engine shows, re-exported from their home in [`crate::vocab`].
 pub use crate::vocab::keys;
+pub use crate::vocab::{Command, Medium};
 pub use actions::Act;
 
 /// An activation (or log-in) idle this long starts over (issue #2).
@@ -154,6 +155,11 @@ pub enum Inbound {
     Start { choices: Vec<Secret> },
     /// One entry typed at the current prompt. Wrapped: it may be a password.
     Text(Secret),
+    /// A message that opens an exchange (a first SMS, or one after the last reply ended it): it answers
+    /// the step an activation in progress waits at, and otherwise opens the menu whatever it says.
+    Open(Secret),
+    /// A command word instead of an answer (SMS keywords).
+    Command(Command),
 }
 
 /// The screen to show: full text with diacritics; the channel renders it for its charset.
@@ -223,12 +229,16 @@ pub struct Ctx<'a> {
     pub now: Millis,
     /// The phone the citizen is calling from.
     pub caller: &'a Msisdn,
+    /// How the reply reaches the citizen this turn (its words, budget and frame).
+    pub medium: Medium,
 }
 
 /// Working state of one step.
 pub(crate) struct Out {
     pub effects: Vec<Effect>,
     pub args: Vec<(&'static str, String)>,
+    /// The citizen typed a secret this turn (a password, passcode or answer).
+    pub took_secret: bool,
 }
 
 /// Runs one step of the conversation.
@@ -240,13 +250,14 @@ pub fn step(
 ) -> Result<Stepped, EngineError> {
     let flow = ctx.flow;
     let mut s = session.unwrap_or_else(|| Session::new(flow, ctx.now));
-    let mut out = Out { effects: Vec::new(), args: Vec::new() };
+    let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false };
     let idle = ctx.now.since(s.updated_at) > IDLE_RESET;
+    let resumable =
+        |s: &Session| flow.state(&s.state).filter(|st| st.resume && matches!(st.kind, Kind::Input { .. })).cloned();
     let reply = match inbound {
         Inbound::Start { choices } if choices.is_empty() => {
-            match flow.state(&s.state).filter(|st| st.resume && matches!(st.kind, Kind::Input { .. })) {
+            match resumable(&s) {
                 Some(st) if !idle => {
-                    let st = st.clone();
                     s.tries = 0; // a new session: a fresh set of tries at this step
                     let note = actions::resume_note(&st, &s, ctx.now).unwrap_or(keys::NOTE_RESUME);
                     screen(ctx, &s, &out, Some(note), &st.name)
@@ -265,9 +276,48 @@ pub fn step(
             reply
         }
         Inbound::Text(input) => on_text(ctx, &mut s, &mut out, input, idle, rng)?,
+        // A first message: it answers the step an activation waits at, else it opens the menu.
+        Inbound::Open(input) => match resumable(&s) {
+            Some(st) if !idle => on_input(ctx, &mut s, &mut out, &st, input, rng)?,
+            _ => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
+        },
+        Inbound::Command(Command::Menu) => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
+        Inbound::Command(Command::Help) => go(ctx, &mut s, &mut out, &flow.help.clone(), None, rng)?,
+        Inbound::Command(Command::Cancel) => {
+            if s.slots != Slots::default() {
+                let (id, phone) = (s.slots.national_id.clone(), s.slots.phone.clone());
+                out.effects.push(Effect::Audit(AuditEvent {
+                    event: "cancelled".into(),
+                    national_id: id,
+                    phone: phone.or_else(|| Some(ctx.caller.clone())),
+                }));
+            }
+            reset(flow, &mut s);
+            Reply { text: render(ctx, &s, &out, keys::END_CANCELLED), end: true }
+        }
     };
+    let reply = frame(ctx, &s, &out, reply);
     s.updated_at = ctx.now;
     Ok(Stepped { session: s, reply, effects: out.effects })
+}
+
+/// What stands around a reply on its medium: over SMS, a reminder to delete a message that carried a
+/// secret above it, and what the citizen can text next below it.
+fn frame(ctx: &Ctx, s: &Session, out: &Out, reply: Reply) -> Reply {
+    match ctx.medium {
+        Medium::Ussd => reply,
+        Medium::Sms => {
+            let mut text = String::new();
+            if out.took_secret {
+                text.push_str(&render(ctx, s, out, keys::SMS_DELETE_SECRET));
+                text.push('\n');
+            }
+            text.push_str(&reply.text);
+            text.push('\n');
+            text.push_str(&render(ctx, s, out, if reply.end { keys::SMS_AGAIN } else { keys::SMS_MORE }));
+            Reply { text, end: reply.end }
+        }
+    }
 }
 
 /// An entry typed at whatever the session stands at; an idle activation or a session at no state starts
@@ -309,6 +359,7 @@ fn on_input(
     let Some((validator, action)) = parse else {
         return Ok(retry(ctx, s, out, st, keys::ERR_CHOICE));
     };
+    out.took_secret |= validator.takes_secret();
     let value = match validators::parse(*validator, &input, s, ctx) {
         Ok(v) => v,
         Err(reason) => return Ok(retry(ctx, s, out, st, reason)),
@@ -337,7 +388,7 @@ fn retry(ctx: &Ctx, s: &mut Session, out: &Out, st: &crate::flow::State, reason:
         } else {
             reset(ctx.flow, s);
         }
-        return Reply { text: ctx.flow.catalog(s.lang).get(keys::END_TOO_MANY).to_string(), end: true };
+        return Reply { text: render(ctx, s, out, keys::END_TOO_MANY), end: true };
     }
     screen(ctx, s, out, Some(reason), &st.name)
 }
@@ -406,12 +457,13 @@ fn screen(ctx: &Ctx, s: &Session, out: &Out, above: Option<&str>, state: &str) -
 /// Renders a message with the placeholders the session and the step provide.
 fn render(ctx: &Ctx, s: &Session, out: &Out, key: &str) -> String {
     let catalog = ctx.flow.catalog(s.lang);
+    let template = catalog.get_for(ctx.medium, key);
     let mut args: Vec<(&str, String)> = vec![
         ("minutes", (actions::OTP_LIFETIME.as_secs() / 60).to_string()),
         ("n", (s.slots.questions.len() + 1).to_string()),
         ("total", actions::QUESTIONS_REQUIRED.to_string()),
     ];
-    if catalog.get(key).contains("{questions}") {
+    if template.contains("{questions}") {
         let chosen: Vec<String> = s.slots.questions.iter().map(|a| a.question.clone()).collect();
         args.push(("questions", ctx.flow.question_list(s.lang, &chosen)));
     }
@@ -422,5 +474,5 @@ fn render(ctx: &Ctx, s: &Session, out: &Out, key: &str) -> String {
         args.push(("masked_phone", p.masked()));
     }
     args.extend(out.args.iter().cloned());
-    catalog.render(key, &args)
+    crate::flow::catalog::fill(template, &args)
 }

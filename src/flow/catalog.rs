@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::domain::text::{fold_diacritics, gsm7_len, ucs2_len};
+use crate::vocab::Medium;
 
 /// Characters in one USSD screen, GSM-7 (182 septets in 160 octets).
 pub const USSD_GSM7_BUDGET: usize = 182;
@@ -16,6 +17,15 @@ pub const USSD_GSM7_BUDGET: usize = 182;
 pub const USSD_UCS2_BUDGET: usize = 80;
 /// One single-part SMS in GSM-7.
 pub const SMS_GSM7_BUDGET: usize = 160;
+/// Parts an SMS reply may take (concatenated; 3GPP TS 23.040 user data header).
+pub const SMS_REPLY_PARTS: usize = 3;
+/// Characters per part of a concatenated SMS: GSM-7 153, UCS-2 67 (the header takes the rest).
+pub const SMS_GSM7_PART: usize = 153;
+pub const SMS_UCS2_PART: usize = 67;
+/// An SMS reply of up to [`SMS_REPLY_PARTS`] parts, GSM-7.
+pub const SMS_REPLY_GSM7_BUDGET: usize = SMS_REPLY_PARTS * SMS_GSM7_PART;
+/// An SMS reply of up to [`SMS_REPLY_PARTS`] parts, UCS-2.
+pub const SMS_REPLY_UCS2_BUDGET: usize = SMS_REPLY_PARTS * SMS_UCS2_PART;
 
 /// How screens are encoded towards the carrier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -27,11 +37,22 @@ pub enum Charset {
     Ucs2,
 }
 
-/// Renders a finished text for the channel.
+/// Renders a finished USSD screen for the channel.
 pub fn for_channel(text: &str, charset: Charset) -> String {
     match charset {
         Charset::Ucs2 if ucs2_len(text) <= USSD_UCS2_BUDGET => text.to_string(),
         _ => to_gsm7(text),
+    }
+}
+
+/// Renders a finished SMS reply: with diacritics (UCS-2) when asked for and it fits the reply's parts,
+/// else folded to GSM-7. Returns the text and whether it needs UCS-2.
+pub fn for_sms(text: &str, charset: Charset) -> (String, bool) {
+    match charset {
+        Charset::Ucs2 if ucs2_len(text) <= SMS_REPLY_UCS2_BUDGET && gsm7_len(text).is_none() => {
+            (text.to_string(), true)
+        }
+        _ => (to_gsm7(text), false),
     }
 }
 
@@ -76,6 +97,16 @@ impl Catalog {
 
     pub fn get<'a>(&'a self, key: &'a str) -> &'a str {
         self.messages.get(key).map(String::as_str).unwrap_or(key)
+    }
+
+    /// The message `key` as `medium` shows it: its override in the medium's table (`[for_sms]`, for
+    /// texts that say "dial" on USSD and "text" over SMS) when there is one, else the common text.
+    pub fn get_for<'a>(&'a self, medium: Medium, key: &'a str) -> &'a str {
+        medium
+            .overrides()
+            .and_then(|table| self.messages.get(&format!("{table}.{key}")))
+            .map(String::as_str)
+            .unwrap_or_else(|| self.get(key))
     }
 
     /// The message `key` with `{placeholders}` filled from `args`.
@@ -138,6 +169,19 @@ pub fn ussd_overflow(screen: &str) -> Option<String> {
     None
 }
 
+/// Why a finished SMS reply does not fit its parts, if it does not (GSM-7 decides, as for USSD: a reply
+/// too long for UCS-2 goes out folded).
+pub fn sms_reply_overflow(reply: &str) -> Option<String> {
+    let gsm = fold_diacritics(reply);
+    match gsm7_len(&gsm) {
+        None => Some(format!("reply has characters outside GSM-7 even without diacritics: {gsm:?}")),
+        Some(n) if n > SMS_REPLY_GSM7_BUDGET => {
+            Some(format!("SMS reply is {n} GSM-7 characters, over {SMS_REPLY_PARTS} parts ({SMS_REPLY_GSM7_BUDGET})"))
+        }
+        _ => None,
+    }
+}
+
 /// Why an SMS text does not fit a single GSM-7 part, if it does not.
 pub fn sms_overflow(text: &str) -> Option<String> {
     let gsm = fold_diacritics(text);
@@ -174,6 +218,25 @@ mod tests {
         assert_eq!(for_channel(t, Charset::Ucs2), t);
         let long = "ạ".repeat(81);
         assert_eq!(for_channel(&long, Charset::Ucs2), "a".repeat(81));
+    }
+
+    #[test]
+    fn sms_replies_keep_diacritics_in_ucs2_only_when_asked_and_they_fit() {
+        let t = "Chào bạn";
+        assert_eq!(for_sms(t, Charset::Gsm7), ("Chao ban".to_string(), false));
+        assert_eq!(for_sms(t, Charset::Ucs2), (t.to_string(), true));
+        assert_eq!(for_sms("Chao ban", Charset::Ucs2), ("Chao ban".to_string(), false), "GSM-7 when it can be");
+        let long = "ạ".repeat(SMS_REPLY_UCS2_BUDGET + 1);
+        assert_eq!(for_sms(&long, Charset::Ucs2).1, false);
+        assert!(sms_reply_overflow(&"a".repeat(459)).is_none());
+        assert!(sms_reply_overflow(&"a".repeat(460)).is_some());
+    }
+
+    #[test]
+    fn a_medium_override_replaces_the_common_text_for_that_medium_only() {
+        let c = Catalog::parse("vi.toml", "[end]\nx = \"quay so\"\n[for_sms.end]\nx = \"nhan tin\"\n").unwrap();
+        assert_eq!(c.get_for(Medium::Ussd, "end.x"), "quay so");
+        assert_eq!(c.get_for(Medium::Sms, "end.x"), "nhan tin");
     }
 
     #[test]

@@ -11,9 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use super::catalog::{placeholders, sms_overflow, ussd_overflow, Catalog, PLACEHOLDERS};
+use super::catalog::{placeholders, sms_overflow, sms_reply_overflow, ussd_overflow, Catalog, PLACEHOLDERS};
 use super::{FileDef, Flow, Kind, Lang, Problem, Source, State, StateDef, SPEC_VERSION};
-use crate::vocab::{keys, ActionKind, Validator};
+use crate::vocab::{keys, ActionKind, Medium, Validator};
 
 /// The fewest refused entries a citizen gets at one step before the session ends (issue #2).
 pub const MIN_TRIES: u8 = 5;
@@ -46,7 +46,7 @@ pub fn load(src: &Source) -> Result<Flow, Vec<Problem>> {
     let catalogs = load_catalogs(src, &mut p);
 
     // Settings, each given once.
-    let (mut start, mut max_tries, mut questions) = (None, None, None);
+    let (mut start, mut help, mut max_tries, mut questions) = (None, None, None, None);
     for (file, def) in &files {
         if def.spec_version != SPEC_VERSION {
             p.add(
@@ -57,12 +57,17 @@ pub fn load(src: &Source) -> Result<Flow, Vec<Problem>> {
         }
         if let Some(s) = &def.settings {
             set_once(&mut start, &s.start, file, "start", &mut p);
+            set_once(&mut help, &s.help, file, "help", &mut p);
             set_once(&mut max_tries, &s.max_tries, file, "max_tries", &mut p);
             set_once(&mut questions, &s.questions, file, "questions", &mut p);
         }
     }
     let start = start.map(|(v, _)| v).unwrap_or_else(|| {
         p.add(&dir_name, "-", "no file sets settings.start");
+        String::new()
+    });
+    let help = help.map(|(v, _)| v).unwrap_or_else(|| {
+        p.add(&dir_name, "-", "no file sets settings.help (the END state that answers a request for help)");
         String::new()
     });
     let max_tries = max_tries.map(|(v, _)| v).unwrap_or(MIN_TRIES);
@@ -94,10 +99,16 @@ pub fn load(src: &Source) -> Result<Flow, Vec<Problem>> {
     if !start.is_empty() && !states.contains_key(&start) {
         p.add(&dir_name, &start, "settings.start names a state that does not exist");
     }
+    match states.get(&help) {
+        Some(st) if matches!(st.kind, Kind::End { .. }) => {}
+        Some(st) => p.add(&st.file, &help, "settings.help names a state that is not an end state"),
+        None if !help.is_empty() => p.add(&dir_name, &help, "settings.help names a state that does not exist"),
+        None => {}
+    }
     let broken_before_messages = !p.0.is_empty();
     check_graph(&start, &states, &mut p);
 
-    let flow = Flow { start, max_tries, questions, states, catalogs, source: src.name.clone() };
+    let flow = Flow { start, help, max_tries, questions, states, catalogs, source: src.name.clone() };
     check_messages(&flow, &questions_file, !broken_before_messages, &mut p);
     if p.0.is_empty() {
         Ok(flow)
@@ -373,8 +384,19 @@ fn check_messages(flow: &Flow, questions_file: &str, report_unused: bool, p: &mu
             }
         }
         for (k, text) in &cat.messages {
-            if report_unused && !used.contains_key(k) {
-                p.add(&cat.file, k, "message is not used by any flow");
+            let overrides = Medium::ALL
+                .iter()
+                .filter_map(|m| m.overrides())
+                .find_map(|t| k.strip_prefix(t).and_then(|rest| rest.strip_prefix('.')).map(|base| (t, base)));
+            match overrides {
+                Some((table, base)) if report_unused && !used.contains_key(base) => {
+                    p.add(&cat.file, k, format!("[{table}] replaces {base:?}, which no flow uses"))
+                }
+                Some(_) => {}
+                None if report_unused && !used.contains_key(k) => {
+                    p.add(&cat.file, k, "message is not used by any flow")
+                }
+                None => {}
             }
             for ph in placeholders(text) {
                 if !known.contains_key(ph.as_str()) {
@@ -383,12 +405,12 @@ fn check_messages(flow: &Flow, questions_file: &str, report_unused: bool, p: &mu
             }
         }
     }
-    // Budgets, with every placeholder at its widest.
+    // Budgets, with every placeholder at its widest, for every medium a screen can be shown on.
     for (lang, cat) in &flow.catalogs {
         let list = flow.question_list(*lang, &[]);
         let longest = flow.questions.iter().map(|q| cat.get(q)).max_by_key(|t| t.chars().count()).unwrap_or("");
-        let widest = |key: &str| -> String {
-            let mut t = cat.get(key).to_string();
+        let widest = |medium: Medium, key: &str| -> String {
+            let mut t = cat.get_for(medium, key).to_string();
             for (name, width) in PLACEHOLDERS {
                 let v = match *name {
                     "questions" => list.clone(),
@@ -399,25 +421,47 @@ fn check_messages(flow: &Flow, questions_file: &str, report_unused: bool, p: &mu
             }
             t
         };
-        for (s, prefixes, body, _) in &screens {
-            let body_text = widest(body);
-            let mut candidates = vec![(String::from("prompt"), body_text.clone())];
-            for pre in prefixes {
-                candidates.push((format!("{pre:?} above the prompt"), format!("{}\n{}", widest(pre), body_text)));
+        for medium in Medium::ALL {
+            // Over SMS a reply may also carry the reminder to delete a secret above it, and always what
+            // can be texted next below it.
+            let frame = |screen: String, is_input: bool| -> String {
+                match medium {
+                    Medium::Ussd => screen,
+                    Medium::Sms => {
+                        let footer = if is_input { keys::SMS_MORE } else { keys::SMS_AGAIN };
+                        format!("{}\n{screen}\n{}", widest(medium, keys::SMS_DELETE_SECRET), widest(medium, footer))
+                    }
+                }
+            };
+            let overflow = |text: &str| match medium {
+                Medium::Ussd => ussd_overflow(text),
+                Medium::Sms => sms_reply_overflow(text),
+            };
+            let on = |what: String| match medium {
+                Medium::Ussd => what,
+                Medium::Sms => format!("over SMS, {what}"),
+            };
+            for (s, prefixes, body, is_input) in &screens {
+                let body_text = widest(medium, body);
+                let mut candidates = vec![(String::from("prompt"), body_text.clone())];
+                for pre in prefixes {
+                    candidates
+                        .push((format!("{pre:?} above the prompt"), format!("{}\n{}", widest(medium, pre), body_text)));
+                }
+                for (what, screen) in candidates {
+                    if let Some(why) = overflow(&frame(screen, *is_input)) {
+                        p.add(&cat.file, &s.name, on(format!("{what}: {why}")));
+                    }
+                }
             }
-            for (what, screen) in candidates {
-                if let Some(why) = ussd_overflow(&screen) {
-                    p.add(&cat.file, &s.name, format!("{what}: {why}"));
+            for k in keys::FIXED_SCREENS {
+                if let Some(why) = overflow(&frame(widest(medium, k), false)) {
+                    p.add(&cat.file, k, on(why));
                 }
             }
         }
-        for k in keys::FIXED_SCREENS {
-            if let Some(why) = ussd_overflow(&widest(k)) {
-                p.add(&cat.file, k, why);
-            }
-        }
         for k in keys::SMS {
-            if let Some(why) = sms_overflow(&widest(k)) {
+            if let Some(why) = sms_overflow(&widest(Medium::Ussd, k)) {
                 p.add(&cat.file, k, why);
             }
         }

@@ -88,6 +88,7 @@ struct FileDef {
 #[serde(deny_unknown_fields)]
 struct SettingsDef {
     start: Option<String>,
+    help: Option<String>,
     max_tries: Option<u8>,
     questions: Option<Vec<String>>,
 }
@@ -132,6 +133,8 @@ pub struct State {
 #[derive(Debug, Clone)]
 pub struct Flow {
     pub start: String,
+    /// The END state that answers a request for help (`TRO GIUP` over SMS).
+    pub help: String,
     pub max_tries: u8,
     /// Message keys of the security questions, in the order they are listed.
     pub questions: Vec<String>,

@@ -22,9 +22,30 @@ pub const SMS_OTP: &str = "sms.otp";
 /// The confirmation SMS after a successful activation.
 pub const SMS_ACTIVATED: &str = "sms.activated";
 
-pub const FIXED: &[&str] =
-    &[ERR_CHOICE, NOTE_RESUME, NOTE_RESTART, END_TOO_MANY, END_UNAVAILABLE, END_DIAL_AGAIN, SMS_OTP, SMS_ACTIVATED];
-pub const FIXED_SCREENS: &[&str] = &[END_TOO_MANY, END_UNAVAILABLE, END_DIAL_AGAIN];
+/// END after `HUY`: the conversation was cancelled.
+pub const END_CANCELLED: &str = "end.cancelled";
+/// Under an SMS reply that waits for an answer: what the citizen can text next.
+pub const SMS_MORE: &str = "sms_reply.more";
+/// Under an SMS reply that ends the conversation: how to start again.
+pub const SMS_AGAIN: &str = "sms_reply.again";
+/// Above an SMS reply to a message that held a secret: delete the message you sent.
+pub const SMS_DELETE_SECRET: &str = "sms_reply.delete_secret";
+
+pub const FIXED: &[&str] = &[
+    ERR_CHOICE,
+    NOTE_RESUME,
+    NOTE_RESTART,
+    END_TOO_MANY,
+    END_UNAVAILABLE,
+    END_DIAL_AGAIN,
+    END_CANCELLED,
+    SMS_OTP,
+    SMS_ACTIVATED,
+    SMS_MORE,
+    SMS_AGAIN,
+    SMS_DELETE_SECRET,
+];
+pub const FIXED_SCREENS: &[&str] = &[END_TOO_MANY, END_UNAVAILABLE, END_DIAL_AGAIN, END_CANCELLED];
 pub const SMS: &[&str] = &[SMS_OTP, SMS_ACTIVATED];
 
 // Reasons and notices of actions.

@@ -39,6 +39,15 @@ impl Validator {
     }
 
     /// The name flow files use.
+    /// Whether what the citizen types here is a secret (a password, passcode or answer): never echoed,
+    /// and over SMS the reply asks the citizen to delete the message that carried it.
+    pub fn takes_secret(self) -> bool {
+        match self {
+            Validator::NewPassword | Validator::NewPasscode | Validator::Secret | Validator::Answer => true,
+            Validator::NationalId | Validator::Phone | Validator::Otp | Validator::Question => false,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Validator::NationalId => "national_id",

@@ -15,7 +15,7 @@ use kichhoat::channel::africastalking::response;
 use kichhoat::clock::Millis;
 use kichhoat::crypto::{Crypto, HashCost};
 use kichhoat::domain::{Msisdn, NationalId, Secret};
-use kichhoat::engine::{Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Session};
+use kichhoat::engine::{Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Medium, Session};
 use kichhoat::flow::catalog::to_gsm7;
 use kichhoat::flow::{Charset, Flow};
 use kichhoat::limits::{self, CounterKey, Tally};
@@ -189,8 +189,14 @@ impl EngineDriver {
 
     pub fn step(&mut self, inbound: Inbound) -> Seen {
         let session: Option<Session> = self.saved.as_deref().map(|j| serde_json::from_str(j).unwrap());
-        let ctx =
-            Ctx { flow: &self.flow, directory: &self.dir, crypto: &self.crypto, now: self.now, caller: &self.caller };
+        let ctx = Ctx {
+            flow: &self.flow,
+            directory: &self.dir,
+            crypto: &self.crypto,
+            now: self.now,
+            caller: &self.caller,
+            medium: Medium::Ussd,
+        };
         let turn = kichhoat::engine::step(&ctx, session, inbound, &mut self.rng).unwrap();
         self.saved = Some(serde_json::to_string(&turn.session).unwrap());
         let mut sms = Vec::new();

@@ -24,7 +24,7 @@ use crate::engine::{
 };
 use crate::flow::{Flow, Kind};
 use crate::limits::{self, CounterKey, Tally};
-use crate::vocab::{keys, ActionKind};
+use crate::vocab::{keys, ActionKind, Medium};
 
 /// 2026-11-29T00:00:00Z.
 const T0: Millis = Millis(1_795_996_800_000);
@@ -136,9 +136,15 @@ impl<'r> Bench<'r> {
     /// Runs `kind` on `entry` (parsed by the action's validator, which must accept it), records what it
     /// decided and applies its effects to the directory, as a commit would.
     fn act(&mut self, s: &mut Session, kind: ActionKind, entry: Option<&str>) -> Act {
-        let ctx =
-            Ctx { flow: &self.flow, directory: &self.dir, crypto: &self.crypto, now: self.now, caller: &self.caller };
-        let mut out = Out { effects: Vec::new(), args: Vec::new() };
+        let ctx = Ctx {
+            flow: &self.flow,
+            directory: &self.dir,
+            crypto: &self.crypto,
+            now: self.now,
+            caller: &self.caller,
+            medium: Medium::Ussd,
+        };
+        let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false };
         let raw = entry.map(Secret::new);
         let value = match (kind.input(), &raw) {
             (Some(v), Some(raw)) => {
@@ -425,8 +431,15 @@ fn an_action_given_the_wrong_kind_of_value_is_a_flow_fault() {
     let mut seen = Record::new();
     let mut b = Bench::new(&mut seen);
     let mut s = b.session();
-    let ctx = Ctx { flow: &b.flow, directory: &b.dir, crypto: &b.crypto, now: b.now, caller: &b.caller };
-    let mut out = Out { effects: Vec::new(), args: Vec::new() };
+    let ctx = Ctx {
+        flow: &b.flow,
+        directory: &b.dir,
+        crypto: &b.crypto,
+        now: b.now,
+        caller: &b.caller,
+        medium: Medium::Ussd,
+    };
+    let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false };
     let err = run(ActionKind::Login, None, &mut s, &ctx, &mut out, &mut b.rng).unwrap_err();
     assert!(matches!(err, EngineError::Flow { why: "action given a value of the wrong kind", .. }), "{err:?}");
 }
