@@ -227,7 +227,7 @@ mod tests {
         assert_eq!(for_sms(t, Charset::Ucs2), (t.to_string(), true));
         assert_eq!(for_sms("Chao ban", Charset::Ucs2), ("Chao ban".to_string(), false), "GSM-7 when it can be");
         let long = "ạ".repeat(SMS_REPLY_UCS2_BUDGET + 1);
-        assert_eq!(for_sms(&long, Charset::Ucs2).1, false);
+        assert!(!for_sms(&long, Charset::Ucs2).1);
         assert!(sms_reply_overflow(&"a".repeat(459)).is_none());
         assert!(sms_reply_overflow(&"a".repeat(460)).is_some());
     }
