@@ -149,6 +149,7 @@ impl App {
             Arc::new(flow),
             crypto.clone(),
             clock.clone(),
+            settings.policy.clone(),
         ));
         let web = Arc::new(Web {
             service: service.clone(),

@@ -24,11 +24,37 @@ impl Millis {
     pub fn rfc3339(self) -> String {
         humantime::format_rfc3339_seconds(self.to_system_time()).to_string()
     }
+    /// The local time in Vietnam (Asia/Ho_Chi_Minh: UTC+7 all year, no daylight saving since 1975) as
+    /// (year, month, day, hour, minute): how a citizen is told until when a lock lasts.
+    pub fn vietnam(self) -> (i64, u32, u32, u32, u32) {
+        let secs = (self.0 / 1000) as i64 + VIETNAM_OFFSET_SECS;
+        let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (y, m, d) = civil_from_days(days);
+        (y, m, d, (of_day / 3600) as u32, ((of_day % 3600) / 60) as u32)
+    }
+
     /// The calendar year (UTC), used to refuse an ID number whose birth year is in the future.
     pub fn year(self) -> i32 {
         let s = self.rfc3339();
         s.get(0..4).and_then(|y| y.parse().ok()).unwrap_or(1970)
     }
+}
+
+/// Asia/Ho_Chi_Minh is UTC+7 (IANA tz database: no DST rules since 1975).
+const VIETNAM_OFFSET_SECS: i64 = 7 * 3600;
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 pub trait Clock: Send + Sync {
@@ -72,6 +98,15 @@ mod tests {
         let t = Millis(1_796_000_000_000); // 2026-11-29
         assert!(t.rfc3339().starts_with("2026-"));
         assert_eq!(t.year(), 2026);
+    }
+
+    #[test]
+    fn vietnam_time_is_seven_hours_ahead_of_utc_across_midnight_and_new_year() {
+        // 2026-11-30T00:00:00Z is 07:00 the same day in Hanoi.
+        assert_eq!(Millis(1_795_996_800_000).vietnam(), (2026, 11, 30, 7, 0));
+        // 2026-12-31T17:30:00Z is 00:30 on New Year's Day in Hanoi.
+        assert_eq!(Millis(1_798_738_200_000).vietnam(), (2027, 1, 1, 0, 30));
+        assert_eq!(Millis(0).vietnam(), (1970, 1, 1, 7, 0));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::engine::Policy;
 use crate::flow::Charset;
 
 #[derive(Debug, Parser)]
@@ -52,6 +53,88 @@ pub struct Common {
     /// USSD screen encoding: gsm7 sends Vietnamese without diacritics (carriers' default).
     #[arg(long, env = "KICHHOAT_USSD_CHARSET", value_enum, default_value_t = Charset::Gsm7)]
     pub ussd_charset: Charset,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The abuse limits (see `engine::policy` for what each counts and why). Per-ID counts are kept in two
+/// pools: the registered phone's own, and every other phone's.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Abuse limits")]
+pub struct LimitArgs {
+    /// Failed log-ins in a row (per ID number and pool) before log-in is locked.
+    #[arg(long, env = "KICHHOAT_LOGIN_FAILURES", default_value_t = 5)]
+    pub login_failures: u32,
+    /// The first log-in lock, in minutes; each further lock in a row doubles it.
+    #[arg(long, env = "KICHHOAT_LOGIN_LOCK_MINUTES", default_value_t = 15)]
+    pub login_lock_minutes: u64,
+    /// The longest log-in lock, in hours.
+    #[arg(long, env = "KICHHOAT_LOGIN_LOCK_MAX_HOURS", default_value_t = 24)]
+    pub login_lock_max_hours: u64,
+    /// OTP SMS per ID number and pool in 15 minutes.
+    #[arg(long, env = "KICHHOAT_OTP_PER_ID_15MIN", default_value_t = 3)]
+    pub otp_per_id_15min: u32,
+    /// OTP SMS per ID number and pool in a day.
+    #[arg(long, env = "KICHHOAT_OTP_PER_ID_DAY", default_value_t = 10)]
+    pub otp_per_id_day: u32,
+    /// OTP SMS to one registered phone per pool in an hour.
+    #[arg(long, env = "KICHHOAT_OTP_PER_PHONE_HOUR", default_value_t = 20)]
+    pub otp_per_phone_hour: u32,
+    /// Wrong codes per ID number and pool in a day, across all its codes; then activation waits.
+    #[arg(long, env = "KICHHOAT_WRONG_CODES_PER_ID_DAY", default_value_t = 10)]
+    pub wrong_codes_per_id_day: u32,
+    /// Activation lookups (ID and phone submitted) per calling phone in an hour.
+    #[arg(long, env = "KICHHOAT_LOOKUPS_PER_CALLER_HOUR", default_value_t = 10)]
+    pub lookups_per_caller_hour: u32,
+    /// Activation lookups per calling phone in a day.
+    #[arg(long, env = "KICHHOAT_LOOKUPS_PER_CALLER_DAY", default_value_t = 30)]
+    pub lookups_per_caller_day: u32,
+    /// Lookups ending without a code (unknown, mismatch, pending, already activated) per calling phone
+    /// in an hour.
+    #[arg(long, env = "KICHHOAT_FAILED_LOOKUPS_PER_CALLER_HOUR", default_value_t = 5)]
+    pub failed_lookups_per_caller_hour: u32,
+    /// Lookups ending without a code per ID number and pool in a day.
+    #[arg(long, env = "KICHHOAT_FAILED_LOOKUPS_PER_ID_DAY", default_value_t = 10)]
+    pub failed_lookups_per_id_day: u32,
+}
+
+impl LimitArgs {
+    pub fn policy(&self) -> Policy {
+        let minutes = |m: u64| std::time::Duration::from_secs(m.saturating_mul(60));
+        Policy {
+            login_failures: self.login_failures.max(1),
+            login_lock: minutes(self.login_lock_minutes),
+            login_lock_max: minutes(self.login_lock_max_hours.saturating_mul(60)),
+            otp_per_id_15min: self.otp_per_id_15min,
+            otp_per_id_day: self.otp_per_id_day,
+            otp_per_phone_hour: self.otp_per_phone_hour,
+            wrong_codes_per_id_day: self.wrong_codes_per_id_day,
+            lookups_per_caller_hour: self.lookups_per_caller_hour,
+            lookups_per_caller_day: self.lookups_per_caller_day,
+            failed_lookups_per_caller_hour: self.failed_lookups_per_caller_hour,
+            failed_lookups_per_id_day: self.failed_lookups_per_id_day,
+        }
+    }
+}
+
+impl Default for LimitArgs {
+    fn default() -> LimitArgs {
+        let p = Policy::default();
+        let minutes = |d: std::time::Duration| d.as_secs() / 60;
+        LimitArgs {
+            login_failures: p.login_failures,
+            login_lock_minutes: minutes(p.login_lock),
+            login_lock_max_hours: minutes(p.login_lock_max) / 60,
+            otp_per_id_15min: p.otp_per_id_15min,
+            otp_per_id_day: p.otp_per_id_day,
+            otp_per_phone_hour: p.otp_per_phone_hour,
+            wrong_codes_per_id_day: p.wrong_codes_per_id_day,
+            lookups_per_caller_hour: p.lookups_per_caller_hour,
+            lookups_per_caller_day: p.lookups_per_caller_day,
+            failed_lookups_per_caller_hour: p.failed_lookups_per_caller_hour,
+            failed_lookups_per_id_day: p.failed_lookups_per_id_day,
+        }
+    }
 }
 
 /// Where conversations, accounts and the outbox are kept.
@@ -125,12 +208,14 @@ pub struct Settings {
     pub sms_outbox: PathBuf,
     pub ussd_charset: Charset,
     pub store: StoreKind,
+    pub policy: Policy,
 }
 
 impl Settings {
     pub fn new(data_dir: PathBuf, sms_outbox: Option<PathBuf>, store: StoreKind, common: &Common) -> Settings {
         Settings {
             store,
+            policy: common.limits.policy(),
             key_file: common.key_file.clone().unwrap_or_else(|| data_dir.join("secret.key")),
             sms_outbox: sms_outbox.unwrap_or_else(|| data_dir.join("outbox.jsonl")),
             flows: resolve(&common.flows, DEFAULT_FLOWS),

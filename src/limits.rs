@@ -25,7 +25,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
-use crate::domain::{Msisdn, NationalId};
 
 /// Which limit refused an event (logged, and returned by the store).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +34,14 @@ pub enum Limit {
     LoginLocked,
     /// Too many OTP SMS to one registered phone in the window.
     OtpPerPhone,
+    /// Too many OTP SMS for one ID number in the window.
+    OtpPerId,
+    /// Too many wrong codes for one ID number in the window.
+    WrongCodes,
+    /// Too many activation lookups from one calling phone.
+    Lookups,
+    /// Too many lookups that ended without a code (unknown, mismatch, pending, already activated).
+    FailedLookups,
 }
 
 impl fmt::Display for Limit {
@@ -42,6 +49,10 @@ impl fmt::Display for Limit {
         f.write_str(match self {
             Limit::LoginLocked => "login_locked",
             Limit::OtpPerPhone => "otp_per_phone",
+            Limit::OtpPerId => "otp_per_id",
+            Limit::WrongCodes => "wrong_codes",
+            Limit::Lookups => "lookups",
+            Limit::FailedLookups => "failed_lookups",
         })
     }
 }
@@ -54,13 +65,9 @@ impl fmt::Display for Limit {
 pub struct CounterKey(String);
 
 impl CounterKey {
-    /// Failed log-ins of one ID number in a row.
-    pub fn login(id: &NationalId) -> CounterKey {
-        CounterKey(format!("login:{}", id.as_str()))
-    }
-    /// OTP SMS sent to one registered phone.
-    pub fn otp_phone(phone: &Msisdn) -> CounterKey {
-        CounterKey(format!("otp_phone:{}", phone.as_str()))
+    /// `kind:[pool:]subject`; the names are made by `engine::policy`.
+    pub fn new(name: &str) -> CounterKey {
+        CounterKey(name.to_string())
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -138,6 +145,20 @@ pub struct Bump {
     pub expect: Effect,
 }
 
+/// When the next event could be accepted, for a counter whose rule refuses one now: the end of a lock, or
+/// when the oldest event in a full window leaves it.
+pub fn next_allowed(rule: &Rule, tally: &Tally, now: Millis) -> Millis {
+    match *rule {
+        Rule::Window { max, window, .. } => {
+            let mut inside: Vec<Millis> = tally.times.iter().copied().filter(|t| now.since(*t) < window).collect();
+            inside.sort();
+            let excess = inside.len().saturating_sub(max as usize);
+            inside.get(excess).map(|t| t.plus(window)).unwrap_or(now)
+        }
+        Rule::Failure { .. } | Rule::Success { .. } => tally.locked_until.filter(|t| *t > now).unwrap_or(now),
+    }
+}
+
 /// Applies `rule` to `tally` at `now`: the new counter and what the event did, or the limit that
 /// refuses it.
 pub fn apply(rule: &Rule, tally: &Tally, now: Millis) -> Result<(Tally, Effect), Limit> {
@@ -209,6 +230,15 @@ mod tests {
         let later = Millis(0).plus(60 * MIN);
         let (t2, _) = apply(&rule, &t, later).unwrap();
         assert_eq!(t2.times.len(), 3, "the first event left the window");
+    }
+
+    #[test]
+    fn a_full_window_frees_up_when_its_oldest_event_leaves() {
+        let rule = Rule::Window { limit: Limit::OtpPerPhone, max: 2, window: 60 * MIN };
+        let t = Tally { times: vec![Millis(1000), Millis(5000)], ..Tally::default() };
+        assert_eq!(next_allowed(&rule, &t, Millis(6000)), Millis(1000).plus(60 * MIN));
+        let lock = Tally { locked_until: Some(Millis(9000)), ..Tally::default() };
+        assert_eq!(next_allowed(&failure(3), &lock, Millis(6000)), Millis(9000));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::channel::{Channel, Derived};
 use crate::clock::{Clock, Millis};
 use crate::crypto::{Crypto, CryptoError};
 use crate::domain::{Msisdn, NationalId};
+use crate::engine::Policy;
 use crate::engine::{
     self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound, Medium, Reply, Session,
 };
@@ -61,6 +62,8 @@ pub struct Service {
     pub flow: Arc<Flow>,
     pub crypto: Arc<Crypto>,
     pub clock: Arc<dyn Clock>,
+    /// The abuse limits in force.
+    pub policy: Arc<Policy>,
     /// Woken after a commit that queued an SMS.
     pub outbox_ready: Arc<Notify>,
     locks: Vec<Mutex<()>>,
@@ -98,6 +101,7 @@ impl Service {
         flow: Arc<Flow>,
         crypto: Arc<Crypto>,
         clock: Arc<dyn Clock>,
+        policy: Policy,
     ) -> Service {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
         Service {
@@ -106,6 +110,7 @@ impl Service {
             flow,
             crypto,
             clock,
+            policy: Arc::new(policy),
             outbox_ready: Arc::new(Notify::new()),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             hashing: Arc::new(Semaphore::new(workers)),
@@ -208,6 +213,7 @@ impl Service {
         let permit = self.hashing.clone().acquire_owned().await.map_err(|e| ServiceError::Pool(e.to_string()))?;
         let flow = self.flow.clone();
         let crypto = self.crypto.clone();
+        let policy = self.policy.clone();
         let lookups = Lookups {
             store: self.store.clone(),
             registry: self.registry.clone(),
@@ -215,7 +221,15 @@ impl Service {
         };
         let job = move || -> Result<(Session, Reply, Vec<Effect>), EngineError> {
             let _permit = permit;
-            let ctx = Ctx { flow: &flow, directory: &lookups, crypto: &crypto, now, caller: &caller, medium };
+            let ctx = Ctx {
+                flow: &flow,
+                directory: &lookups,
+                crypto: &crypto,
+                now,
+                caller: &caller,
+                medium,
+                policy: &policy,
+            };
             let stepped = engine::step(&ctx, session, inbound, &mut OsRng)?;
             Ok((stepped.session, stepped.reply, stepped.effects))
         };

@@ -8,6 +8,7 @@
 //! are here in Rust; the dialogue around them is flow data.
 
 pub mod actions;
+pub mod policy;
 pub mod validators;
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ use crate::limits::{Bump, CounterKey, Tally};
 pub use crate::vocab::keys;
 pub use crate::vocab::{Command, Medium};
 pub use actions::Act;
+pub use policy::Policy;
 
 /// An activation (or log-in) idle this long starts over (issue #2).
 pub const IDLE_RESET: Duration = Duration::from_secs(15 * 60);
@@ -211,6 +213,9 @@ pub struct AuditEvent {
     pub event: String,
     pub national_id: Option<NationalId>,
     pub phone: Option<Msisdn>,
+    /// What else the event needs to be understood (which cap was reached, a message id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The result of one step.
@@ -231,6 +236,8 @@ pub struct Ctx<'a> {
     pub caller: &'a Msisdn,
     /// How the reply reaches the citizen this turn (its words, budget and frame).
     pub medium: Medium,
+    /// The abuse limits in force.
+    pub policy: &'a Policy,
 }
 
 /// Working state of one step.
@@ -239,6 +246,8 @@ pub(crate) struct Out {
     pub args: Vec<(&'static str, String)>,
     /// The citizen typed a secret this turn (a password, passcode or answer).
     pub took_secret: bool,
+    /// Until when a lock or cap met this turn lasts (`{until}` on screen, local time in Vietnam).
+    pub until: Option<Millis>,
 }
 
 /// Runs one step of the conversation.
@@ -250,7 +259,7 @@ pub fn step(
 ) -> Result<Stepped, EngineError> {
     let flow = ctx.flow;
     let mut s = session.unwrap_or_else(|| Session::new(flow, ctx.now));
-    let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false };
+    let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None };
     let idle = ctx.now.since(s.updated_at) > IDLE_RESET;
     let resumable =
         |s: &Session| flow.state(&s.state).filter(|st| st.resume && matches!(st.kind, Kind::Input { .. })).cloned();
@@ -290,6 +299,7 @@ pub fn step(
                     event: "cancelled".into(),
                     national_id: id,
                     phone: phone.or_else(|| Some(ctx.caller.clone())),
+                    detail: None,
                 }));
             }
             reset(flow, &mut s);
@@ -473,6 +483,18 @@ fn render(ctx: &Ctx, s: &Session, out: &Out, key: &str) -> String {
     if let Some(p) = &s.slots.phone {
         args.push(("masked_phone", p.masked()));
     }
+    args.push(("until", local_time(out.until.unwrap_or(ctx.now), ctx.now, s.lang)));
     args.extend(out.args.iter().cloned());
     crate::flow::catalog::fill(template, &args)
+}
+
+/// A time as a citizen reads it: `HH:MM` in Vietnam, with the date when it is not today.
+fn local_time(t: Millis, now: Millis, lang: Lang) -> String {
+    let (_, m, d, hh, mm) = t.vietnam();
+    let (_, nm, nd, _, _) = now.vietnam();
+    match ((m, d) == (nm, nd), lang) {
+        (true, _) => format!("{hh:02}:{mm:02}"),
+        (false, Lang::Vi) => format!("{hh:02}:{mm:02} ngày {d:02}/{m:02}"),
+        (false, Lang::En) => format!("{hh:02}:{mm:02} on {d:02}/{m:02}"),
+    }
 }

@@ -70,6 +70,7 @@ pub const PLACEHOLDERS: &[(&str, usize)] = &[
     ("n", 1),
     ("total", 1),
     ("otp", 6),
+    ("until", 16),    // "HH:MM ngày DD/MM"
     ("questions", 0), // measured from the actual question list
     ("question", 0),  // measured: the longest question
 ];

@@ -144,7 +144,12 @@ impl Worker {
             }
             Fate::Failed(why) => {
                 error!(sms_id = q.id, to = %to, purpose = ?q.purpose, attempts = q.attempts, why = %why, "sms failed for good");
-                let event = AuditEvent { event: "sms_failed".into(), national_id: None, phone: Some(q.to.clone()) };
+                let event = AuditEvent {
+                    event: "sms_failed".into(),
+                    national_id: None,
+                    phone: Some(q.to.clone()),
+                    detail: Some(format!("{}-{}", self.store.instance(), q.id)),
+                };
                 let audit = AuditRecord { at: now, caller: q.to.clone(), event };
                 self.store.outbox_failed(&self.owner, q.id, &why, audit).await?;
             }

@@ -94,7 +94,7 @@ impl ActionKind {
             ActionKind::SwitchLanguage => plain(None, &["done"]),
             ActionKind::StartActivation => plain(Some(V::NationalId), &["done"]),
             ActionKind::RequestOtp => {
-                plain(Some(V::Phone), &["sent", "already_active", "pending", "no_match", "limit"])
+                plain(Some(V::Phone), &["sent", "already_active", "pending", "no_match", "limit", "rate_limited"])
             }
             ActionKind::ResendOtp => {
                 ActionSpec { notices: &[("sent", keys::NOTE_OTP_RESENT)], ..plain(None, &["sent", "limit"]) }
@@ -102,7 +102,7 @@ impl ActionKind {
             ActionKind::VerifyOtp => ActionSpec {
                 reasons: &[keys::ERR_OTP_WRONG],
                 resume_notices: &[keys::NOTE_OTP_EXPIRED],
-                ..plain(Some(V::Otp), &["ok", "exhausted", "expired"])
+                ..plain(Some(V::Otp), &["ok", "exhausted", "expired", "rate_limited"])
             },
             ActionKind::ChoosePassword => plain(Some(V::NewPassword), &["done"]),
             ActionKind::ConfirmPassword => ActionSpec {
@@ -120,7 +120,7 @@ impl ActionKind {
             }
             ActionKind::FinishActivation => plain(None, &["activated", "already_active", "refused"]),
             ActionKind::StartLogin => plain(Some(V::NationalId), &["done"]),
-            ActionKind::Login => plain(Some(V::Secret), &["ok", "refused", "locked"]),
+            ActionKind::Login => plain(Some(V::Secret), &["ok", "refused", "refused_near_lock", "locked"]),
         }
     }
 

@@ -26,6 +26,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         registry: Some(repo().join("fixtures/registry.csv")),
         key_file: None,
         ussd_charset: Charset::Gsm7,
+        limits: Default::default(),
     };
     Settings::new(data_dir.to_path_buf(), None, StoreKind::Sled, &common)
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use kichhoat::clock::Millis;
 use kichhoat::domain::{Msisdn, NationalId};
+use kichhoat::engine::policy::{Policy, Pool};
 use kichhoat::engine::{Account, AuditEvent, Reply, Session, Slots, SmsPurpose};
 use kichhoat::flow::Lang;
 use kichhoat::limits::{self, Bump, CounterKey, Effect, Limit, Rule, Tally};
@@ -184,7 +185,7 @@ fn audit(caller: &Msisdn, event: &str, now: Millis) -> AuditRecord {
     AuditRecord {
         at: now,
         caller: caller.clone(),
-        event: AuditEvent { event: event.into(), national_id: None, phone: None },
+        event: AuditEvent { event: event.into(), national_id: None, phone: None, detail: None },
     }
 }
 
@@ -203,11 +204,11 @@ fn bump(key: &CounterKey, rule: Rule, locks: bool) -> Bump {
 }
 
 fn login_key(n: u32) -> CounterKey {
-    CounterKey::login(&national_id(n))
+    Policy::default().login_failure(&national_id(n), Pool::Other).0
 }
 
 fn otp_key(n: u32) -> CounterKey {
-    CounterKey::otp_phone(&phone(n))
+    Policy::default().otp_phone(&phone(n), Pool::Other).0
 }
 
 /// The counter after `events` of `rule` at `now`, one after the other, applied as every backend must.

@@ -15,7 +15,7 @@ use kichhoat::channel::africastalking::response;
 use kichhoat::clock::Millis;
 use kichhoat::crypto::{Crypto, HashCost};
 use kichhoat::domain::{Msisdn, NationalId, Secret};
-use kichhoat::engine::{Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Medium, Session};
+use kichhoat::engine::{Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Medium, Policy, Session};
 use kichhoat::flow::catalog::to_gsm7;
 use kichhoat::flow::{Charset, Flow};
 use kichhoat::limits::{self, CounterKey, Tally};
@@ -156,6 +156,7 @@ pub struct EngineDriver {
     now: Millis,
     rng: rand::rngs::StdRng,
     caller: Msisdn,
+    policy: Policy,
 }
 
 impl EngineDriver {
@@ -175,6 +176,7 @@ impl EngineDriver {
             now: T0,
             rng: rand::rngs::StdRng::seed_from_u64(7),
             caller: Msisdn::parse(phone).unwrap(),
+            policy: Policy::default(),
         }
     }
 
@@ -196,6 +198,7 @@ impl EngineDriver {
             now: self.now,
             caller: &self.caller,
             medium: Medium::Ussd,
+            policy: &self.policy,
         };
         let turn = kichhoat::engine::step(&ctx, session, inbound, &mut self.rng).unwrap();
         self.saved = Some(serde_json::to_string(&turn.session).unwrap());

@@ -268,49 +268,74 @@ async fn a_shortcut_dial_mid_activation_starts_at_the_menu() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarting_activations_cannot_pump_more_than_20_codes_an_hour_to_one_phone() {
+async fn strangers_get_three_codes_per_citizen_in_15_minutes_and_ten_a_day_and_the_citizen_keeps_his_own() {
     let server = TestServer::start().await;
-    // Each request from a different caller, each naming An's registered phone.
+    // Each request from a different caller (so no per-caller cap applies), each naming An's phone.
     let request = |caller: String| {
         let url = server.url.clone();
         async move {
             let mut p = AtPhone::new(&url, &caller);
-            p.request_code("001099012345", "0912345678").await
+            fold(&p.request_code("001099012345", "0912345678").await)
         }
     };
-    for i in 0..20 {
-        assert!(fold(&request(format!("+849880{i:05}")).await).contains("Nhap ma"), "code {}", i + 1);
+    let mut n = 0;
+    let mut next_caller = || {
+        n += 1;
+        format!("+849880{n:05}")
+    };
+    for round in 0..4 {
+        let allowed = if round < 3 { 3 } else { 1 }; // 3 + 3 + 3 + 1 = 10 a day
+        for i in 0..allowed {
+            assert!(request(next_caller()).await.contains("Nhap ma"), "round {round}, code {}", i + 1);
+        }
+        let refused = request(next_caller()).await;
+        assert!(refused.starts_with("END ") && refused.contains("qua nhieu lan"), "round {round}: {refused}");
+        if round == 0 {
+            // 2026-11-30 07:00 in Hanoi: the window frees up at 07:15.
+            assert!(refused.contains("thu lai sau 07:15"), "{refused}");
+            // The citizen's own phone has its own allowance.
+            let mut own = AtPhone::new(&server.url, "+84912345678");
+            assert!(fold(&own.request_code("001099012345", "1").await).contains("Nhap ma"));
+        }
+        server.clock.advance(std::time::Duration::from_secs(15 * 60 + 1));
     }
-    let refused = request("+84988000222".into()).await;
-    assert!(fold(&refused).starts_with("END ") && fold(&refused).contains("qua nhieu lan"), "{refused}");
-    assert_eq!(server.outbox().await.len(), 20);
-    server.clock.advance(std::time::Duration::from_secs(61 * 60));
-    assert!(fold(&request("+84988000333".into()).await).contains("Nhap ma"), "an hour later");
+    // Ten from strangers today, whatever the quarter hour; the citizen's own code besides.
+    assert!(request(next_caller()).await.contains("qua nhieu lan"));
+    assert_eq!(server.outbox().await.len(), 11);
+    let audit = kichhoat::store::audit_all(server.app().store.as_ref()).await.unwrap();
+    assert!(audit.iter().any(|a| a.event.event == "rate_limited" && a.event.detail.as_deref() == Some("otp_per_id")));
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_failed_log_ins_lock_the_id_for_15_minutes_whether_or_not_it_has_an_account() {
+async fn five_failed_log_ins_from_strangers_lock_only_their_pool_and_each_further_lock_doubles() {
     let server = TestServer::start().await;
     activate(&server, "+84912345678", "001099012345", "Abc*1234x").await;
     for id in ["001099012345", "001099099999"] {
-        for i in 1..=9 {
-            assert!(
-                fold(&login(&server, "+84988000111", id, "Wrong*pw1").await).contains("khong dung"),
-                "{id} try {i}"
-            );
+        for (i, left) in [(1, None), (2, None), (3, Some(2)), (4, Some(1))] {
+            let reply = fold(&login(&server, "+84988000111", id, "Wrong*pw1").await);
+            assert!(reply.contains("khong dung"), "{id} try {i}: {reply}");
+            match left {
+                Some(n) => assert!(reply.contains(&format!("Con {n} lan thu")), "{id} try {i}: {reply}"),
+                None => assert!(!reply.contains("lan thu"), "{id} try {i}: {reply}"),
+            }
         }
-        let tenth = fold(&login(&server, "+84988000111", id, "Wrong*pw1").await);
-        assert!(tenth.contains("tam khoa 15 phut"), "{tenth}");
+        let fifth = fold(&login(&server, "+84988000222", id, "Wrong*pw1").await);
+        assert!(fifth.contains("tam khoa den 07:15"), "strangers share one pool: {fifth}");
     }
-    // Locked: even the right password is not checked.
-    let locked = fold(&login(&server, "+84912345678", "001099012345", "Abc*1234x").await);
-    assert!(locked.contains("tam khoa"), "{locked}");
-    server.clock.advance(std::time::Duration::from_secs(15 * 60 + 1));
+    // Strangers are locked out, even with the right password; the citizen's own phone is not.
+    assert!(fold(&login(&server, "+84988000333", "001099012345", "Abc*1234x").await).contains("tam khoa"));
     assert!(fold(&login(&server, "+84912345678", "001099012345", "Abc*1234x").await).contains("Xin chao"));
+    // After the lock, five more failures lock for twice as long.
+    server.clock.advance(std::time::Duration::from_secs(15 * 60 + 1));
+    for _ in 0..4 {
+        login(&server, "+84988000111", "001099012345", "Wrong*pw1").await;
+    }
+    let again = fold(&login(&server, "+84988000111", "001099012345", "Wrong*pw1").await);
+    assert!(again.contains("tam khoa den 07:45"), "{again}");
     let audit = kichhoat::store::audit_all(server.app().store.as_ref()).await.unwrap();
     let events: Vec<String> = audit.into_iter().map(|a| a.event.event).collect();
-    assert_eq!(events.iter().filter(|e| *e == "login_locked").count(), 2, "every lockout is audited");
+    assert_eq!(events.iter().filter(|e| *e == "login_locked").count(), 3, "every lockout is audited");
     server.stop().await;
 }
 

@@ -1,12 +1,13 @@
 //! Log-in with the ID number and the password. One refusal for an unknown ID number, an account not
 //! activated yet and a wrong password, taking the same time (OWASP Authentication Cheat Sheet); failures
-//! are counted per ID number and lock log-in after [`LOGIN_MAX_FAILURES`] (NIST SP 800-63B §5.2.2).
+//! are counted per ID number and pool and lock log-in (see [`crate::engine::policy`]; NIST SP 800-63B §5.2.2).
 
-use super::{audit, misuse, Act, LOGIN_FAILURES_KEPT, LOGIN_LOCKOUT, LOGIN_MAX_FAILURES};
+use super::{audit, misuse, Act};
 use crate::domain::{NationalId, Secret};
+use crate::engine::policy::Pool;
 use crate::engine::{Ctx, Effect, EngineError, Out, Session, Slots};
 use crate::flow::catalog::NAME_MAX;
-use crate::limits::{self, Bump, CounterKey, Limit, Rule};
+use crate::limits::{self, Bump};
 
 /// `start_login`: a fresh log-in for the ID number typed. The same as starting an activation today; kept
 /// apart because log-in is about to gather different things.
@@ -15,15 +16,21 @@ pub(super) fn start_login(id: NationalId, s: &mut Session, ctx: &Ctx) -> Result<
     Ok(Act::Go("done", None))
 }
 
-/// `login`: the password typed against the account's, unless the ID number is locked.
+/// `login`: the password typed against the account's, unless log-in of the ID is locked for this pool.
+///
+/// Failures are counted per ID number in two pools, the registered phone's own and everyone else's, so
+/// strangers who lock their pool never lock the citizen out (NIST SP 800-63B §5.2.2: a lockout must not
+/// become a denial of service). The same words and the same work whether or not the ID exists.
 pub(super) fn login(pw: Secret, s: &mut Session, ctx: &Ctx, out: &mut Out) -> Result<Act, EngineError> {
     let now = ctx.now;
     let id = s.slots.national_id.clone().ok_or_else(|| misuse(s, "login before an ID number"))?;
-    // Counted per ID number whether or not it has an account, so a lockout reveals nothing.
-    let key = CounterKey::login(&id);
+    let citizen = ctx.directory.citizen(&id)?;
+    let pool = Pool::of(ctx.caller, citizen.as_ref().map(|c| &c.phone));
+    let (key, failure) = ctx.policy.login_failure(&id, pool);
     let tally = ctx.directory.tally(&key)?;
     if tally.locked_at(now) {
         audit(out, "login_while_locked", Some(&id), Some(ctx.caller));
+        out.until = tally.locked_until;
         return Ok(Act::Go("locked", None));
     }
     let account = ctx.directory.account(&id)?;
@@ -34,15 +41,15 @@ pub(super) fn login(pw: Secret, s: &mut Session, ctx: &Ctx, out: &mut Out) -> Re
             false
         }
     };
-    let citizen = if ok { ctx.directory.citizen(&id)? } else { None };
+    let citizen = citizen.filter(|_| ok);
     let rule = match &citizen {
-        Some(_) => Rule::Success { limit: Limit::LoginLocked },
-        None => failure_rule(),
+        Some(_) => ctx.policy.login_success(&id, pool).1,
+        None => failure,
     };
-    // Counted in the commit: a lock set meanwhile by failures from other phones refuses this step, which
+    // Counted in the commit: a lock set meanwhile by failures from the same pool refuses this step, which
     // then runs again and answers "locked"; the failure that locks is told so even when it raced others.
-    let expect = match limits::apply(&rule, &tally, now) {
-        Ok((_, effect)) => effect,
+    let (next, expect) = match limits::apply(&rule, &tally, now) {
+        Ok(v) => v,
         Err(_) => return Err(misuse(s, "log-in lock read differently twice")),
     };
     out.effects.push(Effect::Count(Bump { key, rule, expect }));
@@ -56,20 +63,19 @@ pub(super) fn login(pw: Secret, s: &mut Session, ctx: &Ctx, out: &mut Out) -> Re
             audit(out, "login_failed", Some(&id), Some(ctx.caller));
             if expect.locked {
                 audit(out, "login_locked", Some(&id), Some(ctx.caller));
+                out.until = next.locked_until;
+                return Ok(Act::Go("locked", None));
             }
-            Ok(Act::Go(if expect.locked { "locked" } else { "refused" }, None))
+            // Tries left are shown from the third failure in a row on.
+            let left = ctx.policy.login_failures.saturating_sub(next.consecutive);
+            if next.consecutive >= NEAR_LOCK_FROM {
+                out.args.push(("attempts", left.to_string()));
+                return Ok(Act::Go("refused_near_lock", None));
+            }
+            Ok(Act::Go("refused", None))
         }
     }
 }
 
-/// A failed log-in: [`LOGIN_MAX_FAILURES`] in a row lock for [`LOGIN_LOCKOUT`]; a record idle for
-/// [`LOGIN_FAILURES_KEPT`] is forgotten.
-fn failure_rule() -> Rule {
-    Rule::Failure {
-        limit: Limit::LoginLocked,
-        max: LOGIN_MAX_FAILURES,
-        lock: LOGIN_LOCKOUT,
-        max_lock: LOGIN_LOCKOUT,
-        forget_after: LOGIN_FAILURES_KEPT,
-    }
-}
+/// From this many failures in a row, a refusal says how many tries are left before the lock.
+const NEAR_LOCK_FROM: u32 = 3;

@@ -20,9 +20,12 @@ use rand::RngCore;
 
 pub use otp::resume_note;
 
+use super::policy::Limited;
 use super::validators::Value;
 use super::{AuditEvent, Ctx, Effect, EngineError, Out, Session};
+use crate::clock::Millis;
 use crate::domain::{Msisdn, NationalId, Secret};
+use crate::limits::{self, Bump, Limit};
 use crate::vocab::ActionKind;
 
 /// VNeID's OTP lifetime (VNeID press guides; NIST SP 800-63B §5.1.3 allows up to 10 minutes).
@@ -31,19 +34,7 @@ pub const OTP_LIFETIME: Duration = Duration::from_secs(3 * 60);
 pub const OTP_MAX_WRONG: u8 = 5;
 /// OTP SMS per activation attempt, the first included (with the per-phone cap below, the SMS pumping guard).
 pub const OTP_MAX_SENDS: u8 = 3;
-/// OTP SMS to one registered phone per rolling hour, across activations and callers: restarting an
-/// activation must not make the service an SMS cannon aimed at one citizen (SMS pumping; rate limiting as
-/// NIST SP 800-63B §5.2.2 asks). Generous on purpose: a citizen who mistypes and retries a few times never
-/// meets it.
-pub const OTP_SENDS_PER_WINDOW: u32 = 20;
-pub const OTP_SEND_WINDOW: Duration = Duration::from_secs(60 * 60);
-/// Consecutive failed log-ins of one ID number before log-in is locked, and for how long. NIST SP
-/// 800-63B §5.2.2 allows at most 100 consecutive failures; a 10-then-15-minutes lock keeps an online
-/// guesser near 1,000 tries a day while a citizen who forgot a character is never stopped for long.
-pub const LOGIN_MAX_FAILURES: u32 = 10;
-pub const LOGIN_LOCKOUT: Duration = Duration::from_secs(15 * 60);
-/// Failures in a row idle this long (and not locked) are forgotten, so a record does not live for ever.
-pub const LOGIN_FAILURES_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
+/// The abuse limits (sends, guesses, lookups, log-in failures) are tunable: see [`crate::engine::policy`].
 /// VNeID asks two security questions.
 pub const QUESTIONS_REQUIRED: usize = 2;
 
@@ -134,11 +125,43 @@ fn declared(kind: ActionKind, act: Act, s: &Session) -> Result<(), EngineError> 
     }
 }
 
+/// Checks the counters `limited` would spend at `now` against their rules (the engine's read, a hint: the
+/// commit applies them again). `Ok` with the bumps to commit, or `Err` with the limit and the time it
+/// frees up.
+fn spend(ctx: &Ctx, limited: &[Limited]) -> Result<Vec<Bump>, (Limit, Millis)> {
+    let mut bumps = Vec::new();
+    for (key, rule) in limited {
+        let tally = ctx.directory.tally(key).map_err(|_| (Limit::Lookups, ctx.now))?;
+        match limits::apply(rule, &tally, ctx.now) {
+            Ok((_, expect)) => bumps.push(Bump { key: key.clone(), rule: *rule, expect }),
+            Err(limit) => return Err((limit, limits::next_allowed(rule, &tally, ctx.now))),
+        }
+    }
+    Ok(bumps)
+}
+
+/// Counts `bumps` in the commit of this step.
+fn count(out: &mut Out, bumps: Vec<Bump>) {
+    out.effects.extend(bumps.into_iter().map(Effect::Count));
+}
+
+/// A cap was reached: audited `rate_limited` (with which cap), and the reply says until when (`{until}`).
+fn rate_limited(out: &mut Out, ctx: &Ctx, limit: Limit, until: Millis, id: Option<&NationalId>) {
+    out.effects.push(Effect::Audit(AuditEvent {
+        event: "rate_limited".into(),
+        national_id: id.cloned(),
+        phone: Some(ctx.caller.clone()),
+        detail: Some(limit.to_string()),
+    }));
+    out.until = Some(until);
+}
+
 fn audit(out: &mut Out, event: &str, id: Option<&NationalId>, phone: Option<&Msisdn>) {
     out.effects.push(Effect::Audit(AuditEvent {
         event: event.into(),
         national_id: id.cloned(),
         phone: phone.cloned(),
+        detail: None,
     }));
 }
 

@@ -6,16 +6,21 @@
 
 use rand::RngCore;
 
-use super::{audit, misuse, Act, OTP_LIFETIME, OTP_MAX_SENDS, OTP_MAX_WRONG, OTP_SENDS_PER_WINDOW, OTP_SEND_WINDOW};
+use super::{audit, count, misuse, rate_limited, spend, Act, OTP_LIFETIME, OTP_MAX_SENDS, OTP_MAX_WRONG};
 use crate::clock::Millis;
 use crate::crypto::stored_mac_eq;
-use crate::domain::{Msisdn, Otp, Secret};
+use crate::domain::{Msisdn, NationalId, Otp, Secret};
+use crate::engine::policy::Pool;
 use crate::engine::{CitizenStatus, Ctx, Effect, EngineError, OtpRecord, Out, Session, SmsPurpose};
 use crate::flow::{Kind, State};
-use crate::limits::{self, Bump, CounterKey, Limit, Rule};
+use crate::limits::Limit;
 use crate::vocab::{keys, ActionKind};
 
 /// `request_otp`: the phone typed (or the caller's) must be the one the registry holds for the ID number.
+///
+/// Every lookup is counted per calling phone; one that ends without a code (unknown ID, mismatch, pending,
+/// already activated) tells the caller whether an ID and a phone belong together without an SMS, so it is
+/// also capped per calling phone and per ID (in pools: the registered phone's own, and everyone else's).
 pub(super) fn request_otp(
     phone: Msisdn,
     s: &mut Session,
@@ -24,26 +29,48 @@ pub(super) fn request_otp(
     rng: &mut dyn RngCore,
 ) -> Result<Act, EngineError> {
     let id = s.slots.national_id.clone().ok_or_else(|| misuse(s, "request_otp before an ID number"))?;
+    let lookups = match spend(ctx, &ctx.policy.lookups(ctx.caller)) {
+        Ok(bumps) => bumps,
+        Err((limit, until)) => return Ok(limited(out, ctx, limit, until, &id)),
+    };
     let citizen = ctx.directory.citizen(&id)?;
+    let pool = Pool::of(ctx.caller, citizen.as_ref().map(|c| &c.phone));
     // Unknown ID and mismatched phone take the same path to the same words (OWASP Authentication Cheat
     // Sheet: generic responses, no account enumeration).
-    let Some(citizen) = citizen.filter(|c| c.phone == phone) else {
-        audit(out, "activation_no_match", Some(&id), Some(ctx.caller));
-        return Ok(Act::Go("no_match", None));
+    let refusal = match citizen.as_ref().filter(|c| c.phone == phone) {
+        None => Some(("no_match", "activation_no_match")),
+        Some(_) if ctx.directory.account(&id)?.is_some() => Some(("already_active", "activation_already_active")),
+        Some(c) if c.status == CitizenStatus::Pending => Some(("pending", "activation_pending")),
+        Some(_) => None,
     };
-    if ctx.directory.account(&id)?.is_some() {
-        audit(out, "activation_already_active", Some(&id), Some(&phone));
-        return Ok(Act::Go("already_active", None));
+    if let Some((outcome, event)) = refusal {
+        let failed = match spend(ctx, &ctx.policy.failed_lookups(ctx.caller, &id, pool)) {
+            Ok(bumps) => bumps,
+            Err((limit, until)) => return Ok(limited(out, ctx, limit, until, &id)),
+        };
+        count(out, lookups);
+        count(out, failed);
+        let who = if outcome == "no_match" { ctx.caller } else { &phone };
+        audit(out, event, Some(&id), Some(who));
+        return Ok(Act::Go(outcome, None));
     }
-    if citizen.status == CitizenStatus::Pending {
-        audit(out, "activation_pending", Some(&id), Some(&phone));
-        return Ok(Act::Go("pending", None));
+    // Too many wrong codes for this ID today: activation waits, whatever the phone.
+    let wrong = ctx.policy.wrong_code(&id, pool);
+    if let Err((limit, until)) = spend(ctx, std::slice::from_ref(&wrong)) {
+        return Ok(limited(out, ctx, limit, until, &id));
     }
     s.slots.phone = Some(phone);
     if !send_otp(s, ctx, out, rng)? {
         return Ok(Act::Go("limit", None));
     }
+    count(out, lookups);
     Ok(Act::Go("sent", None))
+}
+
+/// A cap reached before anything was looked up or sent: the activation ends, saying until when.
+fn limited(out: &mut Out, ctx: &Ctx, limit: Limit, until: Millis, id: &NationalId) -> Act {
+    rate_limited(out, ctx, limit, until, Some(id));
+    Act::Go("rate_limited", None)
 }
 
 /// `resend_otp` (automatic): a new code, voiding the old one, within [`OTP_MAX_SENDS`] per activation.
@@ -51,6 +78,13 @@ pub(super) fn resend_otp(s: &mut Session, ctx: &Ctx, out: &mut Out, rng: &mut dy
     if s.slots.otp_sends >= OTP_MAX_SENDS || s.slots.phone.is_none() {
         s.slots.otp = None;
         audit(out, "otp_send_limit", s.slots.national_id.as_ref(), s.slots.phone.as_ref());
+        // The next activation may ask again once the ID's short window has room.
+        if let (Some(id), Some(phone)) = (&s.slots.national_id, &s.slots.phone) {
+            let pool = Pool::of(ctx.caller, Some(phone));
+            if let Err((_, until)) = spend(ctx, &ctx.policy.otp_sends(id, phone, pool)) {
+                out.until = Some(until);
+            }
+        }
         return Ok(Act::Go("limit", None));
     }
     if !send_otp(s, ctx, out, rng)? {
@@ -59,10 +93,23 @@ pub(super) fn resend_otp(s: &mut Session, ctx: &Ctx, out: &mut Out, rng: &mut dy
     Ok(Act::Go("sent", Some(keys::NOTE_OTP_RESENT)))
 }
 
-/// `verify_otp`: the code typed against the one issued, within its lifetime and its wrong entries.
+/// `verify_otp`: the code typed against the one issued, within its lifetime and its wrong entries. Wrong
+/// codes are also counted per ID (pooled) across all its codes: past the day's cap the code is voided and
+/// activation of that ID waits.
 pub(super) fn verify_otp(code: Otp, s: &mut Session, ctx: &Ctx, out: &mut Out) -> Result<Act, EngineError> {
     let (Some(id), Some(phone)) = (s.slots.national_id.clone(), s.slots.phone.clone()) else {
         return Err(misuse(s, "verify_otp before request_otp"));
+    };
+    if s.slots.otp.is_none() {
+        return Ok(Act::Go("expired", None));
+    }
+    let wrong = ctx.policy.wrong_code(&id, Pool::of(ctx.caller, Some(&phone)));
+    let wrong_bump = match spend(ctx, std::slice::from_ref(&wrong)) {
+        Ok(bumps) => bumps,
+        Err((limit, until)) => {
+            s.slots.otp = None;
+            return Ok(limited(out, ctx, limit, until, &id));
+        }
     };
     let Some(rec) = s.slots.otp.as_mut() else {
         return Ok(Act::Go("expired", None));
@@ -79,6 +126,7 @@ pub(super) fn verify_otp(code: Otp, s: &mut Session, ctx: &Ctx, out: &mut Out) -
         audit(out, "otp_verified", Some(&id), Some(&phone));
         return Ok(Act::Go("ok", None));
     }
+    count(out, wrong_bump);
     rec.wrong += 1;
     let left = OTP_MAX_WRONG.saturating_sub(rec.wrong);
     if left == 0 {
@@ -104,21 +152,24 @@ pub fn resume_note(state: &State, s: &Session, now: Millis) -> Option<&'static s
     }
 }
 
-/// Issues a fresh OTP (voiding any earlier one) and queues its SMS; false when the registered phone has
-/// had its fill of codes this hour (nothing is sent, the activation ends).
+/// Issues a fresh OTP (voiding any earlier one) and queues its SMS; false when a send cap is reached (the
+/// ID's short or daily allowance from this pool, or the registered phone's hourly one): nothing is sent,
+/// the activation ends, and the reply says until when.
 fn send_otp(s: &mut Session, ctx: &Ctx, out: &mut Out, rng: &mut dyn RngCore) -> Result<bool, EngineError> {
     let (Some(id), Some(phone)) = (s.slots.national_id.clone(), s.slots.phone.clone()) else {
         return Err(misuse(s, "send_otp without ID and phone"));
     };
-    // Counted in the commit, which refuses the step if the window filled meanwhile.
-    let key = CounterKey::otp_phone(&phone);
-    let rule = Rule::Window { limit: Limit::OtpPerPhone, max: OTP_SENDS_PER_WINDOW, window: OTP_SEND_WINDOW };
-    let Ok((_, expect)) = limits::apply(&rule, &ctx.directory.tally(&key)?, ctx.now) else {
-        s.slots.otp = None;
-        audit(out, "otp_phone_limit", Some(&id), Some(&phone));
-        return Ok(false);
+    // Counted in the commit, which refuses the step if a window filled meanwhile.
+    let pool = Pool::of(ctx.caller, Some(&phone));
+    let sends = match spend(ctx, &ctx.policy.otp_sends(&id, &phone, pool)) {
+        Ok(bumps) => bumps,
+        Err((limit, until)) => {
+            s.slots.otp = None;
+            rate_limited(out, ctx, limit, until, Some(&id));
+            return Ok(false);
+        }
     };
-    out.effects.push(Effect::Count(Bump { key, rule, expect }));
+    count(out, sends);
     let code = Otp::generate(rng);
     let mac = ctx.crypto.otp_mac(id.as_str(), phone.as_str(), &Secret::new(code.expose()));
     s.slots.otp = Some(OtpRecord { mac: hex::encode(mac), expires_at: ctx.now.plus(OTP_LIFETIME), wrong: 0 });

@@ -11,19 +11,17 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use super::{
-    declared, resume_note, run, Act, LOGIN_MAX_FAILURES, OTP_LIFETIME, OTP_MAX_SENDS, OTP_MAX_WRONG,
-    OTP_SENDS_PER_WINDOW, QUESTIONS_REQUIRED,
-};
+use super::{declared, resume_note, run, Act, OTP_LIFETIME, OTP_MAX_SENDS, OTP_MAX_WRONG, QUESTIONS_REQUIRED};
 use crate::clock::Millis;
 use crate::crypto::{Crypto, HashCost};
 use crate::domain::{Msisdn, NationalId, Secret};
+use crate::engine::policy::{Policy, Pool};
 use crate::engine::validators::parse;
 use crate::engine::{
     Account, Citizen, CitizenStatus, Ctx, Directory, DirectoryError, Effect, EngineError, Out, Session, SmsPurpose,
 };
 use crate::flow::{Flow, Kind};
-use crate::limits::{self, CounterKey, Tally};
+use crate::limits::{self, CounterKey, Rule, Tally};
 use crate::vocab::{keys, ActionKind, Medium};
 
 /// 2026-11-29T00:00:00Z.
@@ -87,6 +85,7 @@ struct Bench<'r> {
     dir: MemDirectory,
     now: Millis,
     caller: Msisdn,
+    policy: Policy,
     rng: StdRng,
     last_otp: String,
     seen: &'r mut Record,
@@ -123,10 +122,30 @@ impl<'r> Bench<'r> {
             dir,
             now: T0,
             caller: Msisdn::parse(PHONE).unwrap(),
+            // Generous caps: a bench sends many codes for one ID; the caps' own tests fill their counters.
+            policy: Policy {
+                otp_per_id_15min: 1000,
+                otp_per_id_day: 1000,
+                wrong_codes_per_id_day: 1000,
+                lookups_per_caller_hour: 1000,
+                lookups_per_caller_day: 1000,
+                failed_lookups_per_caller_hour: 1000,
+                failed_lookups_per_id_day: 1000,
+                ..Policy::default()
+            },
             rng: StdRng::seed_from_u64(7),
             last_otp: String::new(),
             seen,
         }
+    }
+
+    /// Fills the counter of `limited` up to its rule's cap at `now`.
+    fn fill(&mut self, (key, rule): (CounterKey, Rule), now: Millis) {
+        let mut tally = Tally::default();
+        while let Ok((next, _)) = limits::apply(&rule, &tally, now) {
+            tally = next;
+        }
+        self.dir.counters.insert(key, tally);
     }
 
     fn session(&self) -> Session {
@@ -143,8 +162,9 @@ impl<'r> Bench<'r> {
             now: self.now,
             caller: &self.caller,
             medium: Medium::Ussd,
+            policy: &self.policy,
         };
-        let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false };
+        let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None };
         let raw = entry.map(Secret::new);
         let value = match (kind.input(), &raw) {
             (Some(v), Some(raw)) => {
@@ -284,10 +304,17 @@ fn request(seen: &mut Record) {
 
     let mut b = Bench::new(b.seen);
     let now = b.now;
-    let full = Tally { times: vec![now; OTP_SENDS_PER_WINDOW as usize], ..Tally::default() };
-    b.dir.counters.insert(CounterKey::otp_phone(&Msisdn::parse(PHONE).unwrap()), full);
+    b.fill(b.policy.otp_phone(&Msisdn::parse(PHONE).unwrap(), Pool::Own), now);
     let mut s = b.started(ID);
     assert_eq!(b.act(&mut s, ActionKind::RequestOtp, Some(PHONE)), Act::Go("limit", None));
+
+    // Too many lookups from this phone: refused before anything is looked up.
+    let mut b = Bench::new(b.seen);
+    let now = b.now;
+    let caller = b.caller.clone();
+    b.fill(b.policy.lookups(&caller)[0].clone(), now);
+    let mut s = b.started(ID);
+    assert_eq!(b.act(&mut s, ActionKind::RequestOtp, Some(PHONE)), Act::Go("rate_limited", None));
 }
 
 fn resend(seen: &mut Record) {
@@ -302,8 +329,7 @@ fn resend(seen: &mut Record) {
     let mut b = Bench::new(b.seen);
     let mut s = b.sent();
     let now = b.now;
-    let full = Tally { times: vec![now; OTP_SENDS_PER_WINDOW as usize], ..Tally::default() };
-    b.dir.counters.insert(CounterKey::otp_phone(&Msisdn::parse(PHONE).unwrap()), full);
+    b.fill(b.policy.otp_phone(&Msisdn::parse(PHONE).unwrap(), Pool::Own), now);
     assert_eq!(b.act(&mut s, ActionKind::ResendOtp, None), Act::Go("limit", None));
 }
 
@@ -318,10 +344,22 @@ fn verify(seen: &mut Record) {
     for _ in 1..OTP_MAX_WRONG {
         assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&bad)), Act::Retry(keys::ERR_OTP_WRONG));
     }
+
     assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&bad)), Act::Go("exhausted", None));
     let code = b.last_otp.clone();
     assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Go("expired", None), "voided");
 
+    // The ID's wrong codes for the day are used up: the code is voided, whatever is typed.
+    let mut b = Bench::new(b.seen);
+    let mut s = b.sent();
+    let (now, code) = (b.now, b.last_otp.clone());
+    b.fill(b.policy.wrong_code(&NationalId::parse(ID, 2026).unwrap(), Pool::Own), now);
+    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Go("rate_limited", None));
+    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Go("expired", None), "voided");
+    let mut s = b.started(ID);
+    assert_eq!(b.act(&mut s, ActionKind::RequestOtp, Some(PHONE)), Act::Go("rate_limited", None), "activation waits");
+
+    let mut b = Bench::new(b.seen);
     let mut s = b.sent();
     b.now = b.now.plus(OTP_LIFETIME + Duration::from_secs(1));
     assert_eq!(b.resume(&s, ActionKind::VerifyOtp), Some(keys::NOTE_OTP_EXPIRED));
@@ -372,9 +410,10 @@ fn login(seen: &mut Record) {
     assert_eq!(b.act(&mut s, ActionKind::FinishActivation, None), Act::Go("activated", None));
     let mut s = b.login_session(ID);
     assert_eq!(b.act(&mut s, ActionKind::Login, Some(PASSWORD)), Act::Go("ok", None));
-    for _ in 1..LOGIN_MAX_FAILURES {
+    for n in 1..b.policy.login_failures {
         let mut s = b.login_session(ID);
-        assert_eq!(b.act(&mut s, ActionKind::Login, Some("Xyz*9876q")), Act::Go("refused", None));
+        let want = if n >= 3 { "refused_near_lock" } else { "refused" };
+        assert_eq!(b.act(&mut s, ActionKind::Login, Some("Xyz*9876q")), Act::Go(want, None), "failure {n}");
     }
     let mut s = b.login_session(ID);
     assert_eq!(b.act(&mut s, ActionKind::Login, Some("Xyz*9876q")), Act::Go("locked", None));
@@ -382,6 +421,10 @@ fn login(seen: &mut Record) {
     assert_eq!(b.act(&mut s, ActionKind::Login, Some(PASSWORD)), Act::Go("locked", None), "even the right one");
     let mut s = b.login_session(UNKNOWN_ID);
     assert_eq!(b.act(&mut s, ActionKind::Login, Some(PASSWORD)), Act::Go("refused", None));
+    // The citizen's own phone locked its pool; a stranger's pool is another count.
+    b.caller = Msisdn::parse(OTHER_PHONE).unwrap();
+    let mut s = b.login_session(ID);
+    assert_eq!(b.act(&mut s, ActionKind::Login, Some(PASSWORD)), Act::Go("ok", None), "the other pool is open");
 }
 
 #[test]
@@ -438,8 +481,9 @@ fn an_action_given_the_wrong_kind_of_value_is_a_flow_fault() {
         now: b.now,
         caller: &b.caller,
         medium: Medium::Ussd,
+        policy: &b.policy,
     };
-    let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false };
+    let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None };
     let err = run(ActionKind::Login, None, &mut s, &ctx, &mut out, &mut b.rng).unwrap_err();
     assert!(matches!(err, EngineError::Flow { why: "action given a value of the wrong kind", .. }), "{err:?}");
 }

@@ -14,12 +14,15 @@ use super::{at_key, backend, decode, encode, encode_conv, ConvRecord, SCHEMA};
 use crate::channel::africastalking::legacy_cursor;
 use crate::clock::Millis;
 use crate::domain::{Msisdn, NationalId};
+use crate::engine::policy::{Policy, Pool};
 use crate::engine::{Reply, Session};
 use crate::limits::{CounterKey, Tally};
 use crate::store::{Conversation, QueuedSms, RecentReply, StoreError};
 
 const SCHEMA_KEY: &str = "schema";
 /// How long migrated counters are kept at least (schema 1 kept OTP send times for a day).
+/// The first release counted OTP sends and log-in failures without telling who asked: they are carried
+/// into the strangers' pool, so a citizen's own allowance starts whole.
 const MIGRATED_COUNTERS_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 /// Schema 1 records, as that release wrote them.
@@ -127,7 +130,7 @@ fn from_v1(db: &sled::Db, now: Millis) -> Result<(), StoreError> {
         let sends: v1::OtpSends = decode("otp sends", &bytes)?;
         let newest = sends.times.iter().copied().max().unwrap_or(now);
         let tally = Tally { times: sends.times, expires_at: newest.plus(MIGRATED_COUNTERS_KEPT), ..Tally::default() };
-        put(CounterKey::otp_phone(&phone), tally)?;
+        put(Policy::default().otp_phone(&phone, Pool::Other).0, tally)?;
     }
     for kv in tree("login_failures")?.iter() {
         let (id, bytes) = kv.map_err(backend)?;
@@ -141,7 +144,7 @@ fn from_v1(db: &sled::Db, now: Millis) -> Result<(), StoreError> {
             ..Tally::default()
         };
         if !tally.is_empty() {
-            put(CounterKey::login(&id), tally)?;
+            put(Policy::default().login_failure(&id, Pool::Other).0, tally)?;
         }
     }
 
