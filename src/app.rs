@@ -90,6 +90,26 @@ async fn sweep(store: Arc<dyn Store>, clock: Arc<dyn Clock>, mut stop: watch::Re
     }
 }
 
+/// Data dir 0700, everything in it 0600 (directories 0700): a data dir written before files were made
+/// private (or copied in with a wider umask) is tightened at start.
+fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::symlink_metadata(dir)?;
+        let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+        if meta.permissions().mode() & 0o777 != mode && !meta.file_type().is_symlink() {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(dir)? {
+                make_private(&entry?.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl App {
     /// Opens everything and starts the background tasks; must run inside a tokio runtime.
     pub async fn open(settings: &Settings, clock: Arc<dyn Clock>, cost: HashCost) -> Result<App, StartError> {
@@ -113,7 +133,9 @@ impl App {
             move |e: std::io::Error| StartError::Io { what, path, why: e.to_string() }
         };
         std::fs::create_dir_all(&settings.data_dir).map_err(io("data dir", &settings.data_dir))?;
+        // The key file first: one others can read is refused, not quietly tightened with the rest.
         let crypto = Arc::new(Crypto::load_or_create(&settings.key_file, cost)?);
+        make_private(&settings.data_dir).map_err(io("data dir", &settings.data_dir))?;
         let (store, sled): (Arc<dyn Store>, Option<Arc<SledStore>>) = match settings.store {
             StoreKind::Sled => {
                 let sled = Arc::new(SledStore::open_at(&settings.db_dir(), clock.now())?);

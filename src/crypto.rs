@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::Path;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, KeyId, Params, ParamsBuilder, Version};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use hmac::{Hmac, Mac};
@@ -66,6 +66,9 @@ pub struct Crypto {
     otp: Key,
     hop: Key,
     seal: Key,
+    /// argon2id's secret input (a "pepper"), kept out of the database: a stolen database alone does not
+    /// allow guessing a 6-digit passcode offline (10^6 tries) or a password.
+    pepper: Key,
     cost: HashCost,
     dummy_hash: String,
 }
@@ -85,6 +88,7 @@ impl Crypto {
             otp: derive(master, "kichhoat/otp/v1"),
             hop: derive(master, "kichhoat/hop/v1"),
             seal: derive(master, "kichhoat/seal/v1"),
+            pepper: derive(master, "kichhoat/pepper/v1"),
             cost,
             dummy_hash: String::new(),
         };
@@ -101,6 +105,7 @@ impl Crypto {
         let err = |reason: String| CryptoError::KeyFile { path: path.display().to_string(), reason };
         let master = match fs::read_to_string(path) {
             Ok(text) => {
+                refuse_wide_permissions(path).map_err(err)?;
                 let bytes = hex::decode(text.trim()).map_err(|_| err("not hex".into()))?;
                 <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| err("not 32 bytes".into()))?
             }
@@ -124,9 +129,24 @@ impl Crypto {
         Crypto::from_master(&master, cost)
     }
 
-    fn argon(&self) -> Result<Argon2<'static>, CryptoError> {
-        let params = Params::new(self.cost.m_kib, self.cost.t, self.cost.p, None).map_err(|_| CryptoError::Hash)?;
-        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    /// argon2id at the current cost with the pepper; the PHC string names the pepper (`keyid`), so a hash
+    /// made before the pepper (or at another cost) is recognised and upgraded at its next successful use.
+    fn argon(&self) -> Result<Argon2<'_>, CryptoError> {
+        let mut params = ParamsBuilder::new();
+        params.m_cost(self.cost.m_kib).t_cost(self.cost.t).p_cost(self.cost.p);
+        params.keyid(KeyId::new(PEPPER_KEYID).map_err(|_| CryptoError::Hash)?);
+        let params = params.build().map_err(|_| CryptoError::Hash)?;
+        Argon2::new_with_secret(&self.pepper.0, Algorithm::Argon2id, Version::V0x13, params)
+            .map_err(|_| CryptoError::Hash)
+    }
+
+    /// Whether a stored hash should be replaced after it verified: made without the pepper, or at another
+    /// cost than today's (OWASP Password Storage Cheat Sheet: upgrade hashes on log-in).
+    pub fn needs_rehash(&self, phc: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(phc) else { return true };
+        let Ok(params) = Params::try_from(&parsed) else { return true };
+        params.keyid() != PEPPER_KEYID
+            || (params.m_cost(), params.t_cost(), params.p_cost()) != (self.cost.m_kib, self.cost.t, self.cost.p)
     }
 
     /// argon2id with a fresh 16-byte salt; returns the PHC string (algorithm, parameters, salt, hash).
@@ -144,7 +164,16 @@ impl Crypto {
         let Ok(parsed) = PasswordHash::new(phc) else {
             return false;
         };
-        Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok()
+        let peppered = Params::try_from(&parsed).is_ok_and(|p| p.keyid() == PEPPER_KEYID);
+        if peppered {
+            // The hash's own parameters are used; only the secret comes from here.
+            match Argon2::new_with_secret(&self.pepper.0, Algorithm::Argon2id, Version::V0x13, Params::default()) {
+                Ok(a) => a.verify_password(secret.as_bytes(), &parsed).is_ok(),
+                Err(_) => false,
+            }
+        } else {
+            Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok()
+        }
     }
 
     /// Spends the time of one verification against a hash that matches nothing.
@@ -187,6 +216,25 @@ impl Crypto {
             cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).map_err(|_| CryptoError::Open)?;
         String::from_utf8(plain).map(Secret::new).map_err(|_| CryptoError::Open)
     }
+}
+
+/// Names the pepper in PHC strings (`keyid=cDE`); a new pepper scheme would take a new id.
+const PEPPER_KEYID: &[u8] = b"p1";
+
+/// A key file readable by anyone but its owner is refused: it is the one secret outside the database.
+fn refuse_wide_permissions(path: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path).map_err(|e| e.to_string())?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "readable by other users (mode {mode:03o}); run `chmod 600 {}` and start again",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Constant-time equality of two MACs.
@@ -234,6 +282,43 @@ mod tests {
         assert!(!phc.contains("Abc*1234x"));
         assert!(c.verify_secret("Abc*1234x", &phc));
         assert!(!c.verify_secret("Abc*1234y", &phc));
+    }
+
+    #[test]
+    fn hashes_are_peppered_and_unpeppered_ones_still_verify_but_ask_for_an_upgrade() {
+        let c = crypto();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let peppered = c.hash_secret("258147", &mut rng).unwrap();
+        assert!(peppered.contains("keyid="), "{peppered}");
+        assert!(c.verify_secret("258147", &peppered));
+        assert!(!c.needs_rehash(&peppered));
+        // The same passcode under another master key (another pepper) does not verify: a stolen database
+        // without the key file is not enough.
+        let other = Crypto::from_master(&[8u8; 32], HashCost::DANGER_TEST_ONLY).unwrap();
+        assert!(!other.verify_secret("258147", &peppered));
+        // A hash of the first release: no pepper.
+        let legacy = {
+            let params = Params::new(64, 1, 1, None).unwrap();
+            let salt = SaltString::encode_b64(&[5u8; 16]).unwrap();
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password(b"258147", &salt)
+                .unwrap()
+                .to_string()
+        };
+        assert!(c.verify_secret("258147", &legacy));
+        assert!(c.needs_rehash(&legacy));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_others_can_read_is_refused_with_what_to_do() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        Crypto::load_or_create(&path, HashCost::DANGER_TEST_ONLY).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Crypto::load_or_create(&path, HashCost::DANGER_TEST_ONLY).unwrap_err().to_string();
+        assert!(err.contains("mode 644") && err.contains("chmod 600"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use kichhoat::crypto::HashCost;
 use kichhoat::flow::Flow;
 
 fn main() -> ExitCode {
+    private_files();
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => match Flow::load_from(resolve(&args.flows, DEFAULT_FLOWS).as_deref()) {
@@ -43,6 +44,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Every file and directory the service creates (sled's, the outbox, the key, the audit log) is readable
+/// by its own user only: they hold names, ID numbers, phones and hashes (Decree 13/2023/NĐ-CP).
+fn private_files() {
+    #[cfg(unix)]
+    // SAFETY: umask only changes this process's file-creation mask; it cannot fail and touches no memory.
+    unsafe {
+        libc::umask(0o077);
     }
 }
 

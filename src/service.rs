@@ -252,6 +252,7 @@ impl Service {
             sms: Vec::new(),
             audit: Vec::new(),
             bumps: Vec::new(),
+            rehash: None,
         };
         for e in effects {
             match e {
@@ -261,6 +262,7 @@ impl Service {
                 }
                 Effect::Activate(account) => commit.activate = Some(account),
                 Effect::Count(bump) => commit.bumps.push(bump),
+                Effect::Rehash(r) => commit.rehash = Some(r),
                 Effect::Audit(event) => commit.audit.push(AuditRecord { at: now, caller: phone.clone(), event }),
             }
         }

@@ -205,6 +205,16 @@ pub enum Effect {
     /// A counted event: the commit applies its rule to the counter and refuses the whole step if the
     /// rule refuses it.
     Count(Bump),
+    /// Replace an account's password hash (an upgrade after a successful log-in).
+    Rehash(Rehash),
+}
+
+/// A password hash to replace, if the account still holds `old` (nothing changed it meanwhile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rehash {
+    pub national_id: NationalId,
+    pub old: String,
+    pub new: String,
 }
 
 /// An authentication event for the audit trail.

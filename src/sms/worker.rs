@@ -335,6 +335,7 @@ mod tests {
                 sms: vec![sms],
                 audit: Vec::new(),
                 bumps: Vec::new(),
+                rehash: None,
             };
             let outcome = self.store.commit(version, commit).await.unwrap();
             assert!(matches!(outcome, CommitOutcome::Committed(_)), "{outcome:?}");

@@ -139,6 +139,11 @@ impl Store for MemoryStore {
         if let Some(a) = c.activate {
             st.accounts.insert(a.national_id.clone(), a);
         }
+        if let Some(r) = c.rehash {
+            if let Some(a) = st.accounts.get_mut(&r.national_id).filter(|a| a.password_hash == r.old) {
+                a.password_hash = r.new;
+            }
+        }
         if let Some(old) = st.conversations.get(&c.phone) {
             let entry = (old.indexed_at, c.phone.clone());
             if old.swept {

@@ -416,6 +416,16 @@ impl Store for SledStore {
                     }
                     accounts.insert(key.as_slice(), bytes.as_slice())?;
                 }
+                if let Some(r) = &c.rehash {
+                    let key = r.national_id.as_str().as_bytes();
+                    if let Some(bytes) = accounts.get(key)? {
+                        let mut a: Account = decode("account", &bytes).map_err(abort_store)?;
+                        if a.password_hash == r.old {
+                            a.password_hash = r.new.clone();
+                            accounts.insert(key, encode(&a).map_err(abort_store)?)?;
+                        }
+                    }
+                }
                 if let Some(old) = &current {
                     let index = if old.swept { idle } else { fresh };
                     index.remove(at_key(old.indexed_at, &phone))?;
@@ -673,6 +683,7 @@ mod tests {
             sms: Vec::new(),
             audit: Vec::new(),
             bumps: Vec::new(),
+            rehash: None,
         }
     }
 

@@ -33,6 +33,13 @@ fn previous_release() -> (tempfile::TempDir, Millis) {
     // sled needs `db/blobs`, which git does not keep (it is empty).
     std::fs::create_dir_all(dir.path().join("db/blobs")).unwrap();
     std::fs::copy(fixture.join("secret.key"), dir.path().join("secret.key")).unwrap();
+    // A checkout gives files the umask's mode; the server refuses a key file others can read.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.path().join("secret.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let made = std::fs::read_to_string(fixture.join("created_at_ms")).unwrap();
     (dir, Millis(made.trim().parse().unwrap()))
 }
@@ -67,6 +74,11 @@ async fn a_data_dir_of_the_previous_release_opens_and_carries_on() {
     let mut an = AtPhone::new(&server.url, "+84912345678");
     let welcome = fold(&an.log_in("001099012345", "Abc*1234x").await);
     assert!(welcome.contains("Xin chao Nguyen Van An"), "{welcome}");
+    // His password hash of the first release (no pepper) was upgraded by that log-in, and still works.
+    let id = kichhoat::domain::NationalId::parse_shape("001099012345").unwrap();
+    let account = server.app().store.account(&id).await.unwrap().unwrap();
+    assert!(account.password_hash.contains("keyid="), "{}", account.password_hash);
+    assert!(fold(&an.log_in("001099012345", "Abc*1234x").await).contains("Xin chao"));
 
     // The old release's audit trail is readable, his activation in it.
     let audit = kichhoat::store::audit_all(server.app().store.as_ref()).await.unwrap();

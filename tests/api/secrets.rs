@@ -82,3 +82,46 @@ async fn no_secret_is_stored_or_logged_after_a_full_conversation() {
         assert!(!logs.contains(personal), "{personal} appears unmasked in the logs");
     }
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_is_private_to_the_service_user_and_a_readable_key_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, data, outbox, log) = scratch();
+    // A data dir as the first release left it: world-readable.
+    std::fs::create_dir_all(data.join("old")).unwrap();
+    std::fs::write(data.join("old/file"), b"x").unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(data.join("old/file"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = Proc::spawn(&data, &outbox, &log, "info").await;
+    let mut p = AtPhone::new(&server.url, "+84912345678");
+    p.request_code("001099012345", "1").await;
+    server.terminate();
+    let mut all = vec![data.clone()];
+    files(&data, &mut all);
+    let mut dirs = vec![data.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                all.push(p.clone());
+                dirs.push(p);
+            }
+        }
+    }
+    for f in &all {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        let want = if f.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} is {mode:o}", f.display());
+    }
+    // A key file others can read: the server refuses to start, saying what to do.
+    let key = data.join("secret.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kichhoat"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("chmod 600"), "{stderr}");
+}

@@ -152,6 +152,7 @@ fn commit_in(phone: &Msisdn, state: &str, lang: Lang, now: Millis) -> Commit {
         sms: Vec::new(),
         audit: Vec::new(),
         bumps: Vec::new(),
+        rehash: None,
     }
 }
 

@@ -216,6 +216,11 @@ impl EngineDriver {
                     assert_eq!(effect, bump.expect);
                     self.dir.counters.insert(bump.key, next);
                 }
+                Effect::Rehash(r) => {
+                    if let Some(a) = self.dir.accounts.get_mut(r.national_id.as_str()) {
+                        a.password_hash = r.new;
+                    }
+                }
                 Effect::Audit(_) => {}
             }
         }

@@ -5,7 +5,9 @@
 use super::{audit, misuse, Act};
 use crate::domain::{NationalId, Secret};
 use crate::engine::policy::Pool;
-use crate::engine::{Ctx, Effect, EngineError, Out, Session, Slots};
+use rand::RngCore;
+
+use crate::engine::{Ctx, Effect, EngineError, Out, Rehash, Session, Slots};
 use crate::flow::catalog::NAME_MAX;
 use crate::limits::{self, Bump};
 
@@ -21,7 +23,13 @@ pub(super) fn start_login(id: NationalId, s: &mut Session, ctx: &Ctx) -> Result<
 /// Failures are counted per ID number in two pools, the registered phone's own and everyone else's, so
 /// strangers who lock their pool never lock the citizen out (NIST SP 800-63B §5.2.2: a lockout must not
 /// become a denial of service). The same words and the same work whether or not the ID exists.
-pub(super) fn login(pw: Secret, s: &mut Session, ctx: &Ctx, out: &mut Out) -> Result<Act, EngineError> {
+pub(super) fn login(
+    pw: Secret,
+    s: &mut Session,
+    ctx: &Ctx,
+    out: &mut Out,
+    rng: &mut dyn RngCore,
+) -> Result<Act, EngineError> {
     let now = ctx.now;
     let id = s.slots.national_id.clone().ok_or_else(|| misuse(s, "login before an ID number"))?;
     let citizen = ctx.directory.citizen(&id)?;
@@ -55,6 +63,11 @@ pub(super) fn login(pw: Secret, s: &mut Session, ctx: &Ctx, out: &mut Out) -> Re
     out.effects.push(Effect::Count(Bump { key, rule, expect }));
     match citizen {
         Some(c) => {
+            // A hash made before the pepper (or at another cost) is replaced now that the password is known.
+            if let Some(a) = account.filter(|a| ctx.crypto.needs_rehash(&a.password_hash)) {
+                let new = ctx.crypto.hash_secret(pw.expose(), rng)?;
+                out.effects.push(Effect::Rehash(Rehash { national_id: id.clone(), old: a.password_hash, new }));
+            }
             out.args.push(("name", c.full_name.chars().take(NAME_MAX).collect()));
             audit(out, "login_ok", Some(&id), Some(ctx.caller));
             Ok(Act::Go("ok", None))

@@ -86,7 +86,7 @@ fn dispatch(
         (K::SetAnswer, Some((Value::Answer(answer), raw))) => credentials::set_answer(answer, raw, s, ctx, rng),
         (K::FinishActivation, None) => activation::finish_activation(s, ctx, out),
         (K::StartLogin, Some((Value::Id(id), _))) => login::start_login(id, s, ctx),
-        (K::Login, Some((Value::Secret(pw), _))) => login::login(pw, s, ctx, out),
+        (K::Login, Some((Value::Secret(pw), _))) => login::login(pw, s, ctx, out, rng),
         // Every kind is named (no wildcard), so a new action does not compile until it has an arm above.
         (
             K::SwitchLanguage

@@ -202,6 +202,11 @@ impl<'r> Bench<'r> {
                     assert_eq!(effect, bump.expect, "{kind:?}: the engine predicted what the commit does");
                     self.dir.counters.insert(bump.key, next);
                 }
+                Effect::Rehash(r) => {
+                    if let Some(a) = self.dir.accounts.get_mut(r.national_id.as_str()) {
+                        a.password_hash = r.new;
+                    }
+                }
                 Effect::Sms { .. } | Effect::Audit(_) => {}
             }
         }
