@@ -38,6 +38,8 @@ const COMMIT_ATTEMPTS: usize = 6;
 /// and how many per phone. The keys are keyed hashes of texts that may hold a password: not kept longer.
 pub const RETRY_TTL: Duration = Duration::from_secs(10 * 60);
 const RECENT_REPLIES: usize = 8;
+/// How long after a reply that queued an SMS the delivery worker is woken.
+const WAKE_AFTER_REPLY: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -189,7 +191,14 @@ impl Service {
                         info!(event = %a.event, id = %id, registered_phone = %to, "audit");
                     }
                     if queued_sms {
-                        self.outbox_ready.notify_one();
+                        // Woken once the reply is on its way, not while it is: a lookup that sends a code
+                        // must not be told apart from one that does not by the delivery it starts
+                        // (OWASP: no enumeration by timing). The SMS still leaves within milliseconds.
+                        let ready = self.outbox_ready.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(WAKE_AFTER_REPLY).await;
+                            ready.notify_one();
+                        });
                     }
                     info!(state = %state, end = reply.end, "turn answered");
                     return Ok(reply);

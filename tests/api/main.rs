@@ -8,6 +8,7 @@
 mod cli;
 mod concurrency;
 mod engine_props;
+mod enumeration;
 mod expiry;
 mod flows;
 mod helpers;
