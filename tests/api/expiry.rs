@@ -158,6 +158,7 @@ async fn conversations_that_request_a_code_and_go_idle_leave_nothing_on_disk_aft
         registry: Some(dir.path().join("registry.csv")),
         key_file: None,
         ussd_charset: Charset::Gsm7,
+        sms_charset: Charset::Gsm7,
         limits: Default::default(),
     };
     let settings = Settings::new(dir.path().join("data"), None, StoreKind::Sled, &common);
