@@ -41,6 +41,7 @@ pub mod flow;
 pub mod http;
 pub mod limits;
 pub mod registry;
+pub mod server;
 pub mod service;
 pub mod simulate;
 pub mod sms;
