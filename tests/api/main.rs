@@ -3,7 +3,8 @@
 //! races), concurrency (N requests at once get no further than one at a time), flows (`kichhoat check`),
 //! restart (kill -9), secrets (nothing secret on disk or in logs), expiry (what the sweeper reclaims, on
 //! the injected clock), store_contract (the `Store` contract, run against every backend), migration (a data
-//! dir of the previous release opens and carries on).
+//! dir of the previous release opens and carries on), kannel_sender (outgoing SMS through a fake Kannel
+//! smsbox: answers, doubt, delivery reports, the binary).
 
 mod cli;
 mod concurrency;
@@ -11,6 +12,7 @@ mod engine_props;
 mod expiry;
 mod flows;
 mod helpers;
+mod kannel_sender;
 mod migration;
 mod registry;
 mod restart;
