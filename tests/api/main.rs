@@ -5,15 +5,16 @@
 //! than one at a time), flows (`kichhoat check`), restart (kill -9), secrets (nothing secret on disk or
 //! in logs), expiry (what the sweeper reclaims, on the injected clock), store_contract (the `Store`
 //! contract, run against every backend), migration (a data dir of the previous release opens and
-//! carries on).
+//! carries on), kannel_sender (outgoing SMS through a fake
+//! Kannel smsbox: answers, doubt, delivery reports, the binary).
 
 mod cli;
 mod concurrency;
 mod engine_props;
-mod enumeration;
 mod expiry;
 mod flows;
 mod helpers;
+mod kannel_sender;
 mod migration;
 mod registry;
 mod restart;
