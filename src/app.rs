@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::config::{SenderSettings, Settings, StoreKind};
 use crate::crypto::{Crypto, CryptoError, HashCost};
 use crate::flow::{Charset, Flow, Problem};
+use crate::gate::Gate;
 use crate::registry::{self, RegistryError};
 use crate::service::Service;
 use crate::sms::dlr::DeliveryReports;
@@ -47,6 +48,8 @@ pub enum StartError {
 
 /// What the HTTP layer serves with: the service and the channels in front of it.
 pub struct Web {
+    /// Who may call the carrier endpoints.
+    pub gate: Arc<Gate>,
     pub service: Arc<Service>,
     pub africastalking: AfricasTalking,
     /// How USSD screens are encoded.
@@ -198,7 +201,14 @@ impl App {
             clock.clone(),
             settings.policy.clone(),
         ));
+        let gate = Arc::new(Gate::new(
+            settings.webhook_token.as_ref(),
+            settings.webhook_allow.clone(),
+            store.clone(),
+            clock.clone(),
+        ));
         let web = Arc::new(Web {
+            gate,
             service: service.clone(),
             africastalking: AfricasTalking::new(crypto.clone()),
             ussd_charset: settings.ussd_charset,

@@ -222,11 +222,72 @@ pub struct ServeArgs {
     /// Where Kannel reaches our delivery-report endpoint. Default: http://<--listen>/sms/kannel/dlr.
     #[arg(long, env = "KICHHOAT_KANNEL_DLR_URL")]
     pub kannel_dlr_url: Option<String>,
+    /// A secret every carrier endpoint requires, as `Authorization: Bearer …` or `?token=…` in the callback
+    /// URL (Africa's Talking and Kannel can only do the latter). Prefer the environment variable.
+    /// At least 16 characters of A-Z a-z 0-9 . _ - (it goes into URLs as it is).
+    #[arg(long, env = "KICHHOAT_WEBHOOK_TOKEN", hide_env_values = true, value_parser = webhook_token)]
+    pub webhook_token: Option<Secret>,
+    /// Only these addresses may call the carrier endpoints: comma-separated CIDRs or addresses.
+    #[arg(long, env = "KICHHOAT_WEBHOOK_ALLOW")]
+    pub webhook_allow: Option<String>,
+    /// Serve on a non-loopback address without --webhook-token, for a network where only the carrier's
+    /// gateway can reach the port (anyone who can reach it could otherwise post any phone number).
+    #[arg(long, env = "KICHHOAT_ALLOW_NO_TOKEN")]
+    pub allow_no_token: bool,
+    /// Open connections at most; beyond, new ones are closed at once (and logged).
+    #[arg(long, env = "KICHHOAT_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a whole request head, and the longest a kept-alive connection idles.
+    #[arg(long, env = "KICHHOAT_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
     #[command(flatten)]
     pub common: Common,
 }
 
+/// A webhook token: long enough not to be guessed, and safe in a URL as it is (no escaping to get wrong
+/// in a carrier's console, nothing Kannel would read as one of its `%` escapes).
+fn webhook_token(value: &str) -> Result<Secret, String> {
+    if value.len() < 16 {
+        return Err("the webhook token needs at least 16 characters".into());
+    }
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err("the webhook token may hold only A-Z a-z 0-9 . _ -".into());
+    }
+    Ok(Secret::new(value))
+}
+
+/// The delivery-report URL Kannel calls carries the webhook token when one is asked.
+fn with_token(url: String, token: Option<&Secret>) -> String {
+    match token {
+        None => url,
+        Some(t) => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}token={}", t.expose())
+        }
+    }
+}
+
 impl ServeArgs {
+    /// Refuses to serve where strangers can reach the webhooks without a token, unless told the network
+    /// is trusted.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if self.listen.ip().is_loopback() || self.webhook_token.is_some() || self.allow_no_token {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to listen on {} without --webhook-token: anyone who can reach this address could post any \
+             phone number to the webhooks and take over an activation. Set --webhook-token (KICHHOAT_WEBHOOK_TOKEN) \
+             and put it in the carriers' callback URLs (?token=...), or pass --allow-no-token if only the \
+             carrier's gateway can reach this network.",
+            self.listen
+        ))
+    }
+
+    /// The webhook allowlist, parsed.
+    pub fn allow(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.webhook_allow.as_deref().map(crate::gate::parse_allow).unwrap_or(Ok(Vec::new()))
+    }
+
     /// The SMS sender these flags ask for; says what is missing when Kannel is asked for without what it
     /// needs.
     pub fn sender(&self) -> Result<SenderSettings, String> {
@@ -247,10 +308,12 @@ impl ServeArgs {
                         user: user.clone(),
                         password: password.clone(),
                         from: self.sms_from.clone(),
-                        dlr_url: self
-                            .kannel_dlr_url
-                            .clone()
-                            .unwrap_or_else(|| format!("http://{}/sms/kannel/dlr", self.listen)),
+                        dlr_url: with_token(
+                            self.kannel_dlr_url
+                                .clone()
+                                .unwrap_or_else(|| format!("http://{}/sms/kannel/dlr", self.listen)),
+                            self.webhook_token.as_ref(),
+                        ),
                     })),
                     _ => Err(format!("--sms-sender kannel needs {}", missing.join("; "))),
                 }
@@ -303,6 +366,10 @@ pub struct Settings {
     /// How SMS texts are encoded (see [`Common::sms_charset`]).
     pub sms_charset: Charset,
     pub store: StoreKind,
+    /// The carrier endpoints' token (`--webhook-token`); `None`: not asked.
+    pub webhook_token: Option<Secret>,
+    /// Addresses allowed to call the carrier endpoints; empty: any.
+    pub webhook_allow: Vec<ipnet::IpNet>,
     pub policy: Policy,
     /// Where outgoing SMS go: the outbox file unless set otherwise after [`Settings::new`].
     pub sms_sender: SenderSettings,
@@ -320,6 +387,8 @@ impl Settings {
             ussd_charset: common.ussd_charset,
             sms_charset: common.sms_charset,
             sms_sender: SenderSettings::File,
+            webhook_token: None,
+            webhook_allow: Vec::new(),
             data_dir,
         }
     }

@@ -55,11 +55,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(9);
 const BODY_LIMIT: usize = 16 * 1024;
 
 pub fn router(web: Arc<Web>) -> Router {
-    Router::new()
+    // Every carrier endpoint is behind the gate (token, address allowlist); health is not.
+    let carriers = Router::new()
         .route("/ussd/africastalking", post(africastalking))
         .route("/ussd/africastalking/events", post(africastalking_event))
         .route("/sms/kannel", get(kannel_get).post(kannel_post))
         .route("/sms/kannel/dlr", get(kannel_dlr))
+        .route_layer(axum::middleware::from_fn_with_state(web.gate.clone(), crate::gate::guard));
+    Router::new()
+        .merge(carriers)
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))

@@ -39,6 +39,7 @@ pub mod crypto;
 pub mod domain;
 pub mod engine;
 pub mod flow;
+pub mod gate;
 pub mod http;
 pub mod limits;
 pub mod registry;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use kichhoat::app::App;
 use kichhoat::clock::SystemClock;
@@ -115,8 +115,11 @@ fn init_logs(format: LogFormat, default: &str) {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    args.check_exposure()?;
     let mut settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), args.store, &args.common);
     settings.sms_sender = args.sender()?;
+    settings.webhook_token = args.webhook_token.clone();
+    settings.webhook_allow = args.allow()?;
     let app = App::open(&settings, Arc::new(SystemClock), HashCost::OWASP).await.map_err(|e| e.to_string())?;
     match &settings.sms_sender {
         SenderSettings::File => info!(
@@ -144,8 +147,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         flows = %app.service.flow.source,
         "kichhoat listening on http://{addr} (POST /ussd/africastalking, GET|POST /sms/kannel)"
     );
+    if app.web.gate.is_open() {
+        warn!(%addr, "carrier endpoints answer any caller that can reach this address (no --webhook-token)");
+    }
     let router = kichhoat::http::router(app.web.clone());
-    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await;
+    let limits = kichhoat::server::Limits {
+        max_connections: args.max_connections.max(1),
+        header_read_timeout: std::time::Duration::from_secs(args.header_timeout_secs.max(1)),
+        ..Default::default()
+    };
+    let served = kichhoat::server::serve(listener, router, limits, shutdown_signal()).await;
     info!("shutting down");
     app.shutdown().await;
     info!("stopped");

@@ -180,7 +180,7 @@ impl Service {
                 None => next.cursors.remove(C::KIND),
             };
             let queued_sms = effects.iter().any(|e| matches!(e, Effect::Sms { .. }));
-            let commit = self.commit_of(&phone, next, effects, now)?;
+            let commit = self.commit_of(&phone, C::KIND, next, effects, now)?;
             let audited: Vec<_> = commit.audit.iter().map(|a| a.event.clone()).collect();
             match self.store.commit(version, commit).await? {
                 CommitOutcome::Committed(_) => {
@@ -249,6 +249,7 @@ impl Service {
     fn commit_of(
         &self,
         phone: &Msisdn,
+        channel: &str,
         conversation: Conversation,
         effects: Vec<Effect>,
         now: Millis,
@@ -272,7 +273,12 @@ impl Service {
                 Effect::Activate(account) => commit.activate = Some(account),
                 Effect::Count(bump) => commit.bumps.push(bump),
                 Effect::Rehash(r) => commit.rehash = Some(r),
-                Effect::Audit(event) => commit.audit.push(AuditRecord { at: now, caller: phone.clone(), event }),
+                Effect::Audit(event) => commit.audit.push(AuditRecord {
+                    at: now,
+                    caller: Some(phone.clone()),
+                    channel: Some(channel.to_string()),
+                    event,
+                }),
             }
         }
         Ok(commit)

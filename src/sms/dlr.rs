@@ -85,7 +85,8 @@ impl DeliveryReports {
         }
         let audit = AuditRecord {
             at: self.clock.now(),
-            caller: to.clone(),
+            caller: Some(to.clone()),
+            channel: None,
             event: AuditEvent {
                 event: event.into(),
                 national_id: None,
@@ -180,7 +181,7 @@ mod tests {
             .iter()
             .map(|a| (a.event.event.as_str(), a.caller.clone(), a.event.phone.clone(), a.event.detail.clone()))
             .collect();
-        let want = |e| (e, r.to.clone(), Some(r.to.clone()), Some(r.id.clone()));
+        let want = |e| (e, Some(r.to.clone()), Some(r.to.clone()), Some(r.id.clone()));
         assert_eq!(got, [want("sms_submitted"), want("sms_delivered")]);
         assert!(audited.iter().all(|a| a.at == T0 && a.event.national_id.is_none()));
     }

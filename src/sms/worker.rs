@@ -215,7 +215,7 @@ impl Worker {
             phone: Some(q.to.clone()),
             detail: Some(self.message_id(q.id)),
         };
-        AuditRecord { at: now, caller: q.to.clone(), event }
+        AuditRecord { at: now, caller: Some(q.to.clone()), channel: None, event }
     }
 
     /// Runs until `stop` changes (or its sender is dropped).
@@ -424,7 +424,7 @@ mod tests {
         /// The recipients of `sms_failed` audit records.
         async fn failures_audited(&self) -> Vec<Msisdn> {
             let all = audit_all(self.store.as_ref()).await.unwrap();
-            all.into_iter().filter(|a| a.event.event == "sms_failed").map(|a| a.caller).collect()
+            all.into_iter().filter(|a| a.event.event == "sms_failed").filter_map(|a| a.caller).collect()
         }
     }
 
@@ -683,7 +683,7 @@ mod tests {
     /// The recipients of `sms_outcome_unknown` audit records.
     async fn in_doubt_audited(rig: &Rig) -> Vec<Msisdn> {
         let all = audit_all(rig.store.as_ref()).await.unwrap();
-        all.into_iter().filter(|a| a.event.event == EVENT_OUTCOME_UNKNOWN).map(|a| a.caller).collect()
+        all.into_iter().filter(|a| a.event.event == EVENT_OUTCOME_UNKNOWN).filter_map(|a| a.caller).collect()
     }
 
     /// Runs a delivery round every second of the injected clock until `until` (inclusive).
@@ -840,7 +840,7 @@ mod tests {
             phone: Some(to.clone()),
             detail: Some(format!("{}-{}", rig.store.instance(), rig.sender.last_seq())),
         };
-        let report = AuditRecord { at: rig.now(), caller: to.clone(), event };
+        let report = AuditRecord { at: rig.now(), caller: Some(to.clone()), channel: None, event };
         assert!(rig.store.delivery_report(rig.sender.last_seq(), report).await.unwrap());
         rounds_until(&rig, &w, rig.now().plus(SmsPurpose::Otp.useful_for())).await;
         assert_eq!(rig.sender.calls_to(&to), 1);

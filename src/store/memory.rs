@@ -366,6 +366,15 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        let mut st = self.state()?;
+        for r in records {
+            let id = self.next();
+            st.audit.insert(id, r.clone());
+        }
+        Ok(())
+    }
+
     async fn audit_after(&self, after: Option<u64>, n: usize) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
         let st = self.state()?;
         let start = after.map(|a| a.saturating_add(1)).unwrap_or(0);

@@ -131,8 +131,12 @@ pub struct QueuedSms {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub at: Millis,
-    /// The phone the conversation came from (for an SMS delivery event, its recipient).
-    pub caller: Msisdn,
+    /// The phone the conversation came from (for an SMS delivery event, its recipient); none for a
+    /// request no phone can be trusted for (a webhook call refused at the gate).
+    pub caller: Option<Msisdn>,
+    /// The channel the event came through (`africastalking`, `sms`), when it came through one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
     #[serde(flatten)]
     pub event: AuditEvent,
 }
@@ -267,6 +271,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reclaims what `keep` no longer covers at `now`.
     async fn expire(&self, now: Millis, keep: &Retention) -> Result<Expired, StoreError>;
+
+    /// Appends audit records that belong to no commit (a webhook call refused at the gate); durable when
+    /// it returns.
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;
 
     /// Up to `n` audit records after the cursor `after` (from the first when `None`), with their cursors.
     async fn audit_after(&self, after: Option<u64>, n: usize) -> Result<Vec<(u64, AuditRecord)>, StoreError>;

@@ -714,6 +714,14 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        for r in records {
+            let id = self.db.generate_id().map_err(backend)?;
+            self.audit.insert(id.to_be_bytes(), encode(r)?).map_err(backend)?;
+        }
+        self.durable().await
+    }
+
     async fn audit_after(&self, after: Option<u64>, n: usize) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
         let start = after.map(|a| a.saturating_add(1)).unwrap_or(0);
         self.audit

@@ -87,7 +87,9 @@ impl TestServer {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let router = kichhoat::http::router(app.web.clone());
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            // The server loop the binary runs (connection limits, peer addresses for the gate).
+            let limits = kichhoat::server::Limits::default();
+            let _ = kichhoat::server::serve(listener, router, limits, std::future::pending()).await;
         });
         TestServer { url, clock, app: Some(app), outbox: settings.sms_outbox.clone(), dir, server }
     }

@@ -266,8 +266,8 @@ async fn sms_events(store: &dyn Store) -> Vec<(String, Msisdn, Option<String>)> 
     all.into_iter()
         .filter(|a| a.event.event.starts_with("sms_"))
         .map(|a| {
-            assert_eq!(a.event.phone.as_ref(), Some(&a.caller), "the recipient is the event's phone");
-            (a.event.event, a.caller, a.event.detail)
+            assert_eq!(a.event.phone, a.caller, "the recipient is the event's phone");
+            (a.event.event, a.caller.expect("an SMS event names its recipient"), a.event.detail)
         })
         .collect()
 }

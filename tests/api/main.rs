@@ -13,6 +13,7 @@ mod concurrency;
 mod engine_props;
 mod expiry;
 mod flows;
+mod gate;
 mod helpers;
 mod kannel_sender;
 mod migration;

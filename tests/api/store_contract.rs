@@ -188,7 +188,8 @@ fn sms(to: &Msisdn, now: Millis) -> NewSms {
 fn audit(caller: &Msisdn, event: &str, now: Millis) -> AuditRecord {
     AuditRecord {
         at: now,
-        caller: caller.clone(),
+        caller: Some(caller.clone()),
+        channel: None,
         event: AuditEvent { event: event.into(), national_id: None, phone: None, detail: None },
     }
 }
