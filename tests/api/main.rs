@@ -3,7 +3,8 @@
 //! races), concurrency (N requests at once get no further than one at a time), flows (`kichhoat check`),
 //! restart (kill -9), secrets (nothing secret on disk or in logs), expiry (what the sweeper reclaims, on
 //! the injected clock), store_contract (the `Store` contract, run against every backend), migration (a data
-//! dir of the previous release opens and carries on).
+//! dir of the previous release opens and carries on), kannel (SMS end to end through a real Kannel gateway,
+//! driven by kannel_harness).
 
 mod cli;
 mod concurrency;
@@ -11,6 +12,8 @@ mod engine_props;
 mod expiry;
 mod flows;
 mod helpers;
+mod kannel;
+mod kannel_harness;
 mod migration;
 mod registry;
 mod restart;
