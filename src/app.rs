@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::channel::africastalking::AfricasTalking;
+use crate::channel::kannel::Kannel;
 use crate::clock::Clock;
 use crate::config::{Settings, StoreKind};
 use crate::crypto::{Crypto, CryptoError, HashCost};
@@ -46,6 +47,9 @@ pub struct Web {
     pub africastalking: AfricasTalking,
     /// How USSD screens are encoded.
     pub ussd_charset: Charset,
+    pub kannel: Kannel,
+    /// How SMS replies are encoded.
+    pub sms_charset: Charset,
 }
 
 pub struct App {
@@ -154,6 +158,8 @@ impl App {
             service: service.clone(),
             africastalking: AfricasTalking::new(crypto.clone()),
             ussd_charset: settings.ussd_charset,
+            kannel: Kannel::new(crypto.clone()),
+            sms_charset: settings.sms_charset,
         });
         let (stop, stopped) = watch::channel(false);
         let worker = Arc::new(Worker::new(store.clone(), crypto, sender, clock.clone()));

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::flow::Charset;
 
 #[derive(Debug, Parser)]
-#[command(name = "kichhoat", version, about = "Activate a VNeID account from a keypad phone, over USSD")]
+#[command(name = "kichhoat", version, about = "Activate a VNeID account from a keypad phone, over USSD and SMS")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -52,6 +52,10 @@ pub struct Common {
     /// USSD screen encoding: gsm7 sends Vietnamese without diacritics (carriers' default).
     #[arg(long, env = "KICHHOAT_USSD_CHARSET", value_enum, default_value_t = Charset::Gsm7)]
     pub ussd_charset: Charset,
+    /// SMS reply encoding: gsm7 sends Vietnamese without diacritics (as brandname SMS are sent); ucs2
+    /// keeps them when the reply fits 3 UCS-2 parts, and folds it otherwise.
+    #[arg(long, env = "KICHHOAT_SMS_CHARSET", value_enum, default_value_t = Charset::Gsm7)]
+    pub sms_charset: Charset,
 }
 
 /// Where conversations, accounts and the outbox are kept.
@@ -124,6 +128,7 @@ pub struct Settings {
     pub key_file: PathBuf,
     pub sms_outbox: PathBuf,
     pub ussd_charset: Charset,
+    pub sms_charset: Charset,
     pub store: StoreKind,
 }
 
@@ -136,6 +141,7 @@ impl Settings {
             flows: resolve(&common.flows, DEFAULT_FLOWS),
             registry: resolve(&common.registry, DEFAULT_REGISTRY),
             ussd_charset: common.ussd_charset,
+            sms_charset: common.sms_charset,
             data_dir,
         }
     }

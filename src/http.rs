@@ -3,31 +3,41 @@
 //! - `POST /ussd/africastalking`: Africa's Talking USSD callback; `text/plain` `CON …` / `END …`.
 //! - `POST /ussd/africastalking/events`: AT's end-of-session notification; `sessionId` and `status`
 //!   required (else 400); status, hops and duration logged with the session's pseudonym, never `input`.
+//! - `GET /sms/kannel` (`get-url`, fields in the query) and `POST /sms/kannel` (`post-url`, the text as the
+//!   body, `from`/`to` in `X-Kannel-From`/`X-Kannel-To` or the query): one SMS from a citizen; the
+//!   response body is the reply SMS, always `200 text/plain; charset=UTF-8` and never empty, with
+//!   `X-Kannel-Coding: 2` when it needs UCS-2.
 //! - `GET /healthz`: 200 when the process serves.
 //!
 //! A request the server cannot understand (wrong content type, missing field, a phone that is not a
-//! Vietnamese mobile) gets a 4xx and changes nothing. An operational fault is logged once and the citizen
-//! gets a polite END; details never reach the caller. Requests time out before AT's ~10 s deadline.
+//! Vietnamese mobile) gets a 4xx and changes nothing. An operational fault, or a turn not answered within
+//! 7 s, is logged once and the citizen gets a polite "try again later" (an END over USSD, a reply SMS
+//! over Kannel: Kannel would otherwise send the citizen its own "could not fetch content"); details never
+//! reach the caller. Request logs name the path only: a Kannel query holds the typed text.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::FormRejection;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::app::Web;
 use crate::channel::africastalking::{self as at, AfricasTalking, AtForm, SessionEnd};
+use crate::channel::kannel::{self, BadSms, Mo, Sms};
 use crate::channel::Channel;
-use crate::service::ServiceError;
+use crate::engine::{keys, Reply};
+use crate::flow::{Charset, Lang};
+use crate::service::{Service, ServiceError};
 
 /// A hop is answered by then, busy or not (Africa's Talking gives up after ~10 s).
 const HOP_DEADLINE: Duration = Duration::from_secs(7);
@@ -40,11 +50,29 @@ pub fn router(web: Arc<Web>) -> Router {
     Router::new()
         .route("/ussd/africastalking", post(africastalking))
         .route("/ussd/africastalking/events", post(africastalking_event))
+        .route("/sms/kannel", get(kannel_get).post(kannel_post))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
-        .layer(TraceLayer::new_for_http())
+        // The path only: a Kannel query carries what the citizen typed, a password included.
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |req: &Request<Body>| tracing::debug_span!("request", method = %req.method(), path = %req.uri().path()),
+        ))
         .with_state(web)
+}
+
+/// The reply of `turn`, or the polite fallback when it faults or is not done by `deadline` (logged once
+/// by [`Service::fault_reply`]): the carrier always gets an answer in time.
+async fn within(
+    service: &Service,
+    deadline: Duration,
+    turn: impl std::future::Future<Output = Result<Reply, ServiceError>>,
+) -> Reply {
+    match tokio::time::timeout(deadline, turn).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => service.fault_reply(&e),
+        Err(_) => service.fault_reply(&ServiceError::Timeout),
+    }
 }
 
 fn plain(status: StatusCode, body: String) -> Response {
@@ -70,11 +98,7 @@ async fn africastalking(State(web): State<Arc<Web>>, form: Result<Form<AtForm>, 
     // Answer in time with a polite END rather than let the carrier time out on us; the citizen's next
     // dial resumes wherever the conversation durably stands.
     let service = &web.service;
-    let reply = match tokio::time::timeout(HOP_DEADLINE, service.turn(&web.africastalking, hop)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => service.fault_reply(&e),
-        Err(_) => service.fault_reply(&ServiceError::Timeout),
-    };
+    let reply = within(service, HOP_DEADLINE, service.turn(&web.africastalking, hop)).await;
     plain(StatusCode::OK, at::response(&reply, web.ussd_charset))
 }
 
@@ -109,4 +133,166 @@ async fn africastalking_event(
         "africastalking: session ended"
     );
     plain(StatusCode::OK, "ok\n".to_string())
+}
+
+/// `get-url`: every field in the query.
+async fn kannel_get(State(web): State<Arc<Web>>, RawQuery(query): RawQuery) -> Response {
+    let sms = Mo::from_query(query.as_deref().unwrap_or_default()).and_then(Mo::parse);
+    kannel_answer(&web, sms).await
+}
+
+/// `post-url`: the text is the body; `from`, `to` and `id` from the query or, for the first two, from
+/// the `X-Kannel-From`/`X-Kannel-To` headers (Kannel sends `X-Kannel-From` only with `send-sender`).
+async fn kannel_post(
+    State(web): State<Arc<Web>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let sms = post_mo(query.as_deref().unwrap_or_default(), &headers, &body).and_then(Mo::parse);
+    kannel_answer(&web, sms).await
+}
+
+fn post_mo(query: &str, headers: &HeaderMap, body: &[u8]) -> Result<Mo, BadSms> {
+    let header = |name: &str| -> Result<Option<String>, BadSms> {
+        headers.get(name).map(|v| v.to_str().map(|s| s.trim().to_string()).map_err(|_| BadSms::Encoding)).transpose()
+    };
+    let mut mo = Mo::from_query(query)?;
+    if mo.from.is_none() {
+        mo.from = header("x-kannel-from")?;
+    }
+    if mo.to.is_none() {
+        mo.to = header("x-kannel-to")?;
+    }
+    let content_type = header(header::CONTENT_TYPE.as_str())?;
+    mo.text = Some(crate::domain::Secret::new(kannel::decode_body(content_type.as_deref(), body)?));
+    Ok(mo)
+}
+
+async fn kannel_answer(web: &Web, sms: Result<Sms, BadSms>) -> Response {
+    let sms = match sms {
+        Ok(s) => s,
+        Err(bad) => {
+            // The reason names a field, never its value.
+            warn!(reason = %bad, "kannel: request refused");
+            let status = StatusCode::from_u16(bad.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return plain(status, format!("{bad}\n"));
+        }
+    };
+    let service = &web.service;
+    let reply = within(service, HOP_DEADLINE, service.turn(&web.kannel, sms)).await;
+    sms_reply(service, &reply, web.sms_charset)
+}
+
+/// What Kannel texts back when even the polite fallback's text is missing from the catalogue.
+const LAST_RESORT: &str = "He thong dang ban. Vui long thu lai sau.";
+
+/// The reply SMS: always 200 with a body, since Kannel sends nothing for an empty body (`omit-empty`) and
+/// its own "could not fetch content" for anything but a 2xx.
+fn sms_reply(service: &Service, reply: &Reply, charset: Charset) -> Response {
+    let (mut body, mut ucs2) = kannel::response(reply, charset);
+    if body.trim().is_empty() {
+        error!("kannel: the reply rendered empty; sent the polite fallback");
+        let fallback = Reply { text: service.flow.catalog(Lang::Vi).get(keys::END_UNAVAILABLE).to_string(), end: true };
+        (body, ucs2) = kannel::response(&fallback, charset);
+        if body.trim().is_empty() {
+            (body, ucs2) = (LAST_RESORT.to_string(), false);
+        }
+    }
+    let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response();
+    if ucs2 {
+        response.headers_mut().insert(HeaderName::from_static("x-kannel-coding"), HeaderValue::from_static("2"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock, Millis};
+    use crate::crypto::{Crypto, HashCost};
+    use crate::flow::Flow;
+    use crate::registry::ImportedRegistry;
+    use crate::store::memory::MemoryStore;
+    use crate::store::Store;
+
+    fn service() -> Service {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        Service::new(
+            store.clone(),
+            Arc::new(ImportedRegistry(store)),
+            Arc::new(Flow::load_from(None).unwrap()),
+            Arc::new(Crypto::from_master(&[2; 32], HashCost::DANGER_TEST_ONLY).unwrap()),
+            Arc::new(ManualClock::new(Millis(1_795_996_800_000))) as Arc<dyn Clock>,
+        )
+    }
+
+    async fn body_of(r: Response) -> (StatusCode, HeaderMap, String) {
+        let (parts, body) = r.into_parts();
+        let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap();
+        (parts.status, parts.headers, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    fn unavailable(s: &Service) -> String {
+        crate::flow::catalog::to_gsm7(s.flow.catalog(Lang::Vi).get(keys::END_UNAVAILABLE))
+    }
+
+    #[tokio::test]
+    async fn a_turn_past_its_deadline_is_answered_with_the_polite_sms_not_an_error() {
+        let s = service();
+        let reply = within(&s, Duration::from_millis(20), std::future::pending()).await;
+        assert!(reply.end);
+        let (status, headers, body) = body_of(sms_reply(&s, &reply, Charset::Gsm7)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=UTF-8");
+        assert_eq!(body, unavailable(&s));
+        assert!(!body.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_turn_that_faults_is_answered_with_the_polite_sms_not_an_error() {
+        let s = service();
+        let reply = within(&s, HOP_DEADLINE, async { Err(ServiceError::Contention) }).await;
+        let (status, _, body) = body_of(sms_reply(&s, &reply, Charset::Ucs2)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(crate::domain::text::fold_diacritics(&body), unavailable(&s));
+    }
+
+    #[tokio::test]
+    async fn a_reply_that_renders_empty_still_sends_a_body() {
+        let s = service();
+        let (status, _, body) = body_of(sms_reply(&s, &Reply { text: " ".into(), end: false }, Charset::Gsm7)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, unavailable(&s));
+    }
+
+    #[tokio::test]
+    async fn only_a_reply_that_needs_ucs2_says_x_kannel_coding_2() {
+        let s = service();
+        let r = Reply { text: "Chào bạn".into(), end: false };
+        let (_, headers, body) = body_of(sms_reply(&s, &r, Charset::Ucs2)).await;
+        assert_eq!(
+            (headers.get("x-kannel-coding").map(|v| v.to_str().unwrap()), body.as_str()),
+            (Some("2"), "Chào bạn")
+        );
+        let (_, headers, body) = body_of(sms_reply(&s, &r, Charset::Gsm7)).await;
+        assert_eq!((headers.get("x-kannel-coding"), body.as_str()), (None, "Chao ban"));
+    }
+
+    #[test]
+    fn a_post_takes_from_and_to_from_the_headers_and_the_text_from_the_body() {
+        let mut h = HeaderMap::new();
+        h.insert("x-kannel-from", HeaderValue::from_static("+84912345678"));
+        h.insert("x-kannel-to", HeaderValue::from_static("8088"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=\"UTF-8\""));
+        let mo = post_mo("id=m-1", &h, "Phở bò".as_bytes()).unwrap();
+        assert_eq!(
+            (mo.from.as_deref(), mo.to.as_deref(), mo.id.as_deref()),
+            (Some("+84912345678"), Some("8088"), Some("m-1"))
+        );
+        assert_eq!(mo.text.unwrap().expose(), "Phở bò");
+        let mo = post_mo("from=0987654321", &h, b"1").unwrap();
+        assert_eq!(mo.from.as_deref(), Some("0987654321"), "the query's from wins");
+        assert!(matches!(post_mo("", &h, b"\xff"), Err(BadSms::Encoding)));
+    }
 }

@@ -1,4 +1,4 @@
-//! `kichhoat serve | check | simulate`: parses the command line and hands over to the library.
+//! `kichhoat serve | check | simulate | audit`: parses the command line and hands over to the library.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -113,7 +113,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         data_dir = %settings.data_dir.display(),
         sms_outbox = %settings.sms_outbox.display(),
         flows = %app.service.flow.source,
-        "kichhoat listening on http://{addr} (POST /ussd/africastalking)"
+        "kichhoat listening on http://{addr} (POST /ussd/africastalking, GET|POST /sms/kannel)"
     );
     let router = kichhoat::http::router(app.web.clone());
     let served = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await;

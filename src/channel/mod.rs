@@ -1,13 +1,23 @@
-//! Channels: one file per carrier or gateway format, all behind [`Channel`]. A channel turns its
-//! request into what the conversation needs, channel-neutrally: the phone, an engine input, and the key
-//! under which a retry of the same request finds its reply. The service ([`crate::service`]) knows no
-//! channel by name: it loads the phone's conversation, asks the channel what the request means given the
-//! channel's own cursor, runs the engine, and stores the reply and the channel's next cursor with the
-//! conversation.
+//! Channels: one file per carrier or gateway format, all behind [`Channel`]. A channel owns its wire
+//! format (parsing and bounding its request, refusing what is not its carrier's form, rendering its
+//! reply), and turns its request into what the conversation needs, channel-neutrally: the phone, an
+//! engine input, and the key under which a retry of the same request finds its reply. The service
+//! ([`crate::service`]) knows no channel by name: it loads the phone's conversation, asks the channel
+//! what the request means given the channel's own cursor, runs the engine on the channel's
+//! [`Medium`], and stores the reply and the channel's next cursor with the conversation.
+//!
+//! The conversation is keyed by the phone, not by a channel's session, so every channel of a phone
+//! continues the same conversation: an activation begun over USSD can be finished by SMS and the reverse.
+//! Each channel keeps only its own cursor in it.
+//!
+//! - [`africastalking`]: USSD as Africa's Talking relays it (cumulative `text`, `CON`/`END`).
+//! - [`kannel`]: SMS as Kannel's `sms-service` delivers it (one request per SMS, the response body is
+//!   the reply SMS).
 //!
 //! Adding a channel touches only this folder, `http.rs` (its route and response shape) and the app wiring.
 
 pub mod africastalking;
+pub mod kannel;
 
 use crate::domain::Msisdn;
 use crate::engine::{Inbound, Medium, Reply};

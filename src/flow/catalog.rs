@@ -33,7 +33,8 @@ pub enum Charset {
     /// GSM 03.38: Vietnamese is sent without diacritics (what carriers do by default).
     #[default]
     Gsm7,
-    /// UCS-2 with diacritics when the screen fits 80 characters, GSM-7 otherwise.
+    /// UCS-2 with diacritics when the text fits (a USSD screen: 80 characters; an SMS reply: 3 parts of
+    /// 67), GSM-7 otherwise.
     Ucs2,
 }
 

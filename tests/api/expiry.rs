@@ -156,6 +156,7 @@ async fn conversations_that_request_a_code_and_go_idle_leave_nothing_on_disk_aft
         registry: Some(dir.path().join("registry.csv")),
         key_file: None,
         ussd_charset: Charset::Gsm7,
+        sms_charset: Charset::Gsm7,
     };
     let settings = Settings::new(dir.path().join("data"), None, StoreKind::Sled, &common);
     let db_dir = settings.db_dir();

@@ -1,5 +1,6 @@
 //! Shared test plumbing: an in-process server on a random port with an injected clock, an Africa's
-//! Talking client that builds cumulative `text` like the aggregator does, and the outbox reader.
+//! Talking client that builds cumulative `text` like the aggregator does, a Kannel client that calls
+//! `/sms/kannel` as an `sms-service` does, and the outbox reader.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -26,6 +27,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         registry: Some(repo().join("fixtures/registry.csv")),
         key_file: None,
         ussd_charset: Charset::Gsm7,
+        sms_charset: Charset::Gsm7,
     };
     Settings::new(data_dir.to_path_buf(), None, StoreKind::Sled, &common)
 }
@@ -202,6 +204,89 @@ impl AtPhone {
         let (status, body) = self.hop().await;
         assert_eq!(status, 200, "{body}");
         body
+    }
+}
+
+/// What Kannel got back for one SMS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KannelReply {
+    pub status: u16,
+    /// Every response header but `date` (which only says when), names lower-case, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl KannelReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+async fn kannel_reply(resp: reqwest::Response) -> KannelReply {
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .filter(|(n, _)| n.as_str() != "date")
+        .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    KannelReply { status, headers, body: resp.text().await.unwrap() }
+}
+
+/// `GET /sms/kannel?<query>` as Kannel's `get-url` calls it; `fields` are form-encoded (`%p`, `%P`, `%a`,
+/// `%I` are URL-encoded by Kannel).
+pub async fn get_kannel(url: &str, fields: &[(&str, &str)]) -> KannelReply {
+    get_kannel_raw(url, &serde_urlencoded(fields)).await
+}
+
+/// `GET /sms/kannel?<query>` with the query exactly as given (to send bytes that are not UTF-8).
+pub async fn get_kannel_raw(url: &str, query: &str) -> KannelReply {
+    let resp = reqwest::Client::new().get(format!("{url}/sms/kannel?{query}")).send().await.unwrap();
+    kannel_reply(resp).await
+}
+
+/// `POST /sms/kannel?<query>` as Kannel's `post-url` calls it: the text as the body, `headers` such as
+/// `X-Kannel-From`.
+pub async fn post_kannel(url: &str, query: &str, headers: &[(&str, &str)], body: Vec<u8>) -> KannelReply {
+    let mut req = reqwest::Client::new().post(format!("{url}/sms/kannel?{query}")).body(body);
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    kannel_reply(req.send().await.unwrap()).await
+}
+
+/// A phone texting the service through Kannel (`get-url = ".../sms/kannel?from=%p&to=%P&text=%a&id=%I"`).
+pub struct SmsPhone {
+    pub url: String,
+    /// As Kannel gives `%p` (here `+84…`).
+    pub phone: String,
+    /// The short code texted (`%P`).
+    pub to: String,
+}
+
+impl SmsPhone {
+    pub fn new(url: &str, phone: &str) -> SmsPhone {
+        SmsPhone { url: url.into(), phone: phone.into(), to: "8088".into() }
+    }
+
+    /// A fresh message id, like Kannel's `%I` (a UUID).
+    pub fn new_id() -> String {
+        static IDS: AtomicU32 = AtomicU32::new(0);
+        let n = IDS.fetch_add(1, Ordering::SeqCst);
+        format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), n)
+    }
+
+    /// Texts `text` with message id `id`: what Kannel got back.
+    pub async fn send_as(&self, id: &str, text: &str) -> KannelReply {
+        get_kannel(&self.url, &[("from", &self.phone), ("to", &self.to), ("text", text), ("id", id)]).await
+    }
+
+    /// Texts `text` (a new message id): the reply SMS, which must be a 200 with a body.
+    pub async fn send(&self, text: &str) -> String {
+        let r = self.send_as(&Self::new_id(), text).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(!r.body.trim().is_empty(), "an empty reply for {:?}", self.phone);
+        r.body
     }
 }
 

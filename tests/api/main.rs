@@ -1,10 +1,11 @@
 //! One black-box test binary (cargo links it once). Modules by concern:
-//! transcripts (data-driven conversations, engine and server), webhook (carrier contract, retries and
-//! races), concurrency (N requests at once get no further than one at a time), flows (`kichhoat check`),
-//! restart (kill -9), secrets (nothing secret on disk or in logs), expiry (what the sweeper reclaims, on
-//! the injected clock), store_contract (the `Store` contract, run against every backend), migration (a data
-//! dir of the previous release opens and carries on), kannel (SMS end to end through a real Kannel gateway,
-//! driven by kannel_harness).
+//! transcripts (data-driven conversations over USSD and SMS, engine and server), webhook (the Africa's
+//! Talking contract, retries and races), sms (the Kannel contract: an SMS in, the reply SMS out, retries
+//! by message id, one conversation across USSD and SMS), concurrency (N requests at once get no further
+//! than one at a time), flows (`kichhoat check`), restart (kill -9), secrets (nothing secret on disk or
+//! in logs), expiry (what the sweeper reclaims, on the injected clock), store_contract (the `Store`
+//! contract, run against every backend), migration (a data dir of the previous release opens and
+//! carries on), kannel (SMS end to end through a real Kannel gateway, driven by kannel_harness).
 
 mod cli;
 mod concurrency;
@@ -18,6 +19,7 @@ mod migration;
 mod registry;
 mod restart;
 mod secrets;
+mod sms;
 mod store_contract;
 mod transcripts;
 mod webhook;

@@ -1,9 +1,10 @@
-//! After a whole conversation (with trace logging on), no password, passcode, OTP or security answer is
-//! anywhere in the data directory or the logs, and ID numbers and phones appear in logs only masked.
+//! After a whole conversation (with trace logging on, over USSD and over SMS, whose texts travel in a URL
+//! query), no password, passcode, OTP or security answer is anywhere in the data directory or the logs,
+//! and ID numbers and phones appear in logs only masked.
 
 use std::path::Path;
 
-use crate::helpers::{fold, otp_in, scratch, wait_outbox, AtPhone, Proc};
+use crate::helpers::{fold, otp_in, scratch, wait_outbox, AtPhone, Proc, SmsPhone};
 
 fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -78,6 +79,46 @@ async fn no_secret_is_stored_or_logged_after_a_full_conversation() {
     }
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("turn answered"), "the log is real");
+    for personal in ["001099012345", "0912345678", "84912345678"] {
+        assert!(!logs.contains(personal), "{personal} appears unmasked in the logs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_is_stored_or_logged_when_sms_carry_them_in_the_query() {
+    let (_dir, data, outbox, log) = scratch();
+    let server = Proc::spawn(&data, &outbox, &log, "trace").await;
+
+    let password = "Qv*7!nXz#4";
+    let passcode = "630174";
+    let answers = ["Cào Cào", "Cần  Thơ"];
+    let p = SmsPhone::new(&server.url, "+84912345678");
+    for input in ["Xin chao", "1", "001099012345", "1"] {
+        p.send(input).await;
+    }
+    let otp = otp_in(&wait_outbox(&outbox, 1).await[0].text).unwrap();
+    assert!(fold(&p.send(&otp).await).contains("Dat mat khau"));
+    for input in [password, password, passcode, passcode, "2", answers[0], "5", answers[1]] {
+        p.send(input).await;
+    }
+    for input in ["Dang nhap", "2", "001099012345"] {
+        p.send(input).await;
+    }
+    assert!(fold(&p.send(password).await).contains("Xin chao"));
+    server.terminate();
+
+    let mut all = Vec::new();
+    files(&data, &mut all);
+    all.push(log.clone());
+    let needles = [password, passcode, &otp, answers[0], answers[1], "cao cao", "can tho", "Qv%2A7", "Qv*7"];
+    for f in &all {
+        let bytes = std::fs::read(f).unwrap();
+        for n in needles {
+            assert!(!leaks(&bytes, n.as_bytes()), "{n:?} found in {}", f.display());
+        }
+    }
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("turn answered") && logs.contains("/sms/kannel"), "the log is real");
     for personal in ["001099012345", "0912345678", "84912345678"] {
         assert!(!logs.contains(personal), "{personal} appears unmasked in the logs");
     }

@@ -1,9 +1,14 @@
 //! Transcripts are the spec: each file in `fixtures/transcripts/` is a conversation (dials, inputs, clock
 //! moves) with what the citizen sees (CON/END and words, compared without diacritics) and the SMS that
-//! must (and must not) go out. Every transcript runs twice, as two tests named after its file (see
-//! `transcripts!`):
-//! - against the pure engine, writing the session out as JSON and reading it back between every turn;
-//! - against the real HTTP server on a random port, driven as Africa's Talking drives it.
+//! must (and must not) go out. A transcript is over USSD unless it says `channel = "sms"`: then every
+//! turn is an SMS the citizen sends (`send`, never `dial`), and CON/END say whether the reply SMS waits
+//! for an answer or ends the exchange, read from what it says can be texted next. Every transcript runs
+//! twice, as two tests named after its file (see `transcripts!`):
+//! - against the pure engine, writing the session out as JSON and reading it back between every turn
+//!   (over SMS, the engine input is derived by the Kannel channel's own logic, its cursor kept between
+//!   turns as the service keeps it);
+//! - against the real HTTP server on a random port, driven as Africa's Talking (USSD) or Kannel (SMS)
+//!   drives it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -11,16 +16,21 @@ use std::time::Duration;
 use rand::SeedableRng;
 use serde::Deserialize;
 
+use std::sync::Arc;
+
 use kichhoat::channel::africastalking::response;
+use kichhoat::channel::kannel::{self, Kannel, Mo};
+use kichhoat::channel::{Channel, Derived};
 use kichhoat::clock::Millis;
 use kichhoat::crypto::{Crypto, HashCost};
 use kichhoat::domain::{Msisdn, NationalId, Secret};
-use kichhoat::engine::{Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Medium, Session};
+use kichhoat::engine::{keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Medium, Session};
 use kichhoat::flow::catalog::to_gsm7;
-use kichhoat::flow::{Charset, Flow};
+use kichhoat::flow::{Charset, Flow, Lang};
 use kichhoat::limits::{self, CounterKey, Tally};
+use kichhoat::store::Cursor;
 
-use crate::helpers::{fold, otp_in, repo, AtPhone, TestServer, T0};
+use crate::helpers::{fold, otp_in, repo, AtPhone, SmsPhone, TestServer, T0};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,20 +38,31 @@ struct Transcript {
     name: String,
     /// The phone calling.
     phone: String,
+    /// How the citizen talks to the service: `ussd` (the default) or `sms`.
+    #[serde(default)]
+    channel: Via,
     turn: Vec<Turn>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Via {
+    #[default]
+    Ussd,
+    Sms,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Turn {
-    /// Start a new USSD session (empty text).
+    /// Start a new USSD session (empty text). Not over SMS.
     #[serde(default)]
     dial: bool,
     /// Type this at the current prompt. `{otp}` is the last code received, `{otp_prev}` the one before.
     send: Option<String>,
     /// Move the clock forward first, e.g. "4m", "16m".
     advance: Option<String>,
-    /// "CON" or "END".
+    /// "CON" or "END" (over SMS: the reply waits for an answer, or ends the exchange).
     expect: String,
     #[serde(default)]
     contains: Vec<String>,
@@ -94,6 +115,7 @@ async fn run(file: &str, t: &Transcript, driver: &mut impl Driver, via: &str) {
             driver.advance(duration(a)).await;
         }
         let seen = match (&turn.send, turn.dial) {
+            (None, true) if t.channel == Via::Sms => panic!("{at}: an SMS transcript only sends"),
             (None, true) => driver.dial().await,
             (Some(input), false) => {
                 let last = otps.last().cloned().unwrap_or_default();
@@ -148,18 +170,49 @@ impl Directory for MemDirectory {
     }
 }
 
+/// Whether an SMS reply ends the exchange, read from its last line as the citizen reads it: "text
+/// anything to open the menu" (END) or "reply to this message, MENU, HUY, TRO GIUP" (it waits). A reply
+/// that says neither fails the test: every SMS reply says what can be texted next.
+pub fn sms_ends(flow: &Flow, body: &str) -> bool {
+    let body = fold(body);
+    for lang in Lang::ALL {
+        let cat = flow.catalog(lang);
+        if body.ends_with(&fold(cat.get_for(Medium::Sms, keys::SMS_AGAIN))) {
+            return true;
+        }
+        if body.ends_with(&fold(cat.get_for(Medium::Sms, keys::SMS_MORE))) {
+            return false;
+        }
+    }
+    panic!("an SMS reply that does not say what can be texted next: {body:?}");
+}
+
+/// An SMS reply as a transcript compares it: `CON`/`END` (from what it says can be texted next), the body.
+fn sms_seen(flow: &Flow, body: &str) -> String {
+    format!("{} {body}", if sms_ends(flow, body) { "END" } else { "CON" })
+}
+
 pub struct EngineDriver {
     flow: Flow,
-    crypto: Crypto,
+    crypto: Arc<Crypto>,
     dir: MemDirectory,
     saved: Option<String>,
     now: Millis,
     rng: rand::rngs::StdRng,
     caller: Msisdn,
+    medium: Medium,
+    /// Over SMS: the Kannel channel's logic and its cursor, kept between turns as the service keeps it.
+    kannel: Kannel,
+    cursor: Option<Cursor>,
 }
 
 impl EngineDriver {
     pub fn new(phone: &str) -> EngineDriver {
+        Self::on(phone, Medium::Ussd)
+    }
+
+    /// A driver for a conversation over `medium` (over SMS, each `send` is one SMS).
+    pub fn on(phone: &str, medium: Medium) -> EngineDriver {
         let mut dir = MemDirectory::default();
         let csv = std::fs::read_to_string(repo().join("fixtures/registry.csv")).unwrap();
         for line in csv.lines().skip(1) {
@@ -167,14 +220,18 @@ impl EngineDriver {
             let c = kichhoat::registry::parse_row(&fields).unwrap();
             dir.citizens.insert(c.national_id.as_str().to_string(), c);
         }
+        let crypto = Arc::new(Crypto::from_master(&[9; 32], HashCost::DANGER_TEST_ONLY).unwrap());
         EngineDriver {
             flow: Flow::load(&repo().join("flows")).unwrap(),
-            crypto: Crypto::from_master(&[9; 32], HashCost::DANGER_TEST_ONLY).unwrap(),
+            kannel: Kannel::new(crypto.clone()),
+            crypto,
             dir,
             saved: None,
             now: T0,
             rng: rand::rngs::StdRng::seed_from_u64(7),
             caller: Msisdn::parse(phone).unwrap(),
+            medium,
+            cursor: None,
         }
     }
 
@@ -188,6 +245,27 @@ impl EngineDriver {
     }
 
     pub fn step(&mut self, inbound: Inbound) -> Seen {
+        let (reply, sms) = self.step_reply(inbound);
+        Seen { response: response(&reply, Charset::Gsm7), sms }
+    }
+
+    /// One SMS from the citizen: the Kannel channel derives the engine input from its cursor, the engine
+    /// answers over SMS, and the cursor advances, as a turn of the service does.
+    pub fn text(&mut self, text: &str) -> Seen {
+        let sms =
+            Mo { from: Some(self.caller.e164()), text: Some(Secret::new(text)), ..Mo::default() }.parse().unwrap();
+        let inbound = match self.kannel.derive(&sms, self.cursor.as_ref(), None) {
+            Derived::Inbound(i) => i,
+            other => panic!("an SMS without a stored reply derived {other:?}"),
+        };
+        let (reply, out) = self.step_reply(inbound);
+        self.cursor = self.kannel.advance(&sms, self.cursor.as_ref(), &reply);
+        let (body, _) = kannel::response(&reply, Charset::Gsm7);
+        assert_eq!(sms_ends(&self.flow, &body), reply.end, "what the reply says can be texted next: {body:?}");
+        Seen { response: sms_seen(&self.flow, &body), sms: out }
+    }
+
+    fn step_reply(&mut self, inbound: Inbound) -> (kichhoat::engine::Reply, Vec<(String, String)>) {
         let session: Option<Session> = self.saved.as_deref().map(|j| serde_json::from_str(j).unwrap());
         let ctx = Ctx {
             flow: &self.flow,
@@ -195,7 +273,7 @@ impl EngineDriver {
             crypto: &self.crypto,
             now: self.now,
             caller: &self.caller,
-            medium: Medium::Ussd,
+            medium: self.medium,
         };
         let turn = kichhoat::engine::step(&ctx, session, inbound, &mut self.rng).unwrap();
         self.saved = Some(serde_json::to_string(&turn.session).unwrap());
@@ -216,7 +294,7 @@ impl EngineDriver {
                 Effect::Audit(_) => {}
             }
         }
-        Seen { response: response(&turn.reply, Charset::Gsm7), sms }
+        (turn.reply, sms)
     }
 }
 
@@ -228,7 +306,10 @@ impl Driver for EngineDriver {
         self.step(Inbound::Start { choices: Vec::new() })
     }
     async fn send(&mut self, input: &str) -> Seen {
-        self.step(Inbound::Text(Secret::new(input)))
+        match self.medium {
+            Medium::Ussd => self.step(Inbound::Text(Secret::new(input))),
+            Medium::Sms => self.text(input),
+        }
     }
 }
 
@@ -236,8 +317,15 @@ impl Driver for EngineDriver {
 
 struct ServerDriver {
     server: TestServer,
-    phone: AtPhone,
+    phone: Phone,
     seen_sms: usize,
+}
+
+/// The citizen's phone, as the transcript's channel reaches the server.
+enum Phone {
+    Ussd(AtPhone),
+    /// Over Kannel, with the flow to read what each reply says can be texted next.
+    Sms(SmsPhone, Box<Flow>),
 }
 
 impl ServerDriver {
@@ -254,25 +342,39 @@ impl Driver for ServerDriver {
         self.server.clock.advance(d);
     }
     async fn dial(&mut self) -> Seen {
-        let r = self.phone.dial().await;
+        let r = match &mut self.phone {
+            Phone::Ussd(p) => p.dial().await,
+            Phone::Sms(..) => panic!("an SMS transcript only sends"),
+        };
         self.collect(r).await
     }
     async fn send(&mut self, input: &str) -> Seen {
-        let r = self.phone.send(input).await;
+        let r = match &mut self.phone {
+            Phone::Ussd(p) => p.send(input).await,
+            Phone::Sms(p, flow) => sms_seen(flow, &p.send(input).await),
+        };
         self.collect(r).await
     }
 }
 
 async fn on_engine(file: &str) {
     let t = load(file);
-    let mut d = EngineDriver::new(&t.phone);
+    let medium = match t.channel {
+        Via::Ussd => Medium::Ussd,
+        Via::Sms => Medium::Sms,
+    };
+    let mut d = EngineDriver::on(&t.phone, medium);
     run(file, &t, &mut d, "engine").await;
 }
 
 async fn on_http(file: &str) {
     let t = load(file);
     let server = TestServer::start().await;
-    let phone = AtPhone::new(&server.url, &Msisdn::parse(&t.phone).unwrap().e164());
+    let e164 = Msisdn::parse(&t.phone).unwrap().e164();
+    let phone = match t.channel {
+        Via::Ussd => Phone::Ussd(AtPhone::new(&server.url, &e164)),
+        Via::Sms => Phone::Sms(SmsPhone::new(&server.url, &e164), Box::new(Flow::load(&repo().join("flows")).unwrap())),
+    };
     let mut d = ServerDriver { server, phone, seen_sms: 0 };
     run(file, &t, &mut d, "http").await;
     d.server.stop().await;
@@ -296,7 +398,7 @@ macro_rules! transcripts {
             )*
         }
 
-        /// Against the HTTP server, driven as Africa's Talking drives it.
+        /// Against the HTTP server, driven as Africa's Talking (or Kannel, over SMS) drives it.
         mod http {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,6 +425,9 @@ transcripts! {
     t12_typed_phone_forms,
     t13_otp_valid_until_three_minutes,
     t14_too_many_refusals_keep_the_activation,
+    t15_sms_activation,
+    t16_sms_keywords,
+    t17_sms_refusals_and_idle,
 }
 
 #[test]
