@@ -12,12 +12,14 @@ use tracing::{info, warn};
 use crate::channel::africastalking::AfricasTalking;
 use crate::channel::kannel::Kannel;
 use crate::clock::Clock;
-use crate::config::{Settings, StoreKind};
+use crate::config::{SenderSettings, Settings, StoreKind};
 use crate::crypto::{Crypto, CryptoError, HashCost};
 use crate::flow::{Charset, Flow, Problem};
 use crate::registry::{self, RegistryError};
 use crate::service::Service;
+use crate::sms::dlr::DeliveryReports;
 use crate::sms::file::FileSender;
+use crate::sms::kannel::{self, KannelConfig, KannelSender};
 use crate::sms::worker::Worker;
 use crate::sms::SmsSender;
 use crate::store::memory::MemoryStore;
@@ -39,6 +41,8 @@ pub enum StartError {
     Registry(#[from] RegistryError),
     #[error("{what} {path}: {why}")]
     Io { what: &'static str, path: String, why: String },
+    #[error("SMS sender: {0}")]
+    Sender(#[from] kannel::KannelError),
 }
 
 /// What the HTTP layer serves with: the service and the channels in front of it.
@@ -50,6 +54,8 @@ pub struct Web {
     pub kannel: Kannel,
     /// How SMS replies are encoded.
     pub sms_charset: Charset,
+    /// Kannel's delivery reports (`/sms/kannel/dlr`).
+    pub delivery_reports: DeliveryReports,
 }
 
 pub struct App {
@@ -100,7 +106,7 @@ impl App {
         Self::open_with_sender(settings, clock, cost, None).await
     }
 
-    /// As [`App::open`], with a sender of the caller's instead of the outbox file.
+    /// As [`App::open`], with a sender of the caller's instead of the one the settings name.
     pub async fn open_with_sender(
         settings: &Settings,
         clock: Arc<dyn Clock>,
@@ -118,6 +124,25 @@ impl App {
         };
         std::fs::create_dir_all(&settings.data_dir).map_err(io("data dir", &settings.data_dir))?;
         let crypto = Arc::new(Crypto::load_or_create(&settings.key_file, cost)?);
+        let sender: Arc<dyn SmsSender> = match (sender, &settings.sms_sender) {
+            (Some(s), _) => s,
+            (None, SenderSettings::File) => {
+                Arc::new(FileSender::open(&settings.sms_outbox).map_err(io("sms outbox", &settings.sms_outbox))?)
+            }
+            (None, SenderSettings::Kannel(k)) => {
+                let config = KannelConfig {
+                    url: k.url.clone(),
+                    user: k.user.clone(),
+                    password: k.password.clone(),
+                    from: k.from.clone(),
+                    dlr_url: k.dlr_url.clone(),
+                    charset: settings.sms_charset,
+                    connect_timeout: kannel::CONNECT_TIMEOUT,
+                    request_timeout: kannel::REQUEST_TIMEOUT,
+                };
+                Arc::new(KannelSender::new(config, crypto.clone())?)
+            }
+        };
         let (store, sled): (Arc<dyn Store>, Option<Arc<SledStore>>) = match settings.store {
             StoreKind::Sled => {
                 let sled = Arc::new(SledStore::open_at(&settings.db_dir(), clock.now())?);
@@ -143,10 +168,6 @@ impl App {
             implausible_ids = report.implausible,
             "registry imported"
         );
-        let sender: Arc<dyn SmsSender> = match sender {
-            Some(s) => s,
-            None => Arc::new(FileSender::open(&settings.sms_outbox).map_err(io("sms outbox", &settings.sms_outbox))?),
-        };
         let service = Arc::new(Service::new(
             store.clone(),
             Arc::new(registry::ImportedRegistry(store.clone())),
@@ -160,6 +181,7 @@ impl App {
             ussd_charset: settings.ussd_charset,
             kannel: Kannel::new(crypto.clone()),
             sms_charset: settings.sms_charset,
+            delivery_reports: DeliveryReports { store: store.clone(), crypto: crypto.clone(), clock: clock.clone() },
         });
         let (stop, stopped) = watch::channel(false);
         let worker = Arc::new(Worker::new(store.clone(), crypto, sender, clock.clone()));

@@ -1,5 +1,6 @@
 //! Everything that turns a secret into something safe to keep: argon2id for credentials, HMAC-SHA256 for
-//! OTPs and carrier hop texts, and ChaCha20-Poly1305 to seal queued SMS bodies.
+//! OTPs and carrier hop texts (and to sign the delivery-report URLs given to Kannel), and
+//! ChaCha20-Poly1305 to seal queued SMS bodies.
 //!
 //! All keys derive from one 32-byte master key kept in a file *outside* the sled database
 //! (`--key-file`), so a copy of the database alone reveals no OTP, hop text or queued SMS.
@@ -66,6 +67,7 @@ pub struct Crypto {
     otp: Key,
     hop: Key,
     seal: Key,
+    dlr: Key,
     cost: HashCost,
     dummy_hash: String,
 }
@@ -85,6 +87,7 @@ impl Crypto {
             otp: derive(master, "kichhoat/otp/v1"),
             hop: derive(master, "kichhoat/hop/v1"),
             seal: derive(master, "kichhoat/seal/v1"),
+            dlr: derive(master, "kichhoat/dlr/v1"),
             cost,
             dummy_hash: String::new(),
         };
@@ -162,6 +165,12 @@ impl Crypto {
     /// without ever storing the text, which repeats typed passwords.
     pub fn hop_mac(&self, phone: &str, session_id: &str, text: &str) -> [u8; 32] {
         mac(&self.hop, &[phone.as_bytes(), session_id.as_bytes(), text.as_bytes()])
+    }
+
+    /// Keyed hash of a delivery-report address (message id, recipient in canonical form): the signature
+    /// in the `dlr-url` handed to Kannel, so only Kannel, which got it from us, can report on a message.
+    pub fn dlr_mac(&self, sms_id: &str, to: &str) -> [u8; 32] {
+        mac(&self.dlr, &[sms_id.as_bytes(), to.as_bytes()])
     }
 
     /// Seals `plain` with ChaCha20-Poly1305 under a random nonce; `aad` binds it to its record.
@@ -251,6 +260,20 @@ mod tests {
         assert!(mac_eq(&a, &c.otp_mac("001099012345", "84912345678", &code)));
         assert!(!mac_eq(&a, &c.otp_mac("001099012346", "84912345678", &code)));
         assert!(!mac_eq(&a, &c.otp_mac("001099012345", "84912345679", &code)));
+    }
+
+    #[test]
+    fn delivery_report_signatures_are_bound_to_the_message_and_recipient_and_use_their_own_key() {
+        let c = crypto();
+        let sig = c.dlr_mac("3f9a1c2b7d4e5f60-7", "84912345678");
+        assert!(mac_eq(&sig, &c.dlr_mac("3f9a1c2b7d4e5f60-7", "84912345678")));
+        assert!(!mac_eq(&sig, &c.dlr_mac("3f9a1c2b7d4e5f60-8", "84912345678")));
+        assert!(!mac_eq(&sig, &c.dlr_mac("3f9a1c2b7d4e5f60-7", "84912345679")));
+        for other_key in [&c.otp, &c.hop, &c.seal] {
+            assert!(!mac_eq(&sig, &mac(other_key, &[b"3f9a1c2b7d4e5f60-7", b"84912345678"])), "a key of its own");
+        }
+        let other = Crypto::from_master(&[8u8; 32], HashCost::DANGER_TEST_ONLY).unwrap();
+        assert!(!mac_eq(&sig, &other.dlr_mac("3f9a1c2b7d4e5f60-7", "84912345678")));
     }
 
     #[test]

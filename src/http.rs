@@ -1,4 +1,5 @@
-//! The HTTP surface: carrier webhooks and health. Handlers only translate; the [`Service`] does the work.
+//! The HTTP surface: carrier webhooks, Kannel's delivery reports and health. Handlers only translate; the
+//! [`Service`](crate::service::Service) does the work.
 //!
 //! - `POST /ussd/africastalking`: Africa's Talking USSD callback; `text/plain` `CON …` / `END …`.
 //! - `POST /ussd/africastalking/events`: AT's end-of-session notification; `sessionId` and `status`
@@ -7,7 +8,13 @@
 //!   body, `from`/`to` in `X-Kannel-From`/`X-Kannel-To` or the query): one SMS from a citizen; the
 //!   response body is the reply SMS, always `200 text/plain; charset=UTF-8` and never empty, with
 //!   `X-Kannel-Coding: 2` when it needs UCS-2.
+//! - `GET /sms/kannel/dlr?id=&to=&status=&sig=`: Kannel's delivery report for an SMS we sent; 403 when
+//!   the signature is missing or wrong (nothing recorded), 400 for an unknown report type, else 200 (see
+//!   [`crate::sms::dlr`]).
 //! - `GET /healthz`: 200 when the process serves.
+//!
+//! Request spans name the method and the path only, never the query: a delivery report's query holds
+//! the full phone number.
 //!
 //! A request the server cannot understand (wrong content type, missing field, a phone that is not a
 //! Vietnamese mobile) gets a 4xx and changes nothing. An operational fault, or a turn not answered within
@@ -20,8 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::FormRejection;
-use axum::extract::{RawQuery, State};
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,6 +45,7 @@ use crate::channel::Channel;
 use crate::engine::{keys, Reply};
 use crate::flow::{Charset, Lang};
 use crate::service::{Service, ServiceError};
+use crate::sms::dlr::DlrError;
 
 /// A hop is answered by then, busy or not (Africa's Talking gives up after ~10 s).
 const HOP_DEADLINE: Duration = Duration::from_secs(7);
@@ -51,6 +59,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/ussd/africastalking", post(africastalking))
         .route("/ussd/africastalking/events", post(africastalking_event))
         .route("/sms/kannel", get(kannel_get).post(kannel_post))
+        .route("/sms/kannel/dlr", get(kannel_dlr))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
@@ -72,6 +81,25 @@ async fn within(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => service.fault_reply(&e),
         Err(_) => service.fault_reply(&ServiceError::Timeout),
+    }
+}
+
+async fn kannel_dlr(
+    State(web): State<Arc<Web>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let Ok(Query(fields)) = query else {
+        warn!("kannel dlr: unreadable query; refused");
+        return plain(StatusCode::FORBIDDEN, "forbidden\n".to_string());
+    };
+    match web.delivery_reports.report(&fields).await {
+        Ok(_) => plain(StatusCode::OK, "ok\n".to_string()),
+        Err(DlrError::Forbidden) => plain(StatusCode::FORBIDDEN, "forbidden\n".to_string()),
+        Err(DlrError::Malformed(why)) => plain(StatusCode::BAD_REQUEST, format!("{why}\n")),
+        Err(DlrError::Store(e)) => {
+            error!(error = %e, "kannel dlr: could not be recorded");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "not recorded\n".to_string())
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 //!                                                 commit against
 //!                                                 the version)
 //!                                                   │
-//!              store (async trait: sled, memory) ◀──┘──▶ sms::worker ──▶ sms sender (outbox file)
+//!              store (async trait: sled, memory) ◀──┘──▶ sms::worker ──▶ sms sender (outbox file, Kannel)
 //! ```
 //!
 //! - [`domain`]: parsed identifiers and secrets (`NationalId`, `Msisdn`, `Password`, `Otp`, ...).
@@ -21,7 +21,8 @@
 //! - [`crypto`]: argon2id, keyed hashes and sealing, with keys kept outside the database.
 //! - [`store`]: the storage trait (versions, claims, expiry) and its sled and memory backends.
 //! - [`registry`]: the citizens registry import (CSV today, a national API later).
-//! - [`sms`]: outgoing SMS senders and the delivery worker (retries, backoff, permanent failures).
+//! - [`sms`]: outgoing SMS senders (outbox file, Kannel) and the delivery worker (retries, backoff,
+//!   permanent failures, messages in doubt), and Kannel's delivery reports.
 //! - [`channel`]: the channel interface and carrier formats (Africa's Talking USSD).
 //! - [`service`]: one turn of any channel to a durable reply; shared by HTTP and `simulate`.
 //! - [`app`]: assembling an instance (flows, keys, store, registry import, SMS worker, expiry sweeper).

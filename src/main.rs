@@ -8,9 +8,10 @@ use tracing::{error, info};
 
 use kichhoat::app::App;
 use kichhoat::clock::SystemClock;
-use kichhoat::config::{resolve, Cli, Command, LogFormat, ServeArgs, Settings, DEFAULT_FLOWS};
+use kichhoat::config::{resolve, Cli, Command, LogFormat, SenderSettings, ServeArgs, Settings, DEFAULT_FLOWS};
 use kichhoat::crypto::HashCost;
 use kichhoat::flow::Flow;
+use kichhoat::sms::kannel::display_url;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -103,15 +104,32 @@ fn init_logs(format: LogFormat, default: &str) {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), args.store, &args.common);
+    let mut settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), args.store, &args.common);
+    settings.sms_sender = args.sender()?;
     let app = App::open(&settings, Arc::new(SystemClock), HashCost::OWASP).await.map_err(|e| e.to_string())?;
+    match &settings.sms_sender {
+        SenderSettings::File => info!(
+            sms_sender = "file",
+            sms_outbox = %settings.sms_outbox.display(),
+            "outgoing SMS are written to the outbox file"
+        ),
+        // Never the password; the URL without anything that could carry a credential.
+        SenderSettings::Kannel(k) => info!(
+            sms_sender = "kannel",
+            kannel_url = %display_url(&k.url),
+            kannel_user = %k.user,
+            sms_from = k.from.as_deref().unwrap_or("(kannel's default)"),
+            dlr_url = %k.dlr_url,
+            sms_charset = ?settings.sms_charset,
+            "outgoing SMS go through Kannel (--sms-outbox unused)"
+        ),
+    }
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     info!(
         %addr,
         data_dir = %settings.data_dir.display(),
-        sms_outbox = %settings.sms_outbox.display(),
         flows = %app.service.flow.source,
         "kichhoat listening on http://{addr} (POST /ussd/africastalking, GET|POST /sms/kannel)"
     );

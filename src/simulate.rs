@@ -38,6 +38,11 @@ impl SmsSender for ShowingSender {
             Ok(Delivery::Sent)
         })
     }
+
+    /// Shows what it is handed; a message shown twice harms no one.
+    fn idempotent(&self) -> bool {
+        true
+    }
 }
 
 pub async fn run(args: SimulateArgs) -> Result<(), String> {

@@ -205,12 +205,16 @@ pub enum Effect {
     Count(Bump),
 }
 
-/// An authentication event for the audit trail.
+/// An authentication or delivery event for the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub event: String,
     pub national_id: Option<NationalId>,
     pub phone: Option<Msisdn>,
+    /// What the event is about when that is neither an ID number nor a phone: an SMS event names the
+    /// message id (`<store instance>-<seq>`). Never a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The result of one step.
@@ -290,6 +294,7 @@ pub fn step(
                     event: "cancelled".into(),
                     national_id: id,
                     phone: phone.or_else(|| Some(ctx.caller.clone())),
+                    detail: None,
                 }));
             }
             reset(flow, &mut s);

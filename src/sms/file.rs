@@ -103,4 +103,9 @@ impl SmsSender for FileSender {
             tokio::task::spawn_blocking(write).await.map_err(|e| SendError::Temporary(e.to_string()))?
         })
     }
+
+    /// It remembers the ids it wrote, also across restarts (read back from the file).
+    fn idempotent(&self) -> bool {
+        true
+    }
 }

@@ -5,7 +5,13 @@
 //! - a temporary failure: tried again after an exponential backoff (2 s doubling to 5 min, spread a little
 //!   per message), up to [`MAX_ATTEMPTS`];
 //! - a permanent failure, too many attempts, a body that cannot be opened, or a message past its use (an
-//!   OTP older than its lifetime): failed for good, kept for operators and audited.
+//!   OTP older than its lifetime): failed for good, kept for operators and audited (`sms_failed`);
+//! - in doubt (the sender may have taken it: a timeout after the request left, or a crash during the
+//!   send): for a sender that is not idempotent, never handed over again. Before such a sender gets a
+//!   message, the message is marked in flight, durably ([`Store::outbox_sending`]); a claimed message
+//!   found in flight is parked until its `give_up_at`, and then failed for good with the audit event
+//!   `sms_outcome_unknown` (the citizen can ask for a new code), unless a delivery report removed it
+//!   first ([`super::dlr`]). An idempotent sender simply gets it again.
 //!
 //! Each message is handled on its own, so one that cannot be sent never delays the others. Time comes from
 //! the injected clock. Woken by the service after a commit that queued an SMS, and every second for
@@ -31,9 +37,15 @@ const FIRST_RETRY: Duration = Duration::from_secs(2);
 const LAST_RETRY: Duration = Duration::from_secs(5 * 60);
 /// Messages claimed at once.
 const BATCH: usize = 32;
-/// How long the worker waits for a gateway to take one message before counting it a temporary failure:
-/// a gateway that hangs on one message must not hold up the rest (well under [`LEASE`]).
+/// How long the worker waits for a gateway to take one message before giving up on the attempt: a
+/// gateway that hangs on one message must not hold up the rest (well under [`LEASE`]). The attempt then
+/// counts as a temporary failure for an idempotent sender, and as in doubt for one that is not.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Audit event of a message failed for good.
+pub const EVENT_FAILED: &str = "sms_failed";
+/// Audit event of a message failed for good while in doubt: the gateway may have taken it.
+pub const EVENT_OUTCOME_UNKNOWN: &str = "sms_outcome_unknown";
 
 /// When to try a message again after its `attempts`-th attempt failed: exponential, capped, and spread by
 /// up to a quarter (derived from the id, so it is the same on every run) so retries do not arrive in step.
@@ -57,10 +69,17 @@ pub struct Worker {
 }
 
 /// What happened to one claimed message.
+#[derive(Debug)]
 enum Fate {
     Sent(Delivery),
     Retry(Millis, String),
+    /// The outcome is unknown: due again at this time (its `give_up_at`), never sent again.
+    Park(Millis, String),
     Failed(String),
+    /// Failed for good while in doubt.
+    FailedInDoubt(String),
+    /// Another worker holds the claim now: nothing to record.
+    Lost,
 }
 
 impl Worker {
@@ -76,7 +95,12 @@ impl Worker {
         Worker { store, crypto, sender, clock, owner, send_timeout: SEND_TIMEOUT }
     }
 
-    /// Delivers every message due now; returns how many were handed to the sender.
+    /// The id senders and delivery reports know a message by: `<store instance>-<seq>`.
+    fn message_id(&self, seq: u64) -> String {
+        format!("{}-{}", self.store.instance(), seq)
+    }
+
+    /// Delivers every message due now; returns how many were handed to the sender and taken.
     pub async fn deliver_due(&self) -> Result<usize, StoreError> {
         let mut sent = 0;
         loop {
@@ -89,7 +113,7 @@ impl Worker {
             // the OTP state it goes with) a crash could still undo.
             self.store.durable().await?;
             for sms in batch {
-                let fate = self.attempt(&sms, now).await;
+                let fate = self.attempt(&sms, now).await?;
                 if matches!(fate, Fate::Sent(_)) {
                     sent += 1;
                 }
@@ -99,57 +123,99 @@ impl Worker {
         Ok(sent)
     }
 
-    async fn attempt(&self, q: &QueuedSms, now: Millis) -> Fate {
+    async fn attempt(&self, q: &QueuedSms, now: Millis) -> Result<Fate, StoreError> {
+        let once_only = !self.sender.idempotent();
         if now >= q.give_up_at {
-            return Fate::Failed("no longer of use when it could be sent".into());
+            return Ok(if q.in_flight {
+                Fate::FailedInDoubt(format!(
+                    "the gateway may have taken it, and no delivery report came by its deadline{}",
+                    q.last_error.as_deref().map(|e| format!(" (last: {e})")).unwrap_or_default()
+                ))
+            } else {
+                Fate::Failed("no longer of use when it could be sent".into())
+            });
+        }
+        if q.in_flight && once_only {
+            // An earlier attempt's outcome is unknown (a crash during the send, or no answer): sending it
+            // again could deliver it twice. Wait for a delivery report until the message is of no use.
+            return Ok(Fate::Park(q.give_up_at, "outcome of an earlier attempt unknown; not sent again".into()));
         }
         let Ok(text) = self.crypto.open(&q.sealed, q.to.as_str().as_bytes()) else {
             // Sealed under another key (the key file was replaced): it can never be sent.
-            return Fate::Failed("sealed under another key".into());
+            return Ok(Fate::Failed("sealed under another key".into()));
         };
-        let sms = OutgoingSms {
-            id: format!("{}-{}", self.store.instance(), q.id),
-            to: q.to.clone(),
-            text,
-            purpose: q.purpose,
-            at: q.queued_at,
-        };
+        let sms =
+            OutgoingSms { id: self.message_id(q.id), to: q.to.clone(), text, purpose: q.purpose, at: q.queued_at };
+        if once_only && !self.store.outbox_sending(&self.owner, q.id).await? {
+            return Ok(Fate::Lost);
+        }
         let sent = tokio::time::timeout(self.send_timeout, self.sender.send(&sms)).await.unwrap_or_else(|_| {
-            Err(SendError::Temporary(format!("the gateway did not answer within {:?}", self.send_timeout)))
+            let why = format!("the gateway did not answer within {:?}", self.send_timeout);
+            Err(if once_only { SendError::Unknown(why) } else { SendError::Temporary(why) })
         });
-        match sent {
+        Ok(match sent {
             Ok(delivery) => Fate::Sent(delivery),
             Err(SendError::Permanent(why)) => Fate::Failed(why),
-            Err(SendError::Temporary(why)) if q.attempts >= MAX_ATTEMPTS => {
+            Err(SendError::Unknown(why)) if once_only => Fate::Park(q.give_up_at, why),
+            Err(SendError::Temporary(why) | SendError::Unknown(why)) if q.attempts >= MAX_ATTEMPTS => {
                 Fate::Failed(format!("{MAX_ATTEMPTS} attempts failed; last: {why}"))
             }
-            Err(SendError::Temporary(why)) => Fate::Retry(now.plus(backoff(q.attempts, q.id)), why),
-        }
+            Err(SendError::Temporary(why) | SendError::Unknown(why)) => {
+                Fate::Retry(now.plus(backoff(q.attempts, q.id)), why)
+            }
+        })
     }
 
     async fn record(&self, q: &QueuedSms, fate: Fate, now: Millis) -> Result<(), StoreError> {
         let to = q.to.masked();
+        let sms_id = self.message_id(q.id);
         match fate {
             Fate::Sent(Delivery::Sent) => {
                 self.store.outbox_sent(q.id).await?;
-                info!(sms_id = q.id, to = %to, purpose = ?q.purpose, "sms sent");
+                info!(sms_id = %sms_id, to = %to, purpose = ?q.purpose, "sms sent");
             }
             Fate::Sent(Delivery::AlreadySent) => {
                 self.store.outbox_sent(q.id).await?;
-                info!(sms_id = q.id, "sms was already sent (before a restart); not again");
+                info!(sms_id = %sms_id, "sms was already sent (before a restart); not again");
             }
             Fate::Retry(at, why) => {
-                warn!(sms_id = q.id, to = %to, attempt = q.attempts, error = %why, retry_in_s = at.since(now).as_secs(), "sms not sent; will retry");
+                warn!(sms_id = %sms_id, to = %to, attempt = q.attempts, error = %why, retry_in_s = at.since(now).as_secs(), "sms not sent; will retry");
                 self.store.outbox_retry(&self.owner, q.id, at, &why).await?;
             }
+            Fate::Park(until, why) => {
+                warn!(
+                    sms_id = %sms_id,
+                    to = %to,
+                    attempt = q.attempts,
+                    why = %why,
+                    wait_s = until.since(now).as_secs(),
+                    "sms outcome unknown: not sent again; waiting for a delivery report until it is of no use"
+                );
+                self.store.outbox_park(&self.owner, q.id, until, &why).await?;
+            }
             Fate::Failed(why) => {
-                error!(sms_id = q.id, to = %to, purpose = ?q.purpose, attempts = q.attempts, why = %why, "sms failed for good");
-                let event = AuditEvent { event: "sms_failed".into(), national_id: None, phone: Some(q.to.clone()) };
-                let audit = AuditRecord { at: now, caller: q.to.clone(), event };
-                self.store.outbox_failed(&self.owner, q.id, &why, audit).await?;
+                error!(sms_id = %sms_id, to = %to, purpose = ?q.purpose, attempts = q.attempts, why = %why, "sms failed for good");
+                self.store.outbox_failed(&self.owner, q.id, &why, self.audit(q, EVENT_FAILED, now)).await?;
+            }
+            Fate::FailedInDoubt(why) => {
+                error!(sms_id = %sms_id, to = %to, purpose = ?q.purpose, attempts = q.attempts, why = %why, "sms outcome unknown at its deadline; failed for good");
+                self.store.outbox_failed(&self.owner, q.id, &why, self.audit(q, EVENT_OUTCOME_UNKNOWN, now)).await?;
+            }
+            Fate::Lost => {
+                warn!(sms_id = %sms_id, to = %to, "sms claim lost before sending (lease ended); left to its new holder");
             }
         }
         Ok(())
+    }
+
+    fn audit(&self, q: &QueuedSms, event: &str, now: Millis) -> AuditRecord {
+        let event = AuditEvent {
+            event: event.into(),
+            national_id: None,
+            phone: Some(q.to.clone()),
+            detail: Some(self.message_id(q.id)),
+        };
+        AuditRecord { at: now, caller: q.to.clone(), event }
     }
 
     /// Runs until `stop` changes (or its sender is dropped).
@@ -188,6 +254,10 @@ mod tests {
     const T0: Millis = Millis(1_795_996_800_000);
     const MS: Duration = Duration::from_millis(1);
 
+    fn minus_1ms(t: Millis) -> Millis {
+        Millis(t.0 - 1)
+    }
+
     /// What the scripted gateway answers to one call.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum Answer {
@@ -196,6 +266,8 @@ mod tests {
         Permanent,
         /// Never answers.
         Hang,
+        /// Fails after the request may have reached the gateway.
+        Unknown,
     }
 
     /// A gateway that answers each recipient from a script and records every call.
@@ -269,8 +341,13 @@ mod tests {
                     Answer::Temporary => Err(SendError::Temporary("gateway busy".into())),
                     Answer::Permanent => Err(SendError::Permanent("number refused by the gateway".into())),
                     Answer::Hang => std::future::pending().await,
+                    Answer::Unknown => Err(SendError::Unknown("connection reset after the request".into())),
                 }
             })
+        }
+
+        fn idempotent(&self) -> bool {
+            self.idempotent
         }
     }
 
@@ -462,8 +539,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_gateway_that_hangs_on_one_message_does_not_hold_up_the_others() {
-        let rig = Rig::new(Scripted::default());
+    async fn an_idempotent_gateway_that_hangs_on_one_message_does_not_hold_up_the_others_and_gets_it_again() {
+        let rig = Rig::new(Scripted::idempotent());
         let stuck = rig.queue("0912000001", "Ma OTP: 111111", SmsPurpose::Otp).await;
         rig.sender.script(&stuck, &[Answer::Hang, Answer::Sent]);
         let good = rig.queue("0912000002", "Ma OTP: 222222", SmsPurpose::Otp).await;
@@ -546,7 +623,7 @@ mod tests {
         let claimed = rig.store.claim_outbox(&dead.owner, BATCH, LEASE, rig.now()).await.unwrap();
         assert_eq!(claimed.len(), 1);
         // It hands the message to the gateway, then dies before marking it sent.
-        assert!(matches!(dead.attempt(&claimed[0], rig.now()).await, Fate::Sent(Delivery::Sent)));
+        assert!(matches!(dead.attempt(&claimed[0], rig.now()).await.unwrap(), Fate::Sent(Delivery::Sent)));
         drop(dead);
         let survivor = rig.worker();
         assert_eq!(survivor.deliver_due().await.unwrap(), 0, "the claim still holds");
@@ -600,6 +677,175 @@ mod tests {
         rig.advance(LEASE);
         assert_eq!(other.deliver_due().await.unwrap(), 1);
         assert_eq!(rig.sender.received_by(&to).len(), 1);
+    }
+
+    /// The recipients of `sms_outcome_unknown` audit records.
+    async fn in_doubt_audited(rig: &Rig) -> Vec<Msisdn> {
+        let all = audit_all(rig.store.as_ref()).await.unwrap();
+        all.into_iter().filter(|a| a.event.event == EVENT_OUTCOME_UNKNOWN).map(|a| a.caller).collect()
+    }
+
+    /// Runs a delivery round every second of the injected clock until `until` (inclusive).
+    async fn rounds_until(rig: &Rig, w: &Worker, until: Millis) {
+        while rig.now() < until {
+            rig.advance(Duration::from_secs(1).min(until.since(rig.now())));
+            w.deliver_due().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_is_not_idempotent_and_hangs_leaves_the_message_in_doubt_and_never_gets_it_again() {
+        let rig = Rig::new(Scripted::default());
+        let stuck = rig.queue("0912000001", "Ma OTP: 111111", SmsPurpose::Otp).await;
+        let give_up_at = rig.now().plus(SmsPurpose::Otp.useful_for());
+        rig.sender.script(&stuck, &[Answer::Hang, Answer::Sent]);
+        let good = rig.queue("0912000002", "Ma OTP: 222222", SmsPurpose::Otp).await;
+        let mut w = rig.worker();
+        w.send_timeout = Duration::from_millis(50);
+        let round = tokio::time::timeout(Duration::from_secs(5), w.deliver_due()).await;
+        assert_eq!(round.expect("the round ends though the gateway hangs").unwrap(), 1);
+        assert_eq!(rig.sender.received_by(&good).len(), 1, "the other message is not held up");
+        assert_eq!(rig.waiting().await, 1, "the unanswered message stays, in doubt");
+        rounds_until(&rig, &w, minus_1ms(give_up_at)).await;
+        assert_eq!(rig.sender.calls_to(&stuck), 1, "never handed over again while in doubt");
+        assert!(rig.failed().await.is_empty(), "kept in doubt until it is of no use");
+        rounds_until(&rig, &w, give_up_at).await;
+        assert_eq!(rig.sender.calls_to(&stuck), 1);
+        assert_eq!(rig.waiting().await, 0);
+        let failed = rig.failed().await;
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].sms.in_flight);
+        assert!(failed[0].why.contains("no delivery report"), "{}", failed[0].why);
+        assert!(failed[0].why.contains("did not answer"), "the attempt's own error is kept: {}", failed[0].why);
+        assert_eq!(in_doubt_audited(&rig).await, vec![stuck]);
+        assert!(rig.failures_audited().await.is_empty(), "audited as in doubt, not as refused");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_is_parked_for_a_gateway_that_is_not_idempotent_and_retried_for_one_that_is() {
+        let once = Rig::new(Scripted::default());
+        let to = once.queue("0912000001", "Tai khoan VNeID da kich hoat", SmsPurpose::Activated).await;
+        once.sender.script(&to, &[Answer::Unknown, Answer::Sent]);
+        let w = once.worker();
+        assert_eq!(w.deliver_due().await.unwrap(), 0);
+        for _ in 0..20 {
+            once.advance(LAST_RETRY);
+            w.deliver_due().await.unwrap();
+        }
+        assert_eq!(once.sender.calls_to(&to), 1, "not handed over again");
+        assert_eq!(once.waiting().await, 1, "parked until its deadline, a day away");
+
+        let again = Rig::new(Scripted::idempotent());
+        let to = again.queue("0912000001", "Tai khoan VNeID da kich hoat", SmsPurpose::Activated).await;
+        again.sender.script(&to, &[Answer::Unknown, Answer::Sent]);
+        let w = again.worker();
+        assert_eq!(w.deliver_due().await.unwrap(), 0);
+        again.advance(backoff(1, again.sender.last_seq()));
+        assert_eq!(w.deliver_due().await.unwrap(), 1, "an idempotent gateway can safely get it again");
+        assert_eq!(again.sender.received_by(&to).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_by_a_gateway_that_is_not_idempotent_clears_the_doubt_and_the_message_is_retried_then_sent_once()
+    {
+        let rig = Rig::new(Scripted::default());
+        let to = rig.queue("0912000001", "Tai khoan VNeID da kich hoat", SmsPurpose::Activated).await;
+        rig.sender.script(&to, &[Answer::Temporary, Answer::Sent]);
+        let w = rig.worker();
+        assert_eq!(w.deliver_due().await.unwrap(), 0);
+        let claimed_later = rig.store.claim_outbox("peek", 1, LEASE, rig.now().plus(LAST_RETRY)).await.unwrap();
+        assert!(!claimed_later[0].in_flight, "a refusal is known: not in doubt");
+        rig.advance(LAST_RETRY + LEASE);
+        assert_eq!(w.deliver_due().await.unwrap(), 1);
+        assert_eq!(rig.sender.calls_to(&to), 2);
+        assert_eq!(rig.sender.received_by(&to).len(), 1);
+        assert_eq!(rig.waiting().await, 0);
+    }
+
+    /// A worker claims a message, marks it in flight and dies during the send (its request may or may
+    /// not have reached the gateway); a new worker on `store` (`reopen` gives the store as a restarted
+    /// process finds it) must never hand it over again.
+    async fn a_message_in_flight_when_its_worker_died_is_never_sent_again(
+        rig: Rig,
+        reopen: impl FnOnce(Rig) -> std::pin::Pin<Box<dyn std::future::Future<Output = Rig>>>,
+    ) {
+        let to = rig.queue("0912000001", "Ma OTP: 123456", SmsPurpose::Otp).await;
+        let give_up_at = rig.now().plus(SmsPurpose::Otp.useful_for());
+        let dead = rig.worker();
+        let claimed = rig.store.claim_outbox(&dead.owner, BATCH, LEASE, rig.now()).await.unwrap();
+        assert!(rig.store.outbox_sending(&dead.owner, claimed[0].id).await.unwrap());
+        drop(dead);
+        let rig = reopen(rig).await;
+        let survivor = rig.worker();
+        rig.advance(LEASE);
+        assert_eq!(survivor.deliver_due().await.unwrap(), 0);
+        rounds_until(&rig, &survivor, minus_1ms(give_up_at)).await;
+        assert_eq!(rig.sender.calls(), 0, "in doubt: not handed over again");
+        assert_eq!(rig.waiting().await, 1);
+        rounds_until(&rig, &survivor, give_up_at).await;
+        assert_eq!(rig.sender.calls(), 0);
+        assert_eq!(in_doubt_audited(&rig).await, vec![to]);
+    }
+
+    #[tokio::test]
+    async fn a_message_in_flight_when_its_worker_died_is_not_sent_again_after_the_lease() {
+        let rig = Rig::new(Scripted::default());
+        a_message_in_flight_when_its_worker_died_is_never_sent_again(rig, |rig| Box::pin(async { rig })).await;
+    }
+
+    #[tokio::test]
+    async fn a_message_in_flight_when_the_process_died_is_not_sent_again_from_the_reopened_sled_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let rig = Rig::on(Arc::new(SledStore::open(&db).unwrap()), Scripted::default());
+        a_message_in_flight_when_its_worker_died_is_never_sent_again(rig, move |rig| {
+            Box::pin(async move {
+                let Rig { store, crypto, clock, sender } = rig;
+                drop(store); // closes the database, as the dead process would have left it
+                Rig { store: Arc::new(SledStore::open(&db).unwrap()), crypto, clock, sender }
+            })
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_worker_whose_lease_ended_before_sending_to_a_gateway_that_is_not_idempotent_does_not_send() {
+        let rig = Rig::new(Scripted::default());
+        let to = rig.queue("0912000001", "Ma OTP: 123456", SmsPurpose::Otp).await;
+        let slow = rig.worker();
+        let claimed = rig.store.claim_outbox(&slow.owner, BATCH, LEASE, rig.now()).await.unwrap();
+        rig.advance(LEASE);
+        let other = rig.worker();
+        assert_eq!(rig.store.claim_outbox(&other.owner, BATCH, LEASE, rig.now()).await.unwrap().len(), 1);
+        let fate = slow.attempt(&claimed[0], rig.now()).await.unwrap();
+        assert!(matches!(fate, Fate::Lost), "{fate:?}");
+        assert_eq!(rig.sender.calls(), 0, "the claim's new holder sends it, not the slow worker");
+        rig.advance(LEASE);
+        assert_eq!(other.deliver_due().await.unwrap(), 1);
+        assert_eq!(rig.sender.received_by(&to).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_message_resolved_by_a_delivery_report_while_parked_is_neither_sent_again_nor_failed() {
+        let rig = Rig::new(Scripted::default());
+        let to = rig.queue("0912000001", "Ma OTP: 123456", SmsPurpose::Otp).await;
+        rig.sender.script(&to, &[Answer::Unknown]);
+        let w = rig.worker();
+        w.deliver_due().await.unwrap();
+        assert_eq!(rig.waiting().await, 1);
+        let event = AuditEvent {
+            event: "sms_delivered".into(),
+            national_id: None,
+            phone: Some(to.clone()),
+            detail: Some(format!("{}-{}", rig.store.instance(), rig.sender.last_seq())),
+        };
+        let report = AuditRecord { at: rig.now(), caller: to.clone(), event };
+        assert!(rig.store.delivery_report(rig.sender.last_seq(), report).await.unwrap());
+        rounds_until(&rig, &w, rig.now().plus(SmsPurpose::Otp.useful_for())).await;
+        assert_eq!(rig.sender.calls_to(&to), 1);
+        assert_eq!(rig.waiting().await, 0);
+        assert!(rig.failed().await.is_empty());
+        assert!(in_doubt_audited(&rig).await.is_empty());
     }
 
     /// Two workers deliver concurrently while messages keep arriving; a gateway that does not deduplicate

@@ -167,6 +167,7 @@ impl Store for MemoryStore {
                     last_error: None,
                     due_at: c.at,
                     claimed_by: None,
+                    in_flight: false,
                 },
             );
         }
@@ -242,10 +243,50 @@ impl Store for MemoryStore {
         let old = sms.due_at;
         sms.due_at = at;
         sms.claimed_by = None;
+        sms.in_flight = false;
         sms.last_error = Some(why.to_string());
         st.outbox_due.remove(&(old, id));
         st.outbox_due.insert((at, id));
         Ok(())
+    }
+
+    async fn outbox_sending(&self, owner: &str, id: u64) -> Result<bool, StoreError> {
+        let mut st = self.state()?;
+        let Some(sms) = st.outbox.get_mut(&id) else { return Ok(false) };
+        if sms.claimed_by.as_deref() != Some(owner) {
+            return Ok(false);
+        }
+        sms.in_flight = true;
+        Ok(true)
+    }
+
+    async fn outbox_park(&self, owner: &str, id: u64, until: Millis, why: &str) -> Result<(), StoreError> {
+        let mut st = self.state()?;
+        let Some(sms) = st.outbox.get_mut(&id) else { return Ok(()) };
+        if sms.claimed_by.as_deref() != Some(owner) {
+            return Ok(());
+        }
+        let old = sms.due_at;
+        sms.due_at = until;
+        sms.claimed_by = None;
+        sms.last_error = Some(why.to_string());
+        st.outbox_due.remove(&(old, id));
+        st.outbox_due.insert((until, id));
+        Ok(())
+    }
+
+    async fn delivery_report(&self, id: u64, audit: AuditRecord) -> Result<bool, StoreError> {
+        let mut st = self.state()?;
+        let removed = match st.outbox.remove(&id) {
+            Some(sms) => {
+                st.outbox_due.remove(&(sms.due_at, id));
+                true
+            }
+            None => false,
+        };
+        let aid = self.next();
+        st.audit.insert(aid, audit);
+        Ok(removed)
     }
 
     async fn outbox_failed(&self, owner: &str, id: u64, why: &str, audit: AuditRecord) -> Result<(), StoreError> {

@@ -14,8 +14,12 @@
 //! - Versions never repeat for a phone, even after its conversation was expired and made again, so a
 //!   stale version can never match.
 //! - The outbox is claimed with an owner and a lease: a claimed message is not claimable again until the
-//!   lease ends; a message is then marked sent, rescheduled, or failed for good (kept and audited), and
-//!   no message ever waits behind another.
+//!   lease ends; a message is then marked sent, rescheduled, parked, or failed for good (kept and
+//!   audited), and no message ever waits behind another.
+//! - A message about to go to a sender that is not idempotent is first marked in flight
+//!   ([`Store::outbox_sending`]), durably, by the owner of its claim only; the mark stays through
+//!   parking, lease ends and restarts, until a retry (the sender said it did not take it) clears it or
+//!   the message leaves the outbox (sent, failed, or resolved by a delivery report).
 //! - [`Store::expire`] reclaims what is no longer needed, walking indexes by time rather than every
 //!   record, so the store stays flat under constant load.
 //! - Nothing secret is written in plain text: callers pass hashes and sealed SMS bodies only.
@@ -114,6 +118,13 @@ pub struct QueuedSms {
     /// Who holds the current claim (until `due_at`).
     #[serde(default)]
     pub claimed_by: Option<String>,
+    /// Marked (durably) right before it is handed to a sender that cannot recognise a message it already
+    /// took (Kannel): while set, whether that sender accepted it is not known (a send in progress, one a
+    /// crash interrupted, or one never answered). Such a message is never handed to that sender again; a
+    /// delivery report resolves it, or it is failed at `give_up_at`. Set by [`Store::outbox_sending`],
+    /// kept by [`Store::outbox_park`], cleared by [`Store::outbox_retry`].
+    #[serde(default)]
+    pub in_flight: bool,
 }
 
 /// One line of the audit trail.
@@ -229,8 +240,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<QueuedSms>, StoreError>;
     /// The gateway has it: forget it.
     async fn outbox_sent(&self, id: u64) -> Result<(), StoreError>;
-    /// Try again at `at` (a temporary failure). Ignored unless `owner` holds the claim.
+    /// About to hand the message to a sender that is not idempotent: marks it in flight if `owner` holds
+    /// its claim, and returns whether it did. **Durable before it returns**, so a crash during the send
+    /// leaves a message that is known to be in doubt. `false`: the claim is lost, do not send.
+    async fn outbox_sending(&self, owner: &str, id: u64) -> Result<bool, StoreError>;
+    /// Try again at `at`: a failure known to have left the gateway without the message (it refused it,
+    /// or could not be reached), so it also clears `in_flight`. Ignored unless `owner` holds the claim.
     async fn outbox_retry(&self, owner: &str, id: u64, at: Millis, why: &str) -> Result<(), StoreError>;
+    /// The outcome of the send is unknown: releases the claim and makes the message due again at
+    /// `until`, keeping `in_flight` (it must not be sent again). Ignored unless `owner` holds the claim.
+    async fn outbox_park(&self, owner: &str, id: u64, until: Millis, why: &str) -> Result<(), StoreError>;
+    /// A delivery report for message `id` arrived (signed, so the gateway did accept it): if the message
+    /// is still in the outbox (in doubt, or mid-send) it is removed as sent, whoever holds its claim; and
+    /// `audit` is appended either way, in the same transaction. Returns whether a message was removed.
+    /// Durable before it returns.
+    async fn delivery_report(&self, id: u64, audit: AuditRecord) -> Result<bool, StoreError>;
     /// Never to be sent: moved to the failed list, with `audit` in the same transaction. Ignored unless
     /// `owner` holds the claim.
     async fn outbox_failed(&self, owner: &str, id: u64, why: &str, audit: AuditRecord) -> Result<(), StoreError>;

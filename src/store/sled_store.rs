@@ -438,6 +438,7 @@ impl Store for SledStore {
                         last_error: None,
                         due_at: c.at,
                         claimed_by: None,
+                        in_flight: false,
                     };
                     outbox.insert(&id.to_be_bytes(), encode(&record).map_err(abort_store)?)?;
                     outbox_due.insert(at_key(c.at, &id.to_be_bytes()), &[])?;
@@ -546,12 +547,75 @@ impl Store for SledStore {
             outbox_due.remove(at_key(sms.due_at, &key))?;
             sms.due_at = at;
             sms.claimed_by = None;
+            sms.in_flight = false;
             sms.last_error = Some(why.to_string());
             outbox.insert(&key, encode(&sms).map_err(abort_store)?)?;
             outbox_due.insert(at_key(at, &key), &[])?;
             Ok(())
         });
         tx_result(done)
+    }
+
+    async fn outbox_sending(&self, owner: &str, id: u64) -> Result<bool, StoreError> {
+        let key = id.to_be_bytes();
+        let done = self.outbox.transaction(|outbox| {
+            let Some(bytes) = outbox.get(key)? else { return Ok(false) };
+            let mut sms: QueuedSms = decode("outbox", &bytes).map_err(abort_store)?;
+            if sms.claimed_by.as_deref() != Some(owner) {
+                return Ok(false);
+            }
+            if !sms.in_flight {
+                sms.in_flight = true;
+                outbox.insert(&key, encode(&sms).map_err(abort_store)?)?;
+            }
+            Ok(true)
+        });
+        let marked = tx_result(done)?;
+        if marked {
+            // The send that follows cannot be undone: the mark must survive a crash during it.
+            self.durable().await?;
+        }
+        Ok(marked)
+    }
+
+    async fn outbox_park(&self, owner: &str, id: u64, until: Millis, why: &str) -> Result<(), StoreError> {
+        let key = id.to_be_bytes();
+        let done = (&self.outbox, &self.outbox_due).transaction(|(outbox, outbox_due)| {
+            let Some(bytes) = outbox.get(key)? else { return Ok(()) };
+            let mut sms: QueuedSms = decode("outbox", &bytes).map_err(abort_store)?;
+            if sms.claimed_by.as_deref() != Some(owner) {
+                return Ok(());
+            }
+            outbox_due.remove(at_key(sms.due_at, &key))?;
+            sms.due_at = until;
+            sms.claimed_by = None;
+            sms.last_error = Some(why.to_string());
+            outbox.insert(&key, encode(&sms).map_err(abort_store)?)?;
+            outbox_due.insert(at_key(until, &key), &[])?;
+            Ok(())
+        });
+        tx_result(done)
+    }
+
+    async fn delivery_report(&self, id: u64, audit: AuditRecord) -> Result<bool, StoreError> {
+        let key = id.to_be_bytes();
+        let audit_bytes = encode(&audit)?;
+        let done = (&self.outbox, &self.outbox_due, &self.audit).transaction(|(outbox, outbox_due, audit_tree)| {
+            let removed = match outbox.remove(&key)? {
+                Some(bytes) => {
+                    let sms: QueuedSms = decode("outbox", &bytes).map_err(abort_store)?;
+                    outbox_due.remove(at_key(sms.due_at, &key))?;
+                    true
+                }
+                None => false,
+            };
+            let aid = audit_tree.generate_id()?;
+            audit_tree.insert(&aid.to_be_bytes(), audit_bytes.as_slice())?;
+            Ok(removed)
+        });
+        let removed = tx_result(done)?;
+        self.durable().await?;
+        Ok(removed)
     }
 
     async fn outbox_failed(&self, owner: &str, id: u64, why: &str, audit: AuditRecord) -> Result<(), StoreError> {
@@ -688,6 +752,33 @@ mod tests {
                 std::fs::copy(entry.path(), target).unwrap();
             }
         }
+    }
+
+    /// The in-flight mark is what stops a message whose send a crash interrupted from being sent twice:
+    /// it must be on disk when `outbox_sending` returns, and survive the release of claims at open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_marked_in_flight_is_on_disk_when_marked_and_still_in_flight_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db")).unwrap();
+        let mut c = commit_of(1);
+        c.sms.push(super::super::NewSms {
+            to: c.phone.clone(),
+            purpose: crate::engine::SmsPurpose::Otp,
+            sealed: b"sealed".to_vec(),
+            give_up_at: c.at.plus(Duration::from_secs(180)),
+        });
+        let at = c.at;
+        assert!(matches!(store.commit(None, c).await.unwrap(), CommitOutcome::Committed(_)));
+        let claimed = store.claim_outbox("dead", 10, Duration::from_secs(30), at).await.unwrap();
+        assert!(store.outbox_sending("dead", claimed[0].id).await.unwrap());
+
+        // What is on disk now (nothing flushed since the mark returned), reopened as after kill -9.
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(&dir.path().join("db"), &copy.path().join("db"));
+        let reopened = SledStore::open(&copy.path().join("db")).unwrap();
+        let again = reopened.claim_outbox("next", 10, Duration::from_secs(30), at).await.unwrap();
+        assert_eq!(again.len(), 1, "the dead process's claim is released at open");
+        assert!(again[0].in_flight, "the mark survived the crash");
     }
 
     /// Commits answer only once durable, and concurrent ones wait for the same flush: with one flush per

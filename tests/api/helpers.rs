@@ -13,6 +13,7 @@ use kichhoat::crypto::HashCost;
 use kichhoat::domain::text::fold_diacritics;
 use kichhoat::flow::Charset;
 use kichhoat::sms::file::OutboxLine;
+use kichhoat::sms::SmsSender;
 
 /// 2026-11-29T00:00:00Z: a fixed start for injected clocks.
 pub const T0: Millis = Millis(1_795_996_800_000);
@@ -59,8 +60,28 @@ impl TestServer {
 
     /// As [`TestServer::start_with`], with the clock starting at `now` (a data dir made at another time).
     pub async fn start_at(dir: tempfile::TempDir, settings: Settings, now: Millis) -> TestServer {
+        Self::start_full(dir, settings, now, None).await
+    }
+
+    /// As [`TestServer::start_with`], with `sender` instead of the outbox file.
+    pub async fn start_with_sender(
+        dir: tempfile::TempDir,
+        settings: Settings,
+        sender: Arc<dyn SmsSender>,
+    ) -> TestServer {
+        Self::start_full(dir, settings, T0, Some(sender)).await
+    }
+
+    async fn start_full(
+        dir: tempfile::TempDir,
+        settings: Settings,
+        now: Millis,
+        sender: Option<Arc<dyn SmsSender>>,
+    ) -> TestServer {
         let clock = Arc::new(ManualClock::new(now));
-        let app = App::open(&settings, clock.clone() as Arc<dyn Clock>, HashCost::DANGER_TEST_ONLY).await.unwrap();
+        let app = App::open_with_sender(&settings, clock.clone() as Arc<dyn Clock>, HashCost::DANGER_TEST_ONLY, sender)
+            .await
+            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let router = kichhoat::http::router(app.web.clone());
@@ -303,11 +324,25 @@ pub struct Proc {
 
 impl Proc {
     pub async fn spawn(data: &Path, outbox: &Path, log: &Path, log_level: &str) -> Proc {
+        Proc::spawn_with(data, outbox, log, log_level, &[], &[]).await
+    }
+
+    /// As [`Proc::spawn`], with more `serve` flags and environment variables.
+    pub async fn spawn_with(
+        data: &Path,
+        outbox: &Path,
+        log: &Path,
+        log_level: &str,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_kichhoat"))
             .arg("serve")
+            .args(flags)
+            .envs(env.iter().copied())
             .args(["--listen", &addr])
             .arg("--data-dir")
             .arg(data)

@@ -19,7 +19,7 @@ fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 
 /// Occurrences of `needle` not embedded in a longer run of hex digits (a hash or a timestamp that
 /// happens to contain the same six digits is not a leak).
-fn leaks(hay: &[u8], needle: &[u8]) -> bool {
+pub fn leaks(hay: &[u8], needle: &[u8]) -> bool {
     let hexish = |b: u8| b.is_ascii_hexdigit();
     hay.windows(needle.len()).enumerate().any(|(i, w)| {
         w == needle

@@ -65,6 +65,9 @@ macro_rules! backend {
                 claims_take_due_messages_oldest_first_and_hold_them_until_the_lease_ends,
                 a_retry_by_the_owner_reschedules_and_a_retry_or_failure_by_anyone_else_is_ignored,
                 a_message_failed_by_its_owner_is_kept_and_audited_and_never_holds_up_the_others,
+                only_the_claims_owner_marks_a_message_in_flight_and_the_mark_stays_until_a_retry_clears_it,
+                a_parked_message_keeps_its_in_flight_mark_and_is_due_again_only_at_its_time,
+                a_delivery_report_removes_its_message_whoever_holds_it_and_is_audited_even_when_it_is_gone,
                 replies_and_cursors_are_swept_after_their_retention_and_the_conversation_kept,
                 an_idle_conversation_is_deleted_or_in_english_reduced_to_its_language,
                 a_conversation_written_after_its_sweep_is_not_expired_on_the_old_schedule,
@@ -184,7 +187,7 @@ fn audit(caller: &Msisdn, event: &str, now: Millis) -> AuditRecord {
     AuditRecord {
         at: now,
         caller: caller.clone(),
-        event: AuditEvent { event: event.into(), national_id: None, phone: None },
+        event: AuditEvent { event: event.into(), national_id: None, phone: None, detail: None },
     }
 }
 
@@ -722,6 +725,104 @@ async fn a_message_failed_by_its_owner_is_kept_and_audited_and_never_holds_up_th
     assert_eq!(store.outbox_len().await.unwrap(), 0);
     assert_eq!(store.claim_outbox("w", 10, lease, now.plus(24 * 60 * MIN)).await.unwrap().len(), 0);
     assert_eq!(store.failed_sms(10).await.unwrap().len(), 1, "only the failed one is kept");
+}
+
+async fn only_the_claims_owner_marks_a_message_in_flight_and_the_mark_stays_until_a_retry_clears_it(new: Factory) {
+    let fresh = new();
+    let store = fresh.store.as_ref();
+    let (a, b) = (phone(1), phone(2));
+    queue(store, &a, at(SEC)).await;
+    queue(store, &b, at(2 * SEC)).await;
+    let (now, lease) = (at(3 * SEC), 30 * SEC);
+    let claimed = store.claim_outbox("owner", 10, lease, now).await.unwrap();
+    let (ida, idb) = (claimed[0].id, claimed[1].id);
+    assert!(claimed.iter().all(|m| !m.in_flight), "a queued message is not in flight");
+    assert!(!store.outbox_sending("intruder", ida).await.unwrap(), "only the claim's owner marks it");
+    assert!(!store.outbox_sending("owner", ida.max(idb) + 1000).await.unwrap(), "no such message");
+    assert!(store.outbox_sending("owner", ida).await.unwrap());
+    // The claims end unreported (a worker that died): the mark is still there for the next holder.
+    let next = store.claim_outbox("other", 10, lease, now.plus(lease)).await.unwrap();
+    assert_eq!(ids(&next), [ida, idb]);
+    assert_eq!(next.iter().map(|m| m.in_flight).collect::<Vec<_>>(), [true, false]);
+    assert!(!store.outbox_sending("owner", idb).await.unwrap(), "the old owner lost its claim");
+    // A retry means the gateway did not take it: no longer in doubt.
+    let later = now.plus(lease + 10 * SEC);
+    store.outbox_retry("other", ida, later, "kannel: 503").await.unwrap();
+    let retried = store.claim_outbox("third", 10, lease, later).await.unwrap();
+    assert_eq!(ids(&retried), [ida]);
+    assert!(!retried[0].in_flight);
+    assert_eq!(retried[0].last_error.as_deref(), Some("kannel: 503"));
+    // b was never marked by anyone who held it.
+    let b_next = store.claim_outbox("fourth", 10, lease, now.plus(2 * lease)).await.unwrap();
+    assert_eq!(ids(&b_next), [idb]);
+    assert!(!b_next[0].in_flight);
+}
+
+async fn a_parked_message_keeps_its_in_flight_mark_and_is_due_again_only_at_its_time(new: Factory) {
+    let fresh = new();
+    let store = fresh.store.as_ref();
+    let (a, b) = (phone(1), phone(2));
+    queue(store, &a, at(SEC)).await;
+    let (now, lease) = (at(2 * SEC), 5 * MIN);
+    let ida = store.claim_outbox("owner", 10, lease, now).await.unwrap()[0].id;
+    assert!(store.outbox_sending("owner", ida).await.unwrap());
+    store.outbox_park("intruder", ida, now.plus(MIN), "intruder").await.unwrap();
+    assert_eq!(store.claim_outbox("other", 10, lease, now.plus(MIN)).await.unwrap().len(), 0, "still claimed");
+    let until = now.plus(2 * MIN);
+    store.outbox_park("owner", ida, until, "no answer within 10s").await.unwrap();
+    // Parked messages hold up no other.
+    queue(store, &b, now).await;
+    let others = store.claim_outbox("other", 10, lease, now.plus(MIN)).await.unwrap();
+    assert_eq!(tos(&others), [b.as_str()]);
+    store.outbox_sent(others[0].id).await.unwrap();
+    assert_eq!(store.claim_outbox("other", 10, lease, minus_1ms(until)).await.unwrap().len(), 0);
+    let due = store.claim_outbox("other", 10, lease, until).await.unwrap();
+    assert_eq!(ids(&due), [ida]);
+    assert!(due[0].in_flight, "parking keeps the message in doubt");
+    assert_eq!((due[0].attempts, due[0].last_error.as_deref()), (2, Some("no answer within 10s")));
+    // The first owner lost its say: its late park changes nothing.
+    store.outbox_park("owner", ida, until.plus(60 * MIN), "late").await.unwrap();
+    assert_eq!(ids(&store.claim_outbox("third", 10, lease, until.plus(lease)).await.unwrap()), [ida]);
+    // Failed for good, the record keeps the mark for operators.
+    store.outbox_failed("third", ida, "outcome unknown", audit(&a, "sms_outcome_unknown", until)).await.unwrap();
+    let failed = store.failed_sms(10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].sms.in_flight);
+}
+
+async fn a_delivery_report_removes_its_message_whoever_holds_it_and_is_audited_even_when_it_is_gone(new: Factory) {
+    let fresh = new();
+    let store = fresh.store.as_ref();
+    let (a, b) = (phone(1), phone(2));
+    queue(store, &a, at(SEC)).await;
+    queue(store, &b, at(2 * SEC)).await;
+    let (now, lease) = (at(3 * SEC), 30 * SEC);
+    let claimed = store.claim_outbox("owner", 10, lease, now).await.unwrap();
+    let (ida, idb) = (claimed[0].id, claimed[1].id);
+    assert!(store.outbox_sending("owner", ida).await.unwrap());
+    store.outbox_park("owner", ida, now.plus(3 * MIN), "no answer").await.unwrap();
+    let before = kichhoat::store::audit_all(store).await.unwrap();
+    let submitted = audit(&a, "sms_submitted", now);
+    assert!(store.delivery_report(ida, submitted.clone()).await.unwrap(), "a parked message is resolved");
+    assert_eq!(store.outbox_len().await.unwrap(), 1);
+    let delivered = audit(&a, "sms_delivered", now.plus(SEC));
+    assert!(!store.delivery_report(ida, delivered.clone()).await.unwrap(), "already gone: audited only");
+    // b is mid-send (claimed, not marked): the report still removes it, and its owner's late report is moot.
+    let b_report = audit(&b, "sms_buffered", now);
+    assert!(store.delivery_report(idb, b_report.clone()).await.unwrap());
+    store.outbox_failed("owner", idb, "late", audit(&b, "sms_failed", now)).await.unwrap();
+    store.outbox_retry("owner", idb, now, "late").await.unwrap();
+    store.outbox_sent(idb).await.unwrap();
+    let unknown = audit(&b, "sms_delivered", now);
+    assert!(!store.delivery_report(ida.max(idb) + 1000, unknown.clone()).await.unwrap());
+    assert_eq!(store.outbox_len().await.unwrap(), 0);
+    assert!(store.failed_sms(10).await.unwrap().is_empty());
+    assert_eq!(store.claim_outbox("w", 10, lease, at(24 * 60 * MIN)).await.unwrap().len(), 0);
+    assert_eq!(
+        kichhoat::store::audit_all(store).await.unwrap(),
+        [before, vec![submitted, delivered, b_report, unknown]].concat(),
+        "every report audited once, in order; nothing else"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -139,6 +139,7 @@ fn audit(out: &mut Out, event: &str, id: Option<&NationalId>, phone: Option<&Msi
         event: event.into(),
         national_id: id.cloned(),
         phone: phone.cloned(),
+        detail: None,
     }));
 }
 
