@@ -23,6 +23,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::helpers::repo;
+
 /// The number citizens text (the `to` of every MO).
 pub const SHORT_CODE: &str = "8188";
 /// What kichhoat sends its own SMS (OTP, confirmation) from: `--sms-from`. Deliberately not the short
@@ -172,13 +174,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts bearerbox, then smsbox, whose `sms-service` calls `get_url` (Kannel escapes included, e.g.
-    /// `http://127.0.0.1:PORT/sms/kannel?from=%p&to=%P&text=%a&id=%I`). Ports are fresh; a start that
-    /// fails on a port someone took meanwhile is tried again with others.
-    pub async fn start(kannel: &Kannel, get_url: &str) -> Gateway {
+    /// Starts bearerbox, then smsbox, whose `sms-service` calls kichhoat as `service` says (its
+    /// `get-url`/`post-url` lines, see [`Service`]). Ports are fresh; a start that fails on a port someone
+    /// took meanwhile is tried again with others.
+    pub async fn start(kannel: &Kannel, service: &str) -> Gateway {
         let mut failures = Vec::new();
         for _ in 0..3 {
-            match Gateway::try_start(kannel, get_url).await {
+            match Gateway::try_start(kannel, service).await {
                 Ok(g) => return g,
                 Err(e) => failures.push(e),
             }
@@ -186,11 +188,11 @@ impl Gateway {
         panic!("Kannel did not start:\n{}", failures.join("\n----\n"));
     }
 
-    async fn try_start(kannel: &Kannel, get_url: &str) -> Result<Gateway, String> {
+    async fn try_start(kannel: &Kannel, service: &str) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().unwrap();
         let ports = Ports { admin: free_port(), smsbox: free_port(), smsc: free_port(), sendsms: free_port() };
         let conf = dir.path().join("kannel.conf");
-        std::fs::write(&conf, kannel_conf(dir.path(), ports, get_url)).unwrap();
+        std::fs::write(&conf, kannel_conf(dir.path(), ports, service)).unwrap();
         let mut g = Gateway { kannel: kannel.clone(), ports, conf, bearerbox: None, smsbox: None, dir };
         let mut cmd = Command::new(&kannel.bearerbox);
         cmd.arg(&g.conf);
@@ -289,8 +291,9 @@ impl Gateway {
         read_lossy(&self.path("smsbox.log"))
     }
 
-    /// What smsbox fetched for each SMS (and each delivery report): `(HTTP status, url)` from its
-    /// access log, status -1 or 0 when the request itself failed.
+    /// What smsbox fetched for each SMS a phone sent: `(HTTP status, url)` from its access log, status
+    /// -1 or 0 when the request itself failed. (Delivery-report calls are not in the access log; a failed
+    /// one shows as an ERROR line in [`Gateway::smsbox_log`].)
     pub fn fetches(&self) -> Vec<(i32, String)> {
         let log = read_lossy(&self.path("smsbox-access.log"));
         let re = regex::Regex::new(r"(?s)SMS HTTP-request sender:.*? url: '([^']*)' reply: (-?\d+) ").unwrap();
@@ -322,7 +325,7 @@ pub fn read_lossy(path: &Path) -> String {
 }
 
 /// The configuration kichhoat's tests run Kannel with; `docs/carriers.md` explains each setting.
-fn kannel_conf(dir: &Path, p: Ports, get_url: &str) -> String {
+fn kannel_conf(dir: &Path, p: Ports, service: &str) -> String {
     let d = dir.display();
     format!(
         r#"group = core
@@ -362,7 +365,7 @@ concatenation = true
 
 group = sms-service
 keyword = default
-get-url = "{get_url}"
+{service}
 accept-x-kannel-headers = true
 omit-empty = true
 max-messages = 3
@@ -465,15 +468,15 @@ fn concat_of(udh: &[u8]) -> Option<(u16, u8, u8)> {
     None
 }
 
-/// Parses the MT lines of `fakesmsc` output addressed to `me` (the contents of `Got message N: <…>`).
-fn parse_parts(lines: &[String], me: &str) -> Vec<Part> {
+/// Parses the MT lines of `fakesmsc` output (the contents of `Got message N: <…>`). The fake SMSC hands
+/// every SMS to whichever phone is connected, whatever its number: each keeps the `to` it was sent to.
+fn parse_parts(lines: &[String]) -> Vec<Part> {
+    let number = |s: &str| s.strip_prefix('+').unwrap_or(s).bytes().all(|b| b.is_ascii_digit()) && s.len() > 2;
     let mut parts: Vec<Part> = Vec::new();
     for line in lines {
         let f: Vec<&str> = line.splitn(4, ' ').collect();
-        let header = f.len() >= 3
-            && same_number(f[1], me)
-            && matches!(f[2], "text" | "data" | "ucs-2" | "udh")
-            && !f[0].is_empty();
+        let header =
+            f.len() >= 3 && !f[0].is_empty() && number(f[1]) && matches!(f[2], "text" | "data" | "ucs-2" | "udh");
         if !header {
             // A text SMS containing a newline: the fake SMSC writes it raw, so its next line arrives as
             // another "message".
@@ -614,7 +617,7 @@ impl FakePhone {
         let re = regex::Regex::new(r"(?:INFO|DEBUG): Got message \d+: <(.*)>$").unwrap();
         let lines: Vec<String> = text.lines().filter_map(|l| re.captures(l).map(|c| c[1].to_string())).collect();
         let mut parts = self.waiting.clone();
-        parts.extend(parse_parts(&lines, &self.number));
+        parts.extend(parse_parts(&lines));
         assemble(parts)
     }
 
@@ -658,9 +661,151 @@ impl FakePhone {
     }
 }
 
-/// How kichhoat asks Kannel to call it for each SMS (what `docs/carriers.md` configures).
-pub fn kichhoat_get_url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}/sms/kannel?from=%p&to=%P&text=%a&id=%I")
+/// kichhoat's `serve` with `--sms-sender kannel`, wired to a [`Gateway`].
+pub struct Rig {
+    pub gateway: Gateway,
+    pub server: Option<crate::helpers::Proc>,
+    pub port: u16,
+    pub url: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    pub outbox: PathBuf,
+    extra: Vec<String>,
+    log_level: String,
+    /// Declared last: removed after the server is gone.
+    _scratch: tempfile::TempDir,
+}
+
+/// How Kannel's `sms-service` calls kichhoat for each SMS (both as `docs/carriers.md` configures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// `get-url`, everything in the query.
+    Get,
+    /// `post-url`: the text as the body, the sender in `X-Kannel-From` (`send-sender`).
+    Post,
+}
+
+impl Service {
+    /// The `sms-service` lines calling `http://127.0.0.1:{port}/sms/kannel`.
+    pub fn conf(self, port: u16) -> String {
+        match self {
+            Service::Get => format!("get-url = \"http://127.0.0.1:{port}/sms/kannel?from=%p&to=%P&text=%a&id=%I\""),
+            Service::Post => {
+                format!("post-url = \"http://127.0.0.1:{port}/sms/kannel?id=%I\"\nsend-sender = true")
+            }
+        }
+    }
+}
+
+impl Rig {
+    /// A fresh gateway and a fresh kichhoat (sled in a temp dir, the demo registry, the repo's flows),
+    /// `extra` flags appended (e.g. `--sms-charset ucs2`), logging at `log_level`.
+    pub async fn start(kannel: &Kannel, extra: &[&str], log_level: &str) -> Rig {
+        Rig::start_with(kannel, Service::Get, extra, log_level).await
+    }
+
+    /// As [`Rig::start`], Kannel calling kichhoat as `service` says.
+    pub async fn start_with(kannel: &Kannel, service: Service, extra: &[&str], log_level: &str) -> Rig {
+        let port = free_port();
+        let gateway = Gateway::start(kannel, &service.conf(port)).await;
+        let scratch = tempfile::tempdir().unwrap();
+        let mut rig = Rig {
+            gateway,
+            server: None,
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            data: scratch.path().join("data"),
+            log: scratch.path().join("kichhoat.log"),
+            outbox: scratch.path().join("outbox.jsonl"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log_level: log_level.to_string(),
+            _scratch: scratch,
+        };
+        rig.start_server().await;
+        rig
+    }
+
+    async fn start_server(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kichhoat"))
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--sms-outbox")
+            .arg(&self.outbox)
+            .arg("--registry")
+            .arg(repo().join("fixtures/registry.csv"))
+            .arg("--flows")
+            .arg(repo().join("flows"))
+            .args(["--sms-sender", "kannel"])
+            .args(["--kannel-url", &self.gateway.sendsms_url()])
+            .args(["--kannel-user", SENDSMS_USER, "--kannel-password", SENDSMS_PASSWORD])
+            .args(["--sms-from", SMS_FROM])
+            .args(&self.extra)
+            .env("KICHHOAT_LOG", &self.log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut proc = crate::helpers::Proc { child, url: self.url.clone() };
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/healthz", self.url)).await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                panic!("kichhoat exited ({status}):\n{}", tail(&self.log, 40));
+            }
+            assert!(start.elapsed() < START_WAIT, "kichhoat did not start:\n{}", tail(&self.log, 40));
+            tokio::time::sleep(POLL).await;
+        }
+        self.server = Some(proc);
+    }
+
+    pub fn phone(&self, number: &str) -> FakePhone {
+        self.gateway.phone(number)
+    }
+
+    /// kichhoat's log so far.
+    pub fn server_log(&self) -> String {
+        read_lossy(&self.log)
+    }
+
+    /// Stops kichhoat with SIGTERM and waits for its clean shutdown (flushes its log and data).
+    pub fn terminate(&mut self) {
+        if let Some(p) = self.server.take() {
+            p.terminate();
+        }
+    }
+
+    /// One SMS straight to kichhoat's `/sms/kannel`, shaped as smsbox sends it (its user agent, the
+    /// query of [`Service::Get`]): `(status, X-Kannel-Coding, body)`.
+    pub async fn mo(&self, from: &str, text: &str, id: &str) -> (u16, Option<String>, String) {
+        let url = format!(
+            "{}/sms/kannel?from={}&to={SHORT_CODE}&text={}&id={}",
+            self.url,
+            url_encode(from.as_bytes()),
+            url_encode(text.as_bytes()),
+            url_encode(id.as_bytes())
+        );
+        let r = reqwest::Client::new().get(url).header("user-agent", "Kannel/1.4.5").send().await.unwrap();
+        let status = r.status().as_u16();
+        let coding = r.headers().get("x-kannel-coding").map(|v| v.to_str().unwrap_or("?").to_string());
+        (status, coding, r.text().await.unwrap())
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- kichhoat log ({})\n{}", self.log.display(), tail(&self.log, 60));
+        }
+        drop(self.server.take());
+    }
 }
 
 #[cfg(test)]
@@ -673,7 +818,7 @@ mod tests {
 
     #[test]
     fn a_text_sms_with_newlines_is_put_back_together() {
-        let parts = parse_parts(&lines(&["8188 84912345678 text VNeID", "1. Kich hoat", "", "next"]), "0912345678");
+        let parts = parse_parts(&lines(&["8188 84912345678 text VNeID", "1. Kich hoat", "", "next"]));
         let (done, waiting) = assemble(parts);
         assert!(waiting.is_empty());
         assert_eq!(done.len(), 1);
@@ -689,23 +834,21 @@ mod tests {
             "8188 +84912345678 udh %05%00%03%09%02%01 data a+b",
             &format!("8188 +84912345678 udh %05%00%03%07%02%01 data {}", url_encode(a)),
         ]);
-        let (done, waiting) = assemble(parse_parts(&l, "84912345678"));
+        let (done, waiting) = assemble(parse_parts(&l));
         assert_eq!(done.len(), 1);
         assert_eq!((done[0].text.as_str(), done[0].ucs2, done[0].parts), ("Chào bạn", true, 2));
         assert_eq!(waiting.len(), 1, "the other SMS waits for its second part");
-        let (done, _) = assemble(
-            [waiting, parse_parts(&lines(&["8188 84912345678 udh %05%00%03%09%02%02 data +c"]), "84912345678")]
-                .concat(),
-        );
+        let (done, _) =
+            assemble([waiting, parse_parts(&lines(&["8188 84912345678 udh %05%00%03%09%02%02 data +c"]))].concat());
         assert_eq!(done[0].text, "a b c");
     }
 
     #[test]
     fn ucs2_and_data_forms_decode() {
-        let (done, _) = assemble(parse_parts(
-            &lines(&["1789 84912345678 ucs-2 %00K%00%ED%00c%00h", "1789 84912345678 data OTP+%3A+1"]),
-            "84912345678",
-        ));
+        let (done, _) = assemble(parse_parts(&lines(&[
+            "1789 84912345678 ucs-2 %00K%00%ED%00c%00h",
+            "1789 84912345678 data OTP+%3A+1",
+        ])));
         assert_eq!(done[0].text, "Kích");
         assert!(done[0].ucs2);
         assert_eq!(done[1].text, "OTP : 1");
