@@ -287,7 +287,7 @@ impl Channel for Kannel {
         }
         let text = sms.text.expose();
         if let Some(command) = keyword(text) {
-            return Derived::Inbound(Inbound::Command(command));
+            return Derived::Inbound(Inbound::Command(command, Secret::new(text)));
         }
         let waits = cursor.and_then(SmsCursor::read).is_some_and(|c| c.waits);
         let text = Secret::new(text);
@@ -406,7 +406,7 @@ mod tests {
         let one = sms("from=0912345678&text=1");
         assert!(matches!(k.derive(&one, waits.as_ref(), Some(&stored)), Derived::Replay(r) if r == stored));
         let huy = sms("from=0912345678&text=H%E1%BB%A7y");
-        assert!(matches!(k.derive(&huy, waits.as_ref(), None), Derived::Inbound(Inbound::Command(Command::Cancel))));
+        assert!(matches!(k.derive(&huy, waits.as_ref(), None), Derived::Inbound(Inbound::Command(Command::Cancel, _))));
         assert!(is_text(&k.derive(&one, waits.as_ref(), None), "1"));
         assert!(is_open(&k.derive(&one, ended.as_ref(), None), "1"));
         assert!(is_open(&k.derive(&one, None, None), "1"), "a first SMS opens");

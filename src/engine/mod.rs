@@ -158,8 +158,8 @@ pub enum Inbound {
     /// A message that opens an exchange (a first SMS, or one after the last reply ended it): it answers
     /// the step an activation in progress waits at, and otherwise opens the menu whatever it says.
     Open(Secret),
-    /// A command word instead of an answer (SMS keywords).
-    Command(Command),
+    /// A command word instead of an answer (SMS keywords), with the text that carried it.
+    Command(Command, Secret),
 }
 
 /// The screen to show: full text with diacritics; the channel renders it for its charset.
@@ -285,9 +285,14 @@ pub fn step(
             Some(st) if !idle => on_input(ctx, &mut s, &mut out, &st, input, rng)?,
             _ => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
         },
-        Inbound::Command(Command::Menu) => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
-        Inbound::Command(Command::Help) => go(ctx, &mut s, &mut out, &flow.help.clone(), None, rng)?,
-        Inbound::Command(Command::Cancel) => {
+        // At a security-answer prompt `HUY` is an answer: Huy is a common given name (a best friend's,
+        // say). MENU still leaves.
+        Inbound::Command(Command::Cancel, text) if !idle && waits_for_answer(flow, &s) => {
+            on_text(ctx, &mut s, &mut out, text, idle, rng)?
+        }
+        Inbound::Command(Command::Menu, _) => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
+        Inbound::Command(Command::Help, _) => go(ctx, &mut s, &mut out, &flow.help.clone(), None, rng)?,
+        Inbound::Command(Command::Cancel, _) => {
             if s.slots != Slots::default() {
                 let (id, phone) = (s.slots.national_id.clone(), s.slots.phone.clone());
                 out.effects.push(Effect::Audit(AuditEvent {
@@ -304,6 +309,12 @@ pub fn step(
     let reply = frame(ctx, &s, &out, reply);
     s.updated_at = ctx.now;
     Ok(Stepped { session: s, reply, effects: out.effects })
+}
+
+/// Whether the session stands at a prompt for a free-text security answer.
+fn waits_for_answer(flow: &Flow, s: &Session) -> bool {
+    flow.state(&s.state)
+        .is_some_and(|st| matches!(st.kind, Kind::Input { input: Some((crate::vocab::Validator::Answer, _)), .. }))
 }
 
 /// What stands around a reply on its medium: over SMS, a reminder to delete a message that carried a

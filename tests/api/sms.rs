@@ -350,3 +350,20 @@ async fn a_post_url_sms_is_answered_like_a_get_and_its_retry_alike() {
     assert!(server.app().store.load(&phone("+84987654321")).await.unwrap().is_some(), "the query's from");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huy_typed_as_a_best_friends_name_is_the_answer_not_a_cancel() {
+    let server = TestServer::start().await;
+    let p = SmsPhone::new(&server.url, AN);
+    texts(&p, &["Xin chao", "1", AN_ID, "1"]).await;
+    let otp = last_otp(&server).await;
+    // Question 5 is "Tên bạn thân?": Huy is a common given name.
+    let r = texts(&p, &[&otp, PASSWORD, PASSWORD, "258147", "258147", "5", "Huy", "4", "Phở bò"]).await;
+    let done = fold(r.last().unwrap());
+    assert!(done.contains("Kich hoat tai khoan thanh cong"), "{done}");
+    // Anywhere else HUY still cancels.
+    let q = SmsPhone::new(&server.url, "+84987654321");
+    texts(&q, &["Xin chao", "1"]).await;
+    assert!(fold(&q.send("huy").await).contains("Da huy"));
+    server.stop().await;
+}
