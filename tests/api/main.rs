@@ -5,8 +5,9 @@
 //! than one at a time), flows (`kichhoat check`), restart (kill -9), secrets (nothing secret on disk or
 //! in logs), expiry (what the sweeper reclaims, on the injected clock), store_contract (the `Store`
 //! contract, run against every backend), migration (a data dir of the previous release opens and
-//! carries on), kannel_sender (outgoing SMS through a fake
-//! Kannel smsbox: answers, doubt, delivery reports, the binary).
+//! carries on), kannel_sender (outgoing SMS through a fake Kannel smsbox: answers, doubt, delivery
+//! reports, the binary), kannel (SMS both ways end to end through a real Kannel gateway, driven by
+//! kannel_harness).
 
 mod cli;
 mod concurrency;
@@ -15,6 +16,8 @@ mod expiry;
 mod flows;
 mod gate;
 mod helpers;
+mod kannel;
+mod kannel_harness;
 mod kannel_sender;
 mod migration;
 mod registry;

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use crate::helpers::{fold, otp_in, scratch, wait_outbox, AtPhone, Proc, SmsPhone};
 
-fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+/// Every file under `dir`, recursively.
+pub fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() {
