@@ -133,7 +133,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             kannel_url = %display_url(&k.url),
             kannel_user = %k.user,
             sms_from = k.from.as_deref().unwrap_or("(kannel's default)"),
-            dlr_url = %k.dlr_url,
+            dlr_url = %display_url(&k.dlr_url),
             sms_charset = ?settings.sms_charset,
             "outgoing SMS go through Kannel (--sms-outbox unused)"
         ),

@@ -265,6 +265,31 @@ async fn a_citizen_activates_by_sms_through_kannel_and_then_logs_in_by_sms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_webhook_token_the_gateway_s_calls_carry_it_and_a_forged_sms_without_it_is_refused() {
+    let Some(k) = kannel("with_a_webhook_token_the_gateway_s_calls_carry_it_and_a_forged_sms_without_it_is_refused")
+    else {
+        return;
+    };
+    const TOKEN: &str = "kannel-test-token-0123456789";
+    let rig = Rig::start_with(&k, Service::GetWithToken(TOKEN), &["--webhook-token", TOKEN], "info").await;
+    // A forged SMS straight to kichhoat, without the token: refused, nothing sent.
+    let (status, _, _) = rig.mo(AN_PHONE, "Xin chao", "forged-1").await;
+    assert_eq!(status, 401);
+    // Through Kannel (its get-url carries the token) the whole activation works, and the delivery
+    // reports (their URL carries it too) are recorded.
+    let mut phone = rig.phone(AN_PHONE);
+    let typed = activate_and_log_in(&mut phone).await;
+    assert_eq!(sent(&phone.inbox).len(), 2, "the code and the confirmation: {:#?}", phone.inbox);
+    assert_kannel_was_always_answered(&rig, &phone, typed.mos);
+    let start = Instant::now();
+    while reports_recorded(&rig) < 4 && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reports_recorded(&rig), 4, "{}", rig.server_log());
+    assert!(!rig.server_log().contains(TOKEN), "never the token in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_secret_is_kept_or_logged_after_an_activation_by_sms_through_kannel() {
     let Some(k) = kannel("nothing_secret_is_kept_or_logged_after_an_activation_by_sms_through_kannel") else {
         return;

@@ -681,6 +681,8 @@ pub struct Rig {
 pub enum Service {
     /// `get-url`, everything in the query.
     Get,
+    /// `get-url` with kichhoat's webhook token in the query (kichhoat started with `--webhook-token`).
+    GetWithToken(&'static str),
     /// `post-url`: the text as the body, the sender in `X-Kannel-From` (`send-sender`).
     Post,
 }
@@ -690,6 +692,9 @@ impl Service {
     pub fn conf(self, port: u16) -> String {
         match self {
             Service::Get => format!("get-url = \"http://127.0.0.1:{port}/sms/kannel?from=%p&to=%P&text=%a&id=%I\""),
+            Service::GetWithToken(token) => {
+                format!("get-url = \"http://127.0.0.1:{port}/sms/kannel?token={token}&from=%p&to=%P&text=%a&id=%I\"")
+            }
             Service::Post => {
                 format!("post-url = \"http://127.0.0.1:{port}/sms/kannel?id=%I\"\nsend-sender = true")
             }
