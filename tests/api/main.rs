@@ -6,8 +6,10 @@
 //! in logs), expiry (what the sweeper reclaims, on the injected clock), store_contract (the `Store`
 //! contract, run against every backend), migration (a data dir of the previous release opens and
 //! carries on), kannel_sender (outgoing SMS through a fake
-//! Kannel smsbox: answers, doubt, delivery reports, the binary).
+//! Kannel smsbox: answers, doubt, delivery reports, the binary), audit_log (the audit trail file through
+//! the binary: one chained line per event, `audit verify`, what a crash leaves).
 
+mod audit_log;
 mod cli;
 mod concurrency;
 mod engine_props;
