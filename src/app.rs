@@ -1,14 +1,19 @@
-//! Assembling a running instance from settings: flows, keys, store, registry import, channels, the SMS
-//! sender with its delivery worker, and the expiry sweeper. `serve`, `simulate` and the tests all start
-//! here.
+//! Assembling a running instance from settings: flows, keys, store, the audit trail file, registry import,
+//! channels, the SMS sender with its delivery worker, and the expiry sweeper. `serve`, `simulate` and the
+//! tests all start here.
+//!
+//! The audit trail is drained at start (records a crash left unexported), by every writer of audit
+//! records (a turn before its reply; the gate, delivery reports and the worker after writing), by the
+//! sweeper every minute (what a failed drain left), and at shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::audit::{AuditLog, AuditLogError};
 use crate::channel::africastalking::AfricasTalking;
 use crate::channel::kannel::Kannel;
 use crate::clock::Clock;
@@ -44,6 +49,8 @@ pub enum StartError {
     Io { what: &'static str, path: String, why: String },
     #[error("SMS sender: {0}")]
     Sender(#[from] kannel::KannelError),
+    #[error(transparent)]
+    AuditLog(#[from] AuditLogError),
 }
 
 /// What the HTTP layer serves with: the service and the channels in front of it.
@@ -68,6 +75,8 @@ pub struct App {
     /// The sled store when that is the backend (flushed at shutdown; tests count its flushes).
     pub sled: Option<Arc<SledStore>>,
     pub worker: Arc<Worker>,
+    /// The audit trail file.
+    pub audit_log: Arc<AuditLog>,
     /// The injected clock (the sweeper's time, as everything else's).
     clock: Arc<dyn Clock>,
     stop: watch::Sender<bool>,
@@ -90,8 +99,14 @@ async fn expire_once(store: &dyn Store, clock: &dyn Clock) -> Result<Expired, St
     Ok(e)
 }
 
-/// Every [`SWEEP_EVERY`], reclaims what the store no longer needs to keep (on the injected clock).
-async fn sweep(store: Arc<dyn Store>, clock: Arc<dyn Clock>, mut stop: watch::Receiver<bool>) {
+/// Every [`SWEEP_EVERY`], reclaims what the store no longer needs to keep (on the injected clock), and
+/// writes to the audit trail what a failed drain left unexported.
+async fn sweep(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    audit_log: Arc<AuditLog>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
@@ -99,6 +114,11 @@ async fn sweep(store: Arc<dyn Store>, clock: Arc<dyn Clock>, mut stop: watch::Re
         }
         if let Err(e) = expire_once(store.as_ref(), clock.as_ref()).await {
             warn!(error = %e, "expiry sweep failed");
+        }
+        match audit_log.drain().await {
+            Ok(0) => {}
+            Ok(n) => info!(lines = n, "audit records left unexported written to the audit trail"),
+            Err(e) => error!(error = %e, "audit trail could not be written; retried in a minute"),
         }
     }
 }
@@ -175,6 +195,18 @@ impl App {
             }
             StoreKind::Memory => (Arc::new(MemoryStore::new()), None),
         };
+        let audit_log =
+            Arc::new(AuditLog::open(&settings.audit_log, settings.audit_log_max_bytes, store.clone(), crypto.clone())?);
+        // Records committed before a crash (or an upgrade: a data dir's earlier trail) go in first.
+        let recovered = audit_log.drain().await?;
+        let (seq, head) = audit_log.head();
+        info!(
+            audit_log = %settings.audit_log.display(),
+            written_at_start = recovered,
+            last_seq = seq,
+            head = %head,
+            "audit trail open"
+        );
         let year = clock.now().year();
         let (registry_name, report) = match &settings.registry {
             Some(path) => (path.display().to_string(), registry::import_csv(path, store.as_ref(), year).await?),
@@ -200,12 +232,14 @@ impl App {
             crypto.clone(),
             clock.clone(),
             settings.policy.clone(),
+            audit_log.clone(),
         ));
         let gate = Arc::new(Gate::new(
             settings.webhook_token.as_ref(),
             settings.webhook_allow.clone(),
             store.clone(),
             clock.clone(),
+            Some(audit_log.clone()),
         ));
         let web = Arc::new(Web {
             gate,
@@ -214,13 +248,20 @@ impl App {
             ussd_charset: settings.ussd_charset,
             kannel: Kannel::new(crypto.clone()),
             sms_charset: settings.sms_charset,
-            delivery_reports: DeliveryReports { store: store.clone(), crypto: crypto.clone(), clock: clock.clone() },
+            delivery_reports: DeliveryReports {
+                store: store.clone(),
+                crypto: crypto.clone(),
+                clock: clock.clone(),
+                audit_log: Some(audit_log.clone()),
+            },
         });
         let (stop, stopped) = watch::channel(false);
-        let worker = Arc::new(Worker::new(store.clone(), crypto, sender, clock.clone()));
+        let mut worker = Worker::new(store.clone(), crypto, sender, clock.clone());
+        worker.audit_log = Some(audit_log.clone());
+        let worker = Arc::new(worker);
         let delivery = tokio::spawn(worker.clone().run(service.outbox_ready.clone(), stopped.clone()));
-        let sweeper = tokio::spawn(sweep(store.clone(), clock.clone(), stopped));
-        Ok(App { service, web, store, sled, worker, clock, stop, tasks: vec![delivery, sweeper] })
+        let sweeper = tokio::spawn(sweep(store.clone(), clock.clone(), audit_log.clone(), stopped));
+        Ok(App { service, web, store, sled, worker, audit_log, clock, stop, tasks: vec![delivery, sweeper] })
     }
 
     /// Runs one expiry pass now, exactly as the periodic sweeper does (the app's clock,
@@ -229,7 +270,8 @@ impl App {
         expire_once(self.store.as_ref(), self.clock.as_ref()).await
     }
 
-    /// Stops the background tasks after a last delivery round, and flushes the store.
+    /// Stops the background tasks after a last delivery round, writes what is left to the audit trail, and
+    /// flushes the store.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         for task in self.tasks.drain(..) {
@@ -237,6 +279,13 @@ impl App {
         }
         if let Err(e) = self.worker.deliver_due().await {
             warn!(error = %e, "last delivery round failed");
+        }
+        match self.audit_log.drain().await {
+            Ok(_) => {
+                let (seq, head) = self.audit_log.head();
+                info!(last_seq = seq, head = %head, "audit trail closed");
+            }
+            Err(e) => error!(error = %e, "audit trail could not be written at shutdown; written at the next start"),
         }
         if let Some(sled) = &self.sled {
             if let Err(e) = sled.flush() {

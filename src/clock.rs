@@ -20,9 +20,13 @@ impl Millis {
     pub fn to_system_time(self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.0)
     }
-    /// RFC 3339 in UTC with seconds, as the outbox and the audit trail write it.
+    /// RFC 3339 in UTC with seconds, as the outbox writes it.
     pub fn rfc3339(self) -> String {
         humantime::format_rfc3339_seconds(self.to_system_time()).to_string()
+    }
+    /// RFC 3339 in UTC with milliseconds (`2026-11-29T10:00:00.123Z`), as the audit trail writes it.
+    pub fn rfc3339_millis(self) -> String {
+        humantime::format_rfc3339_millis(self.to_system_time()).to_string()
     }
     /// The local time in Vietnam (Asia/Ho_Chi_Minh: UTC+7 all year, no daylight saving since 1975) as
     /// (year, month, day, hour, minute): how a citizen is told until when a lock lasts.
@@ -98,6 +102,7 @@ mod tests {
         let t = Millis(1_796_000_000_000); // 2026-11-29
         assert!(t.rfc3339().starts_with("2026-"));
         assert_eq!(t.year(), 2026);
+        assert_eq!(Millis(1_795_996_800_007).rfc3339_millis(), "2026-11-30T00:00:00.007Z");
     }
 
     #[test]

@@ -25,15 +25,42 @@ pub enum Command {
     Check(CheckArgs),
     /// A keypad phone in the terminal, running the same engine and store in-process.
     Simulate(SimulateArgs),
-    /// Print the audit trail (authentication events) as JSON lines. Reads the database directly, so run
-    /// it while the server is stopped (sled allows one process at a time).
+    /// Print the audit trail file (rotated files in order, then the active one) as JSON lines, or check
+    /// its hash chain (`audit verify`). Reads only the file, so it works while the server runs.
     Audit(AuditArgs),
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct AuditArgs {
-    #[arg(long, env = "KICHHOAT_DATA_DIR", default_value = "data")]
+    #[command(subcommand)]
+    pub action: Option<AuditAction>,
+    /// The data directory whose `audit.jsonl` is meant (when --audit-log is not given).
+    #[arg(long, env = "KICHHOAT_DATA_DIR", default_value = "data", global = true)]
     pub data_dir: PathBuf,
+    /// The audit trail file (the active one; its rotated files sit beside it). Default:
+    /// `<data-dir>/audit.jsonl`.
+    #[arg(long, env = "KICHHOAT_AUDIT_LOG", global = true)]
+    pub audit_log: Option<PathBuf>,
+}
+
+impl AuditArgs {
+    /// The active file of the trail these arguments name.
+    pub fn file(&self) -> PathBuf {
+        match &self.action {
+            Some(AuditAction::Verify { file: Some(f) }) => f.clone(),
+            _ => self.audit_log.clone().unwrap_or_else(|| audit_log(&self.data_dir)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuditAction {
+    /// Check the hash chain across the rotated files and the active one: prints `ok: N lines, last seq S`
+    /// and exits 0, or the first broken line (file, line number, what is wrong) and exits 1.
+    Verify {
+        /// The active file of the trail. Default: --audit-log, else `<data-dir>/audit.jsonl`.
+        file: Option<PathBuf>,
+    },
 }
 
 /// Settings shared by `serve` and `simulate`.
@@ -58,6 +85,13 @@ pub struct Common {
     /// diacritics of a text that needs them (coding=2 towards Kannel).
     #[arg(long, env = "KICHHOAT_SMS_CHARSET", value_enum, default_value_t = Charset::Gsm7)]
     pub sms_charset: Charset,
+    /// The audit trail file: one JSON line per audit event, a hash chain, fsynced before the reply.
+    /// Default: `<data-dir>/audit.jsonl`.
+    #[arg(long, env = "KICHHOAT_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+    /// Size in MiB past which the audit trail file is rotated (renamed `FILE.<first seq>`).
+    #[arg(long, env = "KICHHOAT_AUDIT_LOG_MAX_MB", default_value_t = crate::audit::DEFAULT_MAX_MB)]
+    pub audit_log_max_mb: u64,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -373,6 +407,10 @@ pub struct Settings {
     pub policy: Policy,
     /// Where outgoing SMS go: the outbox file unless set otherwise after [`Settings::new`].
     pub sms_sender: SenderSettings,
+    /// The audit trail file (the active one).
+    pub audit_log: PathBuf,
+    /// The active audit trail file is rotated before a line would take it past this.
+    pub audit_log_max_bytes: u64,
 }
 
 impl Settings {
@@ -382,6 +420,8 @@ impl Settings {
             policy: common.limits.policy(),
             key_file: common.key_file.clone().unwrap_or_else(|| data_dir.join("secret.key")),
             sms_outbox: sms_outbox.unwrap_or_else(|| data_dir.join("outbox.jsonl")),
+            audit_log: common.audit_log.clone().unwrap_or_else(|| audit_log(&data_dir)),
+            audit_log_max_bytes: common.audit_log_max_mb.max(1).saturating_mul(1 << 20),
             flows: resolve(&common.flows, DEFAULT_FLOWS),
             registry: resolve(&common.registry, DEFAULT_REGISTRY),
             ussd_charset: common.ussd_charset,
@@ -409,6 +449,11 @@ pub fn resolve(given: &Option<PathBuf>, default: &str) -> Option<PathBuf> {
     }
 }
 
+/// The audit trail file's default place.
+pub fn audit_log(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("audit.jsonl")
+}
+
 /// The sled database lives in its own folder inside the data directory.
 pub fn db_dir(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("db")
@@ -426,6 +471,43 @@ mod tests {
             Command::Serve(s) => s,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_audit_log_defaults_to_the_data_dir_and_is_rotated_at_64_mib_unless_told() {
+        let s = serve(&["--data-dir", "/srv/k"]);
+        let settings = Settings::new(s.data_dir.clone(), None, StoreKind::Memory, &s.common);
+        assert_eq!(settings.audit_log, PathBuf::from("/srv/k/audit.jsonl"));
+        assert_eq!(settings.audit_log_max_bytes, 64 << 20);
+        let s = serve(&["--audit-log", "/var/log/k/audit.jsonl", "--audit-log-max-mb", "2"]);
+        let settings = Settings::new(s.data_dir.clone(), None, StoreKind::Memory, &s.common);
+        assert_eq!(
+            (settings.audit_log, settings.audit_log_max_bytes),
+            (PathBuf::from("/var/log/k/audit.jsonl"), 2 << 20)
+        );
+        let Command::Simulate(sim) =
+            Cli::try_parse_from(["kichhoat", "simulate", "--phone", "0912345678", "--audit-log", "a.jsonl"])
+                .unwrap()
+                .command
+        else {
+            panic!("simulate")
+        };
+        assert_eq!(sim.common.audit_log, Some(PathBuf::from("a.jsonl")));
+    }
+
+    #[test]
+    fn audit_reads_the_data_dirs_file_unless_a_file_is_named_and_verify_takes_one_too() {
+        let audit = |args: &[&str]| match Cli::try_parse_from([&["kichhoat", "audit"], args].concat()).unwrap().command
+        {
+            Command::Audit(a) => a,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(audit(&["--data-dir", "d"]).file(), PathBuf::from("d/audit.jsonl"));
+        assert_eq!(audit(&["--audit-log", "x.jsonl"]).file(), PathBuf::from("x.jsonl"));
+        let v = audit(&["verify", "--data-dir", "d"]);
+        assert!(matches!(v.action, Some(AuditAction::Verify { file: None })));
+        assert_eq!(v.file(), PathBuf::from("d/audit.jsonl"));
+        assert_eq!(audit(&["verify", "y.jsonl"]).file(), PathBuf::from("y.jsonl"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Everything that turns a secret into something safe to keep: argon2id for credentials, HMAC-SHA256 for
-//! OTPs and carrier hop texts (and to sign the delivery-report URLs given to Kannel), and
+//! OTPs and carrier hop texts (to sign the delivery-report URLs given to Kannel, and to name the subject
+//! of an audit trail line without its ID number), and
 //! ChaCha20-Poly1305 to seal queued SMS bodies.
 //!
 //! All keys derive from one 32-byte master key kept in a file *outside* the sled database
@@ -71,6 +72,8 @@ pub struct Crypto {
     /// allow guessing a 6-digit passcode offline (10^6 tries) or a password.
     pepper: Key,
     dlr: Key,
+    /// Pseudonyms of ID numbers in the audit trail file.
+    audit: Key,
     cost: HashCost,
     dummy_hash: String,
 }
@@ -92,6 +95,7 @@ impl Crypto {
             seal: derive(master, "kichhoat/seal/v1"),
             pepper: derive(master, "kichhoat/pepper/v1"),
             dlr: derive(master, "kichhoat/dlr/v1"),
+            audit: derive(master, "kichhoat/audit-subject/v1"),
             cost,
             dummy_hash: String::new(),
         };
@@ -200,6 +204,14 @@ impl Crypto {
     /// in the `dlr-url` handed to Kannel, so only Kannel, which got it from us, can report on a message.
     pub fn dlr_mac(&self, sms_id: &str, to: &str) -> [u8; 32] {
         mac(&self.dlr, &[sms_id.as_bytes(), to.as_bytes()])
+    }
+
+    /// The audit trail's pseudonym of an ID number: 16 bytes of its keyed hash, in hex. The same ID always
+    /// gives the same subject (an operator can follow one citizen's events, and find them from the ID with
+    /// the key), but the file alone does not give the ID back: 10^12 candidates are no obstacle to a plain
+    /// hash, and are to a key kept outside the file.
+    pub fn audit_subject(&self, national_id: &str) -> String {
+        hex::encode(&mac(&self.audit, &[national_id.as_bytes()])[..16])
     }
 
     /// Seals `plain` with ChaCha20-Poly1305 under a random nonce; `aad` binds it to its record.
@@ -359,6 +371,21 @@ mod tests {
         }
         let other = Crypto::from_master(&[8u8; 32], HashCost::DANGER_TEST_ONLY).unwrap();
         assert!(!mac_eq(&sig, &other.dlr_mac("3f9a1c2b7d4e5f60-7", "84912345678")));
+    }
+
+    #[test]
+    fn audit_subjects_are_stable_per_id_keyed_and_never_hold_the_id() {
+        let c = crypto();
+        let s = c.audit_subject("001099012345");
+        assert_eq!(s.len(), 32, "16 bytes in hex: {s}");
+        assert!(s.bytes().all(|b| b.is_ascii_hexdigit()) && !s.contains("001099012345"));
+        assert_eq!(s, c.audit_subject("001099012345"));
+        assert_ne!(s, c.audit_subject("001099012346"));
+        let other = Crypto::from_master(&[8u8; 32], HashCost::DANGER_TEST_ONLY).unwrap();
+        assert_ne!(s, other.audit_subject("001099012345"), "keyed by the master key");
+        for other_key in [&c.otp, &c.hop, &c.seal, &c.pepper, &c.dlr] {
+            assert_ne!(s, hex::encode(&mac(other_key, &[b"001099012345"])[..16]), "a key of its own");
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! Talking and Kannel can only put it in their callback URL); `--webhook-allow` adds an address
 //! allowlist. A refused call gets 401 (token) or 403 (address) with no detail, changes nothing, is logged
 //! with the peer address and audited as `webhook_rejected` (at most one record a second; the count of
-//! those not recorded goes into the next one, so a flood cannot fill the disk).
+//! those not recorded goes into the next one, so a flood cannot fill the disk), the record written to the
+//! audit trail file before the refusal is answered (a failure there is logged; the sweeper writes it later).
 //!
 //! Comparison is constant-time over fixed-length digests (OWASP ASVS 5.0 V11: no timing oracle on
 //! secrets).
@@ -24,6 +25,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::{error, warn};
 
+use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::domain::Secret;
 use crate::engine::AuditEvent;
@@ -37,6 +39,8 @@ pub struct Gate {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     audit: RejectionAudit,
+    /// Drained after a refusal is recorded; `None` (unit tests): left to the next drain elsewhere.
+    audit_log: Option<Arc<AuditLog>>,
 }
 
 #[derive(Default)]
@@ -59,8 +63,21 @@ fn digest(s: &str) -> [u8; 32] {
 }
 
 impl Gate {
-    pub fn new(token: Option<&Secret>, allow: Vec<IpNet>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Gate {
-        Gate { token: token.map(|t| digest(t.expose())), allow, store, clock, audit: RejectionAudit::default() }
+    pub fn new(
+        token: Option<&Secret>,
+        allow: Vec<IpNet>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        audit_log: Option<Arc<AuditLog>>,
+    ) -> Gate {
+        Gate {
+            token: token.map(|t| digest(t.expose())),
+            allow,
+            store,
+            clock,
+            audit: RejectionAudit::default(),
+            audit_log,
+        }
     }
 
     /// Whether the gate asks anything of a caller.
@@ -136,6 +153,12 @@ impl Gate {
         };
         if let Err(e) = self.store.append_audit(&[record]).await {
             error!(error = %e, "webhook refusal could not be audited");
+            return;
+        }
+        if let Some(log) = &self.audit_log {
+            if let Err(e) = log.drain().await {
+                error!(error = %e, "audit trail not written after a webhook refusal; the next drain writes it");
+            }
         }
     }
 }
@@ -183,7 +206,7 @@ mod tests {
     fn gate(token: Option<&str>, allow: &str) -> Gate {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Millis(0)));
-        Gate::new(token.map(Secret::new).as_ref(), parse_allow(allow).unwrap(), store, clock)
+        Gate::new(token.map(Secret::new).as_ref(), parse_allow(allow).unwrap(), store, clock, None)
     }
 
     #[test]

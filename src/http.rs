@@ -241,6 +241,7 @@ fn sms_reply(service: &Service, reply: &Reply, charset: Charset) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::AuditLog;
     use crate::clock::{Clock, ManualClock, Millis};
     use crate::crypto::{Crypto, HashCost};
     use crate::flow::Flow;
@@ -248,16 +249,22 @@ mod tests {
     use crate::store::memory::MemoryStore;
     use crate::store::Store;
 
-    fn service() -> Service {
+    /// A service, and the folder of its audit trail.
+    fn service() -> (Service, tempfile::TempDir) {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        Service::new(
+        let crypto = Arc::new(Crypto::from_master(&[2; 32], HashCost::DANGER_TEST_ONLY).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&dir.path().join("audit.jsonl"), 1 << 20, store.clone(), crypto.clone()).unwrap();
+        let service = Service::new(
             store.clone(),
             Arc::new(ImportedRegistry(store)),
             Arc::new(Flow::load_from(None).unwrap()),
-            Arc::new(Crypto::from_master(&[2; 32], HashCost::DANGER_TEST_ONLY).unwrap()),
+            crypto,
             Arc::new(ManualClock::new(Millis(1_795_996_800_000))) as Arc<dyn Clock>,
             crate::engine::Policy::default(),
-        )
+            Arc::new(log),
+        );
+        (service, dir)
     }
 
     async fn body_of(r: Response) -> (StatusCode, HeaderMap, String) {
@@ -272,7 +279,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_turn_past_its_deadline_is_answered_with_the_polite_sms_not_an_error() {
-        let s = service();
+        let (s, _dir) = service();
         let reply = within(&s, Duration::from_millis(20), std::future::pending()).await;
         assert!(reply.end);
         let (status, headers, body) = body_of(sms_reply(&s, &reply, Charset::Gsm7)).await;
@@ -284,7 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_turn_that_faults_is_answered_with_the_polite_sms_not_an_error() {
-        let s = service();
+        let (s, _dir) = service();
         let reply = within(&s, HOP_DEADLINE, async { Err(ServiceError::Contention) }).await;
         let (status, _, body) = body_of(sms_reply(&s, &reply, Charset::Ucs2)).await;
         assert_eq!(status, StatusCode::OK);
@@ -293,7 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reply_that_renders_empty_still_sends_a_body() {
-        let s = service();
+        let (s, _dir) = service();
         let (status, _, body) = body_of(sms_reply(&s, &Reply { text: " ".into(), end: false }, Charset::Gsm7)).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, unavailable(&s));
@@ -301,7 +308,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_a_reply_that_needs_ucs2_says_x_kannel_coding_2() {
-        let s = service();
+        let (s, _dir) = service();
         let r = Reply { text: "Chào bạn".into(), end: false };
         let (_, headers, body) = body_of(sms_reply(&s, &r, Charset::Ucs2)).await;
         assert_eq!(

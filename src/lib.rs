@@ -11,6 +11,8 @@
 //!                                                 the version)
 //!                                                   │
 //!              store (async trait: sled, memory) ◀──┘──▶ sms::worker ──▶ sms sender (outbox file, Kannel)
+//!                    │
+//!                    └── unexported audit records ──▶ audit::AuditLog ──▶ audit.jsonl (hash chain)
 //! ```
 //!
 //! - [`domain`]: parsed identifiers and secrets (`NationalId`, `Msisdn`, `Password`, `Otp`, ...).
@@ -25,6 +27,8 @@
 //!   permanent failures, messages in doubt), and Kannel's delivery reports.
 //! - [`channel`]: the channel interface and carrier formats (Africa's Talking USSD).
 //! - [`service`]: one turn of any channel to a durable reply; shared by HTTP and `simulate`.
+//! - [`audit`]: the audit trail file (a hash chain of JSON lines, drained from the store before a reply),
+//!   its rotation and `kichhoat audit verify`.
 //! - [`app`]: assembling an instance (flows, keys, store, registry import, SMS worker, expiry sweeper).
 //! - [`clock`]: time as a parameter (`Millis`, the system clock, a manual clock for tests).
 //! - [`http`], [`config`], [`simulate`]: the server, its settings and the terminal keypad phone.
@@ -32,6 +36,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod app;
+pub mod audit;
 pub mod channel;
 pub mod clock;
 pub mod config;

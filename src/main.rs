@@ -7,8 +7,11 @@ use clap::Parser;
 use tracing::{error, info, warn};
 
 use kichhoat::app::App;
+use kichhoat::audit::Verdict;
 use kichhoat::clock::SystemClock;
-use kichhoat::config::{resolve, Cli, Command, LogFormat, SenderSettings, ServeArgs, Settings, DEFAULT_FLOWS};
+use kichhoat::config::{
+    resolve, AuditAction, AuditArgs, Cli, Command, LogFormat, SenderSettings, ServeArgs, Settings, DEFAULT_FLOWS,
+};
 use kichhoat::crypto::HashCost;
 use kichhoat::flow::Flow;
 use kichhoat::sms::kannel::display_url;
@@ -38,11 +41,47 @@ fn main() -> ExitCode {
             init_logs(LogFormat::Text, "warn");
             run(kichhoat::simulate::run(args))
         }
-        Command::Audit(args) => match run_result(print_audit(args.data_dir)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("kichhoat audit: {e}");
+        Command::Audit(args) => audit(&args),
+    }
+}
+
+/// `kichhoat audit`: prints the trail; `kichhoat audit verify`: checks its chain (exit 1 when broken).
+fn audit(args: &AuditArgs) -> ExitCode {
+    let file = args.file();
+    match &args.action {
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let printed = kichhoat::audit::print(&file, &mut out).map_err(|e| e.to_string());
+            match printed.and_then(|_| std::io::Write::flush(&mut out).map_err(|e| e.to_string())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kichhoat audit: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(AuditAction::Verify { .. }) => match kichhoat::audit::verify(&file) {
+            Ok(Verdict::Ok(v)) => {
+                for note in &v.notes {
+                    println!("note: {note}");
+                }
+                match v.last_seq {
+                    Some(seq) => println!("ok: {} lines, last seq {seq}", v.lines),
+                    None => println!("ok: 0 lines"),
+                }
+                ExitCode::SUCCESS
+            }
+            Ok(Verdict::Broken(b)) => {
+                for note in &b.notes {
+                    println!("note: {note}");
+                }
+                println!("{b}");
                 ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("kichhoat audit verify: {e}");
+                ExitCode::from(2)
             }
         },
     }
@@ -74,31 +113,6 @@ fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Runs `fut` on a fresh runtime, for commands whose errors the caller prints.
-fn run_result(fut: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?
-        .block_on(fut)
-}
-
-async fn print_audit(data_dir: std::path::PathBuf) -> Result<(), String> {
-    let db = kichhoat::config::db_dir(&data_dir);
-    if !db.exists() {
-        return Err(format!("no database in {}", db.display()));
-    }
-    let store = kichhoat::store::sled_store::SledStore::open(&db).map_err(|e| e.to_string())?;
-    for record in kichhoat::store::audit_all(&store).await.map_err(|e| e.to_string())? {
-        let mut line = serde_json::to_value(&record).map_err(|e| e.to_string())?;
-        if let Some(obj) = line.as_object_mut() {
-            obj.insert("at".into(), record.at.rfc3339().into());
-        }
-        println!("{line}");
-    }
-    Ok(())
 }
 
 fn init_logs(format: LogFormat, default: &str) {
@@ -144,6 +158,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     info!(
         %addr,
         data_dir = %settings.data_dir.display(),
+        audit_log = %settings.audit_log.display(),
         flows = %app.service.flow.source,
         "kichhoat listening on http://{addr} (POST /ussd/africastalking, GET|POST /sms/kannel)"
     );

@@ -7,7 +7,10 @@
 //! blocking pool, and commit the conversation with its effects against the version loaded. The commit
 //! is what makes it correct across processes: when the conversation changed meanwhile, another phone
 //! activated the ID first, or a counter's limit was reached, nothing is written and the turn runs again
-//! on fresh state (a bounded number of times). The reply goes out only once its commit is durable.
+//! on fresh state (a bounded number of times). The reply goes out only once its commit is durable and,
+//! when it audited something, once the audit trail file has those lines on disk ([`AuditLog::drain`]);
+//! a trail that cannot be written (disk full) makes the turn a fault: the commit stands, the records stay
+//! unexported for the next drain, and the citizen gets the polite "try again later".
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use rand::rngs::OsRng;
 use tokio::sync::{Mutex, MutexGuard, Notify, Semaphore};
 use tracing::{error, info, info_span, Instrument};
 
+use crate::audit::{AuditLog, AuditLogError};
 use crate::channel::{Channel, Derived};
 use crate::clock::{Clock, Millis};
 use crate::crypto::{Crypto, CryptoError};
@@ -55,6 +59,8 @@ pub enum ServiceError {
     Contention,
     #[error("the turn was not answered in time")]
     Timeout,
+    #[error(transparent)]
+    AuditLog(#[from] AuditLogError),
 }
 
 pub struct Service {
@@ -68,6 +74,8 @@ pub struct Service {
     pub policy: Arc<Policy>,
     /// Woken after a commit that queued an SMS.
     pub outbox_ready: Arc<Notify>,
+    /// Where a turn's audit records are written before its reply.
+    pub audit_log: Arc<AuditLog>,
     locks: Vec<Mutex<()>>,
     /// Bounds concurrent engine steps, which may hash with argon2id (19 MiB each).
     hashing: Arc<Semaphore>,
@@ -104,6 +112,7 @@ impl Service {
         crypto: Arc<Crypto>,
         clock: Arc<dyn Clock>,
         policy: Policy,
+        audit_log: Arc<AuditLog>,
     ) -> Service {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
         Service {
@@ -114,6 +123,7 @@ impl Service {
             clock,
             policy: Arc::new(policy),
             outbox_ready: Arc::new(Notify::new()),
+            audit_log,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             hashing: Arc::new(Semaphore::new(workers)),
         }
@@ -149,8 +159,10 @@ impl Service {
             let cursor = conversation.as_ref().and_then(|c| c.cursors.get(C::KIND));
             let inbound = match ch.derive(&request, cursor, stored.map(|r| &r.reply)) {
                 Derived::Replay(reply) => {
-                    // The original answer may have timed out before its commit was on disk: make sure it is.
+                    // The original answer may have timed out before its commit was on disk, or before its
+                    // audit lines were: make sure they are.
                     self.store.durable().await?;
+                    self.audit_log.drain().await?;
                     info!("retry answered from the stored reply");
                     return Ok(reply);
                 }
@@ -189,6 +201,10 @@ impl Service {
                         let id = a.national_id.as_ref().map(|i| i.masked()).unwrap_or_default();
                         let to = a.phone.as_ref().map(|p| p.masked()).unwrap_or_default();
                         info!(event = %a.event, id = %id, registered_phone = %to, "audit");
+                    }
+                    if !audited.is_empty() {
+                        // Everything audited is in the trail file, on disk, before the citizen is answered.
+                        self.audit_log.drain().await?;
                     }
                     if queued_sms {
                         // Woken once the reply is on its way, not while it is: a lookup that sends a code
@@ -288,5 +304,58 @@ impl Service {
     pub fn fault_reply(&self, err: &ServiceError) -> Reply {
         error!(error = %err, "turn failed");
         Reply { text: self.flow.catalog(Lang::Vi).get(keys::END_UNAVAILABLE).to_string(), end: true }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::africastalking::{AfricasTalking, Hop};
+    use crate::clock::ManualClock;
+    use crate::crypto::HashCost;
+    use crate::domain::Secret;
+    use crate::registry::ImportedRegistry;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_turn_whose_audit_line_cannot_be_written_is_a_fault_and_its_retry_writes_it_before_answering() {
+        let now = Millis(1_795_996_800_000);
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        crate::registry::import_demo(store.as_ref(), now.year()).await.unwrap();
+        let crypto = Arc::new(Crypto::from_master(&[4; 32], HashCost::DANGER_TEST_ONLY).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = Arc::new(AuditLog::open(&path, 1 << 20, store.clone(), crypto.clone()).unwrap());
+        let service = Service::new(
+            store.clone(),
+            Arc::new(ImportedRegistry(store.clone())),
+            Arc::new(Flow::load_from(None).unwrap()),
+            crypto.clone(),
+            Arc::new(ManualClock::new(now)),
+            Policy::default(),
+            log.clone(),
+        );
+        let at = AfricasTalking::new(crypto);
+        let phone = Msisdn::parse("0987654321").unwrap();
+        let hop = |text: &str| Hop { phone: phone.clone(), session_id: "s1".into(), text: Secret::new(text) };
+        for text in ["", "2", "2*001099012345"] {
+            service.turn(&at, hop(text)).await.unwrap();
+        }
+
+        log.fail_writes(true);
+        let err = service.turn(&at, hop("2*001099012345*Wrong*pw1")).await.unwrap_err();
+        assert!(matches!(err, ServiceError::AuditLog(_)), "{err}");
+        assert!(service.fault_reply(&err).end, "the polite fault reply");
+        let audited = crate::store::audit_all(store.as_ref()).await.unwrap();
+        assert_eq!(audited.last().map(|r| r.event.event.as_str()), Some("login_failed"), "the commit stands");
+        assert_eq!(store.audit_unexported(10).await.unwrap().len(), 1, "and waits for the next drain");
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("login_failed"));
+
+        // The carrier retries the hop: the stored reply, once the line is on disk.
+        log.fail_writes(false);
+        let reply = service.turn(&at, hop("2*001099012345*Wrong*pw1")).await.unwrap();
+        assert!(reply.end);
+        assert!(std::fs::read_to_string(&path).unwrap().contains("\"event\":\"login_failed\""));
+        assert!(store.audit_unexported(10).await.unwrap().is_empty());
     }
 }

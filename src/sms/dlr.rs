@@ -8,8 +8,9 @@
 //! never came, or a crash during it) it is removed as sent, so it is neither sent again nor failed at its
 //! deadline; and every report is audited with its outcome (`sms_delivered`, `sms_undelivered`,
 //! `sms_buffered`, `sms_submitted`, `sms_rejected`), the recipient as `phone` and the message id as
-//! `detail`. A report about a message of another database (the data dir was replaced, the key kept) is
-//! ignored and logged.
+//! `detail`, and written to the audit trail file before Kannel is answered (a failure there is logged;
+//! the sweeper writes it later). A report about a message of another database (the data dir was
+//! replaced, the key kept) is ignored and logged.
 //!
 //! The type is not covered by the signature (Kannel fills it in): whoever holds one message's `dlr-url`
 //! can report another outcome for that message, and nothing else.
@@ -17,9 +18,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::kannel::dlr_event;
+use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::crypto::{stored_mac_eq, Crypto};
 use crate::domain::Msisdn;
@@ -52,6 +54,8 @@ pub struct DeliveryReports {
     pub store: Arc<dyn Store>,
     pub crypto: Arc<Crypto>,
     pub clock: Arc<dyn Clock>,
+    /// Drained after a report is recorded; `None` (tests): left to the next drain elsewhere.
+    pub audit_log: Option<Arc<AuditLog>>,
 }
 
 impl DeliveryReports {
@@ -95,6 +99,11 @@ impl DeliveryReports {
             },
         };
         let resolved = self.store.delivery_report(seq, audit).await?;
+        if let Some(log) = &self.audit_log {
+            if let Err(e) = log.drain().await {
+                error!(error = %e, sms_id = %id, "audit trail not written after a delivery report; the next drain writes it");
+            }
+        }
         info!(sms_id = %id, to = %to.masked(), event, resolved, "kannel dlr recorded");
         Ok(Reported::Recorded { event, resolved })
     }
@@ -139,7 +148,11 @@ mod tests {
         let seq = store.claim_outbox("w", 1, std::time::Duration::from_secs(30), T0).await.unwrap()[0].id;
         let id = format!("{}-{seq}", store.instance());
         let crypto = Arc::new(Crypto::from_master(&[5; 32], HashCost::DANGER_TEST_ONLY).unwrap());
-        Rig { reports: DeliveryReports { store, crypto, clock: Arc::new(ManualClock::new(T0)) }, to, id }
+        Rig {
+            reports: DeliveryReports { store, crypto, clock: Arc::new(ManualClock::new(T0)), audit_log: None },
+            to,
+            id,
+        }
     }
 
     impl Rig {

@@ -13,6 +13,9 @@
 //!   `sms_outcome_unknown` (the citizen can ask for a new code), unless a delivery report removed it
 //!   first ([`super::dlr`]). An idempotent sender simply gets it again.
 //!
+//! What a round failed for good is written to the audit trail file at the end of the round (a failure
+//! there is logged; the sweeper writes it later).
+//!
 //! Each message is handled on its own, so one that cannot be sent never delays the others. Time comes from
 //! the injected clock. Woken by the service after a commit that queued an SMS, and every second for
 //! retries that fall due.
@@ -24,6 +27,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
 use super::{Delivery, OutgoingSms, SendError, SmsSender};
+use crate::audit::AuditLog;
 use crate::clock::{Clock, Millis};
 use crate::crypto::Crypto;
 use crate::engine::AuditEvent;
@@ -66,6 +70,8 @@ pub struct Worker {
     pub owner: String,
     /// See [`SEND_TIMEOUT`]; real time, not the injected clock: it guards against a gateway that hangs.
     pub send_timeout: Duration,
+    /// Drained after a round that audited a failure; `None` (tests): left to the next drain elsewhere.
+    pub audit_log: Option<Arc<AuditLog>>,
 }
 
 /// What happened to one claimed message.
@@ -92,7 +98,7 @@ impl Worker {
         let mut bytes = [0u8; 4];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
         let owner = format!("{}-{}", std::process::id(), hex::encode(bytes));
-        Worker { store, crypto, sender, clock, owner, send_timeout: SEND_TIMEOUT }
+        Worker { store, crypto, sender, clock, owner, send_timeout: SEND_TIMEOUT, audit_log: None }
     }
 
     /// The id senders and delivery reports know a message by: `<store instance>-<seq>`.
@@ -102,6 +108,20 @@ impl Worker {
 
     /// Delivers every message due now; returns how many were handed to the sender and taken.
     pub async fn deliver_due(&self) -> Result<usize, StoreError> {
+        let mut audited = false;
+        let delivered = self.deliver_batches(&mut audited).await;
+        if audited {
+            if let Some(log) = &self.audit_log {
+                if let Err(e) = log.drain().await {
+                    error!(error = %e, "audit trail not written after sms failures; the next drain writes it");
+                }
+            }
+        }
+        delivered
+    }
+
+    /// The rounds of [`Worker::deliver_due`]; `audited` is set once a failure was audited.
+    async fn deliver_batches(&self, audited: &mut bool) -> Result<usize, StoreError> {
         let mut sent = 0;
         loop {
             let now = self.clock.now();
@@ -117,6 +137,7 @@ impl Worker {
                 if matches!(fate, Fate::Sent(_)) {
                     sent += 1;
                 }
+                *audited |= matches!(fate, Fate::Failed(_) | Fate::FailedInDoubt(_));
                 self.record(&sms, fate, now).await?;
             }
         }

@@ -32,6 +32,8 @@ struct State {
     outbox_due: BTreeSet<(Millis, u64)>,
     failed: BTreeMap<(Millis, u64), FailedSms>,
     audit: BTreeMap<u64, AuditRecord>,
+    /// Audit ids not yet in the audit trail file.
+    unexported: BTreeSet<u64>,
 }
 
 struct Stored {
@@ -89,6 +91,12 @@ impl State {
             staged.push((b.key.clone(), first.unwrap_or(old), next));
         }
         Ok(staged)
+    }
+
+    /// An audit record, unexported until the audit trail file has it.
+    fn add_audit(&mut self, id: u64, record: AuditRecord) {
+        self.audit.insert(id, record);
+        self.unexported.insert(id);
     }
 
     fn set_counter(&mut self, key: CounterKey, old: Option<&Tally>, next: Tally) {
@@ -178,7 +186,7 @@ impl Store for MemoryStore {
         }
         for a in c.audit {
             let id = self.next();
-            st.audit.insert(id, a);
+            st.add_audit(id, a);
         }
         Ok(CommitOutcome::Committed(version))
     }
@@ -290,7 +298,7 @@ impl Store for MemoryStore {
             None => false,
         };
         let aid = self.next();
-        st.audit.insert(aid, audit);
+        st.add_audit(aid, audit);
         Ok(removed)
     }
 
@@ -303,7 +311,7 @@ impl Store for MemoryStore {
         st.outbox_due.remove(&(sms.due_at, id));
         st.failed.insert((audit.at, id), FailedSms { sms, failed_at: audit.at, why: why.to_string() });
         let aid = self.next();
-        st.audit.insert(aid, audit);
+        st.add_audit(aid, audit);
         Ok(())
     }
 
@@ -370,7 +378,7 @@ impl Store for MemoryStore {
         let mut st = self.state()?;
         for r in records {
             let id = self.next();
-            st.audit.insert(id, r.clone());
+            st.add_audit(id, r.clone());
         }
         Ok(())
     }
@@ -379,5 +387,18 @@ impl Store for MemoryStore {
         let st = self.state()?;
         let start = after.map(|a| a.saturating_add(1)).unwrap_or(0);
         Ok(st.audit.range(start..).take(n).map(|(k, v)| (*k, v.clone())).collect())
+    }
+
+    async fn audit_unexported(&self, n: usize) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
+        let st = self.state()?;
+        Ok(st.unexported.iter().filter_map(|id| Some((*id, st.audit.get(id)?.clone()))).take(n).collect())
+    }
+
+    async fn audit_exported(&self, ids: &[u64]) -> Result<(), StoreError> {
+        let mut st = self.state()?;
+        for id in ids {
+            st.unexported.remove(id);
+        }
+        Ok(())
     }
 }

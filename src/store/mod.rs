@@ -22,6 +22,13 @@
 //!   the message leaves the outbox (sent, failed, or resolved by a delivery report).
 //! - [`Store::expire`] reclaims what is no longer needed, walking indexes by time rather than every
 //!   record, so the store stays flat under constant load.
+//! - Every audit record, whoever writes it ([`Store::commit`], [`Store::append_audit`],
+//!   [`Store::outbox_failed`], [`Store::delivery_report`]), is also marked *unexported* in the same
+//!   transaction, and stays so until [`Store::audit_exported`]: the audit trail file
+//!   ([`crate::audit::AuditLog`]) drains [`Store::audit_unexported`], so a crash between a commit and its
+//!   line in the file loses nothing. Audit ids are unique but not given out in commit order (sled draws
+//!   them inside transactions that finish in any order), so "everything after the last id exported" would
+//!   miss records: the mark is what says what is left.
 //! - Nothing secret is written in plain text: callers pass hashes and sealed SMS bodies only.
 
 pub mod memory;
@@ -278,6 +285,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `n` audit records after the cursor `after` (from the first when `None`), with their cursors.
     async fn audit_after(&self, after: Option<u64>, n: usize) -> Result<Vec<(u64, AuditRecord)>, StoreError>;
+
+    /// Up to `n` audit records not yet exported to the audit trail file, with their ids, smallest id first.
+    /// A record is unexported from the transaction that writes it until [`Store::audit_exported`] names it.
+    async fn audit_unexported(&self, n: usize) -> Result<Vec<(u64, AuditRecord)>, StoreError>;
+    /// The records `ids` are in the audit trail file: no longer unexported. Ids that are not unexported
+    /// are ignored. Need not be durable when it returns: a mark lost in a crash only makes the file's
+    /// writer see the record again, and it recognises a record it already wrote.
+    async fn audit_exported(&self, ids: &[u64]) -> Result<(), StoreError>;
 }
 
 /// Reads the whole audit trail (operators and tests).

@@ -4,9 +4,10 @@
 //! Trees: `conversations` (phone → version, conversation), `conv_fresh` and `conv_idle` (time indexes for
 //! [`Store::expire`]: conversations whose retry replies are still kept, and those already swept),
 //! `citizens`, `accounts`, `counters` with `counter_due`, `outbox` with `outbox_due` (when each message
-//! is next due: queued, retried, or its lease ends), `outbox_failed` (by time of failure) and `audit`.
-//! Each index key starts with a big-endian time, so expiry and outbox claims walk a range, never the
-//! whole store.
+//! is next due: queued, retried, or its lease ends), `outbox_failed` (by time of failure), `audit`, and
+//! `audit_unexported` (the ids of audit records not yet in the audit trail file, written in the
+//! transaction of each record and removed once the file has it). Each time index key starts with a
+//! big-endian time, so expiry and outbox claims walk a range, never the whole store.
 //!
 //! Durability: sled's `flush_async` deadlocks under concurrent load (sled issue 1308), and a blocking
 //! `flush` per request would serialize every reply behind its own fsync. Instead one thread owns
@@ -38,8 +39,10 @@ use crate::limits::{self, CounterKey, Tally};
 mod migrate;
 
 /// The store layout this build writes. 1: the first release (conversations with a USSD hop cursor,
-/// per-kind limit trees); 2: versioned conversations with channel cursors, counters, time indexes.
-pub const SCHEMA: u32 = 2;
+/// per-kind limit trees); 2: versioned conversations with channel cursors, counters, time indexes; 3:
+/// every audit record not yet in the audit trail file is marked in `audit_unexported` (a release of schema
+/// 2 would write records without the mark, and the file would silently miss them: it is refused).
+pub const SCHEMA: u32 = 3;
 
 /// Versioned envelopes: what is on disk, apart from the in-memory types.
 #[derive(Serialize, Deserialize)]
@@ -125,6 +128,8 @@ pub struct SledStore {
     outbox_due: sled::Tree,
     outbox_failed: sled::Tree,
     audit: sled::Tree,
+    /// Audit ids (big-endian) whose records the audit trail file does not have yet; values empty.
+    audit_unexported: sled::Tree,
     /// Random, made with the database: outbox message ids are `<instance>-<seq>`, so a fresh database
     /// writing to an old outbox file never collides with the messages already in it.
     instance: String,
@@ -196,6 +201,7 @@ impl SledStore {
             outbox_due: tree("outbox_due")?,
             outbox_failed: tree("outbox_failed")?,
             audit: tree("audit")?,
+            audit_unexported: tree("audit_unexported")?,
             db,
             instance,
             flush_tx: Mutex::new(Some(tx)),
@@ -340,6 +346,14 @@ fn group_commit(db: sled::Db, rx: mpsc::Receiver<Waiter>, flushes: Arc<AtomicU64
     }
 }
 
+/// Writes one (encoded) audit record under a fresh id, marked unexported, inside a transaction.
+fn add_audit(audit: &TransactionalTree, unexported: &TransactionalTree, record: &[u8]) -> Result<(), TxError> {
+    let id = audit.generate_id()?.to_be_bytes();
+    audit.insert(&id, record)?;
+    unexported.insert(&id, &[])?;
+    Ok(())
+}
+
 /// Applies one counted event inside a commit transaction.
 fn bump(counters: &TransactionalTree, due: &TransactionalTree, b: &limits::Bump, now: Millis) -> Result<(), TxError> {
     let key = b.key.as_str().as_bytes();
@@ -395,11 +409,12 @@ impl Store for SledStore {
             &self.outbox,
             &self.outbox_due,
             &self.audit,
+            &self.audit_unexported,
             &self.counters,
             &self.counter_due,
         );
         let result = trees.transaction(
-            |(conv, fresh, idle, accounts, outbox, outbox_due, audit_tree, counters, counter_due)| {
+            |(conv, fresh, idle, accounts, outbox, outbox_due, audit_tree, unexported, counters, counter_due)| {
                 let current = match conv.get(&phone)? {
                     Some(bytes) => Some(decode_conv(&bytes).map_err(abort_store)?),
                     None => None,
@@ -454,8 +469,7 @@ impl Store for SledStore {
                     outbox_due.insert(at_key(c.at, &id.to_be_bytes()), &[])?;
                 }
                 for a in &audit {
-                    let id = audit_tree.generate_id()?;
-                    audit_tree.insert(&id.to_be_bytes(), a.as_slice())?;
+                    add_audit(audit_tree, unexported, a)?;
                 }
                 Ok(version)
             },
@@ -610,7 +624,8 @@ impl Store for SledStore {
     async fn delivery_report(&self, id: u64, audit: AuditRecord) -> Result<bool, StoreError> {
         let key = id.to_be_bytes();
         let audit_bytes = encode(&audit)?;
-        let done = (&self.outbox, &self.outbox_due, &self.audit).transaction(|(outbox, outbox_due, audit_tree)| {
+        let trees = (&self.outbox, &self.outbox_due, &self.audit, &self.audit_unexported);
+        let done = trees.transaction(|(outbox, outbox_due, audit_tree, unexported)| {
             let removed = match outbox.remove(&key)? {
                 Some(bytes) => {
                     let sms: QueuedSms = decode("outbox", &bytes).map_err(abort_store)?;
@@ -619,8 +634,7 @@ impl Store for SledStore {
                 }
                 None => false,
             };
-            let aid = audit_tree.generate_id()?;
-            audit_tree.insert(&aid.to_be_bytes(), audit_bytes.as_slice())?;
+            add_audit(audit_tree, unexported, &audit_bytes)?;
             Ok(removed)
         });
         let removed = tx_result(done)?;
@@ -631,8 +645,8 @@ impl Store for SledStore {
     async fn outbox_failed(&self, owner: &str, id: u64, why: &str, audit: AuditRecord) -> Result<(), StoreError> {
         let key = id.to_be_bytes();
         let audit_bytes = encode(&audit)?;
-        let trees = (&self.outbox, &self.outbox_due, &self.outbox_failed, &self.audit);
-        let done = trees.transaction(|(outbox, outbox_due, failed, audit_tree)| {
+        let trees = (&self.outbox, &self.outbox_due, &self.outbox_failed, &self.audit, &self.audit_unexported);
+        let done = trees.transaction(|(outbox, outbox_due, failed, audit_tree, unexported)| {
             let Some(bytes) = outbox.get(key)? else { return Ok(false) };
             let sms: QueuedSms = decode("outbox", &bytes).map_err(abort_store)?;
             if sms.claimed_by.as_deref() != Some(owner) {
@@ -642,8 +656,7 @@ impl Store for SledStore {
             outbox_due.remove(at_key(sms.due_at, &key))?;
             let record = FailedSms { sms, failed_at: audit.at, why: why.to_string() };
             failed.insert(at_key(audit.at, &key), encode(&record).map_err(abort_store)?)?;
-            let aid = audit_tree.generate_id()?;
-            audit_tree.insert(&aid.to_be_bytes(), audit_bytes.as_slice())?;
+            add_audit(audit_tree, unexported, &audit_bytes)?;
             Ok(true)
         });
         let written = tx_result(done)?;
@@ -715,10 +728,14 @@ impl Store for SledStore {
     }
 
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
-        for r in records {
-            let id = self.db.generate_id().map_err(backend)?;
-            self.audit.insert(id.to_be_bytes(), encode(r)?).map_err(backend)?;
-        }
+        let encoded: Vec<Vec<u8>> = records.iter().map(encode).collect::<Result<_, _>>()?;
+        let done = (&self.audit, &self.audit_unexported).transaction(|(audit_tree, unexported)| {
+            for r in &encoded {
+                add_audit(audit_tree, unexported, r)?;
+            }
+            Ok(())
+        });
+        tx_result(done)?;
         self.durable().await
     }
 
@@ -733,6 +750,33 @@ impl Store for SledStore {
                 Ok((id, decode("audit", &v)?))
             })
             .collect()
+    }
+
+    async fn audit_unexported(&self, n: usize) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.audit_unexported.iter().keys() {
+            if out.len() >= n {
+                break;
+            }
+            let key = key.map_err(backend)?;
+            let id = id_of(&key).ok_or(StoreError::Corrupt { what: "unexported audit key", why: "short".into() })?;
+            // Both are written in one transaction and audit records are never removed: a mark without its
+            // record is damage, not a state to skip over.
+            let record = self.get(&self.audit, "audit", &key)?.ok_or(StoreError::Corrupt {
+                what: "unexported audit record",
+                why: format!("audit id {id} is marked unexported but not in the audit tree"),
+            })?;
+            out.push((id, record));
+        }
+        Ok(out)
+    }
+
+    async fn audit_exported(&self, ids: &[u64]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.remove(&id.to_be_bytes());
+        }
+        self.audit_unexported.apply_batch(batch).map_err(backend)
     }
 }
 

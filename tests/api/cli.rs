@@ -31,7 +31,7 @@ fn simulate_shows_screens_and_the_sms_for_the_phone_and_dials_again_after_an_end
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_prints_the_authentication_events_as_json_lines() {
+async fn audit_prints_the_authentication_events_as_json_lines_with_the_id_as_a_pseudonym_only() {
     let (_dir, data, outbox, log) = scratch();
     let server = Proc::spawn(&data, &outbox, &log, "info").await;
     let mut p = AtPhone::new(&server.url, "+84912345678");
@@ -41,8 +41,15 @@ async fn audit_prints_the_authentication_events_as_json_lines() {
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(line["seq"], 1);
     assert_eq!(line["event"], "login_failed");
-    assert_eq!(line["national_id"], "001099012345");
-    assert!(line["at"].as_str().unwrap().ends_with('Z'));
-    assert!(!stdout.contains("Wrong*pass1"));
+    assert_eq!(line["caller"], "*678");
+    let subject = line["subject"].as_str().unwrap();
+    assert!(subject.len() == 32 && subject.bytes().all(|b| b.is_ascii_hexdigit()), "{subject}");
+    assert!(line.get("national_id").is_none(), "{line}");
+    let at = line["at"].as_str().unwrap();
+    assert!(at.ends_with('Z') && at.len() == "2026-11-30T00:00:00.000Z".len(), "milliseconds: {at}");
+    for never in ["Wrong*pass1", "001099012345", "912345678"] {
+        assert!(!stdout.contains(never), "{never}: {stdout}");
+    }
 }

@@ -159,6 +159,8 @@ async fn conversations_that_request_a_code_and_go_idle_leave_nothing_on_disk_aft
         key_file: None,
         ussd_charset: Charset::Gsm7,
         sms_charset: Charset::Gsm7,
+        audit_log: None,
+        audit_log_max_mb: kichhoat::audit::DEFAULT_MAX_MB,
         limits: Default::default(),
     };
     let settings = Settings::new(dir.path().join("data"), None, StoreKind::Sled, &common);

@@ -29,6 +29,8 @@ pub fn settings(data_dir: &Path) -> Settings {
         key_file: None,
         ussd_charset: Charset::Gsm7,
         sms_charset: Charset::Gsm7,
+        audit_log: None,
+        audit_log_max_mb: kichhoat::audit::DEFAULT_MAX_MB,
         limits: Default::default(),
     };
     Settings::new(data_dir.to_path_buf(), None, StoreKind::Sled, &common)

@@ -594,7 +594,12 @@ async fn neither_the_kannel_password_nor_an_otp_nor_a_full_phone_is_logged_whate
     let query = hung.dlr(1, "http://x").split_once('?').unwrap().1.to_string();
     let fields = reqwest::Url::parse(&format!("http://x/?{query}")).unwrap();
     let fields = fields.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-    let reports = DeliveryReports { store: rig.store.clone(), crypto: rig.crypto.clone(), clock: rig.clock.clone() };
+    let reports = DeliveryReports {
+        store: rig.store.clone(),
+        crypto: rig.crypto.clone(),
+        clock: rig.clock.clone(),
+        audit_log: None,
+    };
     reports.report(&fields).await.unwrap();
     assert_eq!(fake.got().len(), 6, "every answer was exercised");
 

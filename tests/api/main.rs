@@ -7,8 +7,10 @@
 //! contract, run against every backend), migration (a data dir of the previous release opens and
 //! carries on), kannel_sender (outgoing SMS through a fake Kannel smsbox: answers, doubt, delivery
 //! reports, the binary), kannel (SMS both ways end to end through a real Kannel gateway, driven by
-//! kannel_harness).
+//! kannel_harness), audit_log (the
+//! audit trail file through the binary: one chained line per event, `audit verify`, what a crash leaves).
 
+mod audit_log;
 mod cli;
 mod concurrency;
 mod engine_props;

@@ -89,6 +89,19 @@ async fn a_data_dir_of_the_previous_release_opens_and_carries_on() {
         "{:?}",
         audit.iter().map(|r| &r.event.event).collect::<Vec<_>>()
     );
+    // ...and went into the audit trail file at the first start, before anything new, pseudonymously.
+    let subject = server.app().service.crypto.audit_subject("001099012345");
+    let trail = std::fs::read_to_string(server.dir.path().join("audit.jsonl")).unwrap();
+    let lines: Vec<kichhoat::audit::AuditLine> = trail.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let old = audit.iter().filter(|r| r.at < made).count();
+    assert!(old > 0 && lines.len() >= old);
+    assert!(lines[..old].iter().all(|l| l.at < made.rfc3339_millis()), "the old trail first");
+    assert!(lines[..old].iter().any(|l| l.event == "activated" && l.subject.as_deref() == Some(subject.as_str())));
+    assert!(!trail.contains("001099012345"));
+    assert!(matches!(
+        kichhoat::audit::verify(&server.dir.path().join("audit.jsonl")).unwrap(),
+        kichhoat::audit::Verdict::Ok(_)
+    ));
     server.stop().await;
 }
 

@@ -77,6 +77,9 @@ macro_rules! backend {
                 failed_sms_are_removed_after_their_retention,
                 a_second_expiry_at_the_same_time_reclaims_and_rewrites_nothing,
                 the_audit_trail_pages_without_gaps_or_duplicates,
+                every_audit_record_whoever_wrote_it_is_unexported_until_exported,
+                a_record_with_a_smaller_id_stays_unexported_after_a_larger_one_is_exported,
+                records_committed_while_being_drained_are_each_taken_exactly_once,
             );
         }
     };
@@ -1046,6 +1049,122 @@ async fn the_audit_trail_pages_without_gaps_or_duplicates(new: Factory) {
         let next = store.audit_after(Some(*cursor), 2).await.unwrap();
         assert_eq!(next, pages[k + 1..].iter().take(2).cloned().collect::<Vec<_>>());
     }
+}
+
+async fn unexported(store: &dyn Store) -> Vec<(u64, AuditRecord)> {
+    store.audit_unexported(10_000).await.unwrap()
+}
+
+async fn every_audit_record_whoever_wrote_it_is_unexported_until_exported(new: Factory) {
+    let fresh = new();
+    let store = fresh.store.as_ref();
+    let now = T0;
+    let (p, texted) = (phone(1), phone(2));
+    let mut c = commit(&p, "audited", now);
+    c.audit.push(audit(&p, "committed-1", now));
+    c.audit.push(audit(&p, "committed-2", now));
+    committed(store.commit(None, c).await.unwrap());
+    store.append_audit(&[audit(&p, "appended", now)]).await.unwrap();
+    queue(store, &texted, now).await;
+    queue(store, &phone(3), now).await;
+    let claimed = store.claim_outbox("w", 2, MIN, now).await.unwrap();
+    store.outbox_failed("w", claimed[0].id, "gave up", audit(&texted, "failed", now)).await.unwrap();
+    store.delivery_report(claimed[1].id, audit(&phone(3), "reported", now)).await.unwrap();
+    // Refused commits and ignored failures write nothing, so mark nothing.
+    let mut refused = commit(&p, "refused", now);
+    refused.audit.push(audit(&p, "never", now));
+    assert_eq!(store.commit(None, refused).await.unwrap(), CommitOutcome::Conflict);
+    store.outbox_failed("intruder", claimed[0].id, "no", audit(&texted, "never", now)).await.unwrap();
+
+    let all = store.audit_after(None, 100).await.unwrap();
+    let events = |v: &[(u64, AuditRecord)]| v.iter().map(|(_, r)| r.event.event.clone()).collect::<Vec<_>>();
+    assert_eq!(events(&all), ["committed-1", "committed-2", "appended", "failed", "reported"]);
+    assert_eq!(unexported(store).await, all, "every record, with its id, smallest id first");
+    assert_eq!(store.audit_unexported(2).await.unwrap(), all[..2], "at most n, the smallest ids");
+
+    let (first, third) = (all[0].0, all[2].0);
+    store.audit_exported(&[first, third, u64::MAX]).await.unwrap();
+    let left: Vec<(u64, AuditRecord)> = all.iter().filter(|(id, _)| ![first, third].contains(id)).cloned().collect();
+    assert_eq!(unexported(store).await, left, "exported ones are gone, others stay; an unknown id is ignored");
+    store.audit_exported(&[first]).await.unwrap();
+    assert_eq!(unexported(store).await, left, "exporting twice changes nothing");
+    assert_eq!(store.audit_after(None, 100).await.unwrap(), all, "the audit trail itself is kept whole");
+    let rest: Vec<u64> = left.iter().map(|(id, _)| *id).collect();
+    store.audit_exported(&rest).await.unwrap();
+    assert!(unexported(store).await.is_empty());
+    store.append_audit(&[audit(&p, "later", now)]).await.unwrap();
+    assert_eq!(events(&unexported(store).await), ["later"], "a new record is unexported again");
+}
+
+/// sled draws audit ids inside transactions that may finish in another order: a drain can see (and
+/// export) a larger id before a commit holding a smaller one is visible. That record must still be found.
+async fn a_record_with_a_smaller_id_stays_unexported_after_a_larger_one_is_exported(new: Factory) {
+    let fresh = new();
+    let store = fresh.store.as_ref();
+    let (a, b) = (phone(1), phone(2));
+    let mut first = commit(&a, "audited", T0);
+    first.audit.push(audit(&a, "smaller id", T0));
+    committed(store.commit(None, first).await.unwrap());
+    let mut second = commit(&b, "audited", T0);
+    second.audit.push(audit(&b, "larger id", T0));
+    committed(store.commit(None, second).await.unwrap());
+    let all = unexported(store).await;
+    let [(small, _), (large, _)] = &all[..] else { panic!("two records: {all:?}") };
+    assert!(small < large);
+
+    store.audit_exported(&[*large]).await.unwrap();
+    let left = unexported(store).await;
+    assert_eq!(left.iter().map(|(id, r)| (*id, r.event.event.as_str())).collect::<Vec<_>>(), [(*small, "smaller id")]);
+}
+
+async fn records_committed_while_being_drained_are_each_taken_exactly_once(new: Factory) {
+    let fresh = new();
+    let store = fresh.store.clone();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drainer = {
+        let (store, done) = (store.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut taken: Vec<u64> = Vec::new();
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let page = store.audit_unexported(7).await.unwrap();
+                let ids: Vec<u64> = page.iter().map(|(id, _)| *id).collect();
+                store.audit_exported(&ids).await.unwrap();
+                taken.extend(ids);
+                if finished && page.is_empty() {
+                    return taken;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let writers: Vec<_> = (0..8u32)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..12u32 {
+                    let p = phone(w * 100 + i);
+                    let mut c = commit(&p, "audited", T0);
+                    c.audit.push(audit(&p, "a", T0));
+                    c.audit.push(audit(&p, "b", T0));
+                    committed(store.commit(None, c).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut taken = drainer.await.unwrap();
+    let mut all: Vec<u64> = store.audit_after(None, 10_000).await.unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(all.len(), 8 * 12 * 2);
+    taken.sort_unstable();
+    let before = taken.len();
+    taken.dedup();
+    assert_eq!(before, taken.len(), "no record taken twice");
+    all.sort_unstable();
+    assert_eq!(taken, all, "every record committed was taken");
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -4,9 +4,11 @@
 //!
 //! Schema 1 (the first release) kept a conversation as `{session, hop}` with the Africa's Talking hop
 //! cursor and its recent replies inside, OTP send times in `otp_sends`, log-in failures in
-//! `login_failures`, and outbox records without delivery state. Each step below is idempotent (a record
-//! already in the new form is left alone), so a migration cut short by a crash simply runs again; the
-//! schema key is written last.
+//! `login_failures`, and outbox records without delivery state. Schema 2 had no audit trail file: its
+//! audit records are all marked unexported, so the first start of this release writes the history into
+//! the file (in id order) before anything new. Each step below is idempotent (a record already in the new
+//! form is left alone), so a migration cut short by a crash simply runs again; the schema key is written
+//! last.
 
 use serde::{Deserialize, Serialize};
 
@@ -88,7 +90,23 @@ pub fn to_current(db: &sled::Db, now: Millis) -> Result<(), StoreError> {
     if schema == 1 {
         from_v1(db, now)?;
     }
+    if schema <= 2 {
+        from_v2(db)?;
+    }
     db.insert(SCHEMA_KEY, SCHEMA.to_string().as_bytes()).map_err(backend)?;
+    db.flush().map_err(backend)?;
+    Ok(())
+}
+
+/// Every audit record written before the audit trail file existed is marked for it.
+fn from_v2(db: &sled::Db) -> Result<(), StoreError> {
+    let (audit, unexported) =
+        (db.open_tree("audit").map_err(backend)?, db.open_tree("audit_unexported").map_err(backend)?);
+    let mut batch = sled::Batch::default();
+    for key in audit.iter().keys() {
+        batch.insert(key.map_err(backend)?, &[]);
+    }
+    unexported.apply_batch(batch).map_err(backend)?;
     db.flush().map_err(backend)?;
     Ok(())
 }
