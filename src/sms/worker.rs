@@ -48,6 +48,8 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Audit event of a message failed for good.
 pub const EVENT_FAILED: &str = "sms_failed";
+/// Audited when the sender took a message (written to the outbox file, accepted by the gateway).
+pub const EVENT_ACCEPTED: &str = "sms_accepted";
 /// Audit event of a message failed for good while in doubt: the gateway may have taken it.
 pub const EVENT_OUTCOME_UNKNOWN: &str = "sms_outcome_unknown";
 
@@ -113,7 +115,7 @@ impl Worker {
         if audited {
             if let Some(log) = &self.audit_log {
                 if let Err(e) = log.drain().await {
-                    error!(error = %e, "audit trail not written after sms failures; the next drain writes it");
+                    error!(error = %e, "audit trail not written after sms deliveries; the next drain writes it");
                 }
             }
         }
@@ -137,7 +139,7 @@ impl Worker {
                 if matches!(fate, Fate::Sent(_)) {
                     sent += 1;
                 }
-                *audited |= matches!(fate, Fate::Failed(_) | Fate::FailedInDoubt(_));
+                *audited |= matches!(fate, Fate::Sent(Delivery::Sent) | Fate::Failed(_) | Fate::FailedInDoubt(_));
                 self.record(&sms, fate, now).await?;
             }
         }
@@ -194,6 +196,9 @@ impl Worker {
             Fate::Sent(Delivery::Sent) => {
                 self.store.outbox_sent(q.id).await?;
                 info!(sms_id = %sms_id, to = %to, purpose = ?q.purpose, "sms sent");
+                // The gateway took it (the outbox file wrote it; Kannel answered 202). Not in the same
+                // transaction as `outbox_sent`: a crash between the two loses this line, never an SMS.
+                self.store.append_audit(&[self.audit(q, EVENT_ACCEPTED, now)]).await?;
             }
             Fate::Sent(Delivery::AlreadySent) => {
                 self.store.outbox_sent(q.id).await?;
