@@ -27,6 +27,7 @@ use crate::domain::{Msisdn, NationalId};
 use crate::engine::Policy;
 use crate::engine::{
     self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound, Medium, Reply, Session,
+    Site,
 };
 use crate::flow::{Flow, Lang};
 use crate::limits::{CounterKey, Tally};
@@ -72,6 +73,8 @@ pub struct Service {
     pub clock: Arc<dyn Clock>,
     /// The abuse limits in force.
     pub policy: Arc<Policy>,
+    /// The USSD code and hotline the texts mention (see [`Service::with_site`]).
+    pub site: Arc<Site>,
     /// Woken after a commit that queued an SMS.
     pub outbox_ready: Arc<Notify>,
     /// Where a turn's audit records are written before its reply.
@@ -122,11 +125,18 @@ impl Service {
             crypto,
             clock,
             policy: Arc::new(policy),
+            site: Arc::new(Site::default()),
             outbox_ready: Arc::new(Notify::new()),
             audit_log,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             hashing: Arc::new(Semaphore::new(workers)),
         }
+    }
+
+    /// The service with the USSD code and hotline its texts mention.
+    pub fn with_site(mut self, site: Site) -> Service {
+        self.site = Arc::new(site);
+        self
     }
 
     async fn lock(&self, phone: &Msisdn) -> MutexGuard<'_, ()> {
@@ -239,6 +249,7 @@ impl Service {
         let flow = self.flow.clone();
         let crypto = self.crypto.clone();
         let policy = self.policy.clone();
+        let site = self.site.clone();
         let lookups = Lookups {
             store: self.store.clone(),
             registry: self.registry.clone(),
@@ -254,6 +265,7 @@ impl Service {
                 caller: &caller,
                 medium,
                 policy: &policy,
+                site: &site,
             };
             let stepped = engine::step(&ctx, session, inbound, &mut OsRng)?;
             Ok((stepped.session, stepped.reply, stepped.effects))

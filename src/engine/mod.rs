@@ -237,6 +237,34 @@ pub struct Stepped {
     pub effects: Vec<Effect>,
 }
 
+/// What the screens and SMS say about this deployment: the USSD code citizens dial, and a hotline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    /// The service code, e.g. `*384#` (`--ussd-code`); a fast-dial appends choices: `*384*1#`.
+    pub ussd_code: String,
+    /// A phone number for help, shown on the help screen when set (`--help-phone`).
+    pub help_phone: Option<String>,
+}
+
+impl Default for Site {
+    fn default() -> Site {
+        Site { ussd_code: DEFAULT_USSD_CODE.into(), help_phone: None }
+    }
+}
+
+/// The service code dialled when none is configured.
+pub const DEFAULT_USSD_CODE: &str = "*384#";
+
+impl Site {
+    /// The code that dials straight to menu choice `choice`: `*384#` and 2 make `*384*2#`.
+    pub fn fast_dial(&self, choice: &str) -> String {
+        match self.ussd_code.strip_suffix('#') {
+            Some(base) => format!("{base}*{choice}#"),
+            None => self.ussd_code.clone(),
+        }
+    }
+}
+
 /// Everything a step reads besides the session and the input.
 pub struct Ctx<'a> {
     pub flow: &'a Flow,
@@ -249,6 +277,8 @@ pub struct Ctx<'a> {
     pub medium: Medium,
     /// The abuse limits in force.
     pub policy: &'a Policy,
+    /// The USSD code and hotline the texts mention.
+    pub site: &'a Site,
 }
 
 /// Working state of one step.
@@ -448,7 +478,11 @@ fn go(
                 return Ok(screen(ctx, s, out, notice, &st.name));
             }
             Kind::End { message } => {
-                let text = render(ctx, s, out, message);
+                let mut text = render(ctx, s, out, message);
+                if st.name == flow.help && ctx.site.help_phone.is_some() {
+                    text.push('\n');
+                    text.push_str(&render(ctx, s, out, keys::HELP_HOTLINE));
+                }
                 reset(flow, s);
                 return Ok(Reply { text, end: true });
             }
@@ -494,6 +528,9 @@ fn render(ctx: &Ctx, s: &Session, out: &Out, key: &str) -> String {
         ("minutes", (actions::OTP_LIFETIME.as_secs() / 60).to_string()),
         ("n", (s.slots.questions.len() + 1).to_string()),
         ("total", actions::QUESTIONS_REQUIRED.to_string()),
+        ("ussd_code", ctx.site.ussd_code.clone()),
+        ("login_code", ctx.site.fast_dial("2")),
+        ("hotline", ctx.site.help_phone.clone().unwrap_or_default()),
     ];
     if template.contains("{questions}") {
         let chosen: Vec<String> = s.slots.questions.iter().map(|a| a.question.clone()).collect();

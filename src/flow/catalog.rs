@@ -71,7 +71,10 @@ pub const PLACEHOLDERS: &[(&str, usize)] = &[
     ("n", 1),
     ("total", 1),
     ("otp", 6),
-    ("until", 16),    // "HH:MM ngày DD/MM"
+    ("until", 16),      // "HH:MM ngày DD/MM"
+    ("ussd_code", 10),  // config::USSD_CODE_MAX
+    ("login_code", 12), // the USSD code with `*2` added
+    ("hotline", 15),
     ("questions", 0), // measured from the actual question list
     ("question", 0),  // measured: the longest question
 ];

@@ -162,7 +162,7 @@ impl Flow {
             .iter()
             .enumerate()
             .filter(|(_, q)| !exclude.contains(q))
-            .map(|(i, q)| format!("{}.{}", i + 1, cat.get(q)))
+            .map(|(i, q)| format!("{}. {}", i + 1, cat.get(q)))
             .collect::<Vec<_>>()
             .join("\n")
     }

@@ -22,6 +22,9 @@ pub const SMS_OTP: &str = "sms.otp";
 /// The confirmation SMS after a successful activation.
 pub const SMS_ACTIVATED: &str = "sms.activated";
 
+/// Under the help text when a hotline is set (`--help-phone`): `{hotline}`.
+pub const HELP_HOTLINE: &str = "help_hotline";
+
 /// END after `HUY`: the conversation was cancelled.
 pub const END_CANCELLED: &str = "end.cancelled";
 /// Under an SMS reply that waits for an answer: what the citizen can text next.
@@ -44,6 +47,7 @@ pub const FIXED: &[&str] = &[
     SMS_MORE,
     SMS_AGAIN,
     SMS_DELETE_SECRET,
+    HELP_HOTLINE,
 ];
 pub const FIXED_SCREENS: &[&str] = &[END_TOO_MANY, END_UNAVAILABLE, END_DIAL_AGAIN, END_CANCELLED];
 pub const SMS: &[&str] = &[SMS_OTP, SMS_ACTIVATED];

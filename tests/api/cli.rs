@@ -24,7 +24,7 @@ fn simulate_shows_screens_and_the_sms_for_the_phone_and_dials_again_after_an_end
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("1. Kich hoat tai khoan"), "{stdout}");
     assert!(stdout.contains("[SMS to +84912345678] Ma OTP"), "{stdout}");
-    assert!(stdout.contains("Cong an xa, phuong, thi tran"), "help after the menu: {stdout}");
+    assert!(stdout.contains("Cong an xa, phuong noi cu tru"), "help after the menu: {stdout}");
     assert!(stdout.contains("(session ended; press Enter to dial again)"), "{stdout}");
     assert!(stdout.contains("Dang nhap. Nhap so dinh danh"), "the new dial reached the menu: {stdout}");
     assert!(!stdout.contains("CON ") && !stdout.contains("END "), "screens, not protocol");

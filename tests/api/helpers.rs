@@ -28,6 +28,8 @@ pub fn settings(data_dir: &Path) -> Settings {
         registry: Some(repo().join("fixtures/registry.csv")),
         key_file: None,
         ussd_charset: Charset::Gsm7,
+        ussd_code: kichhoat::engine::DEFAULT_USSD_CODE.into(),
+        help_phone: None,
         sms_charset: Charset::Gsm7,
         audit_log: None,
         audit_log_max_mb: kichhoat::audit::DEFAULT_MAX_MB,

@@ -25,7 +25,7 @@ use kichhoat::clock::Millis;
 use kichhoat::crypto::{Crypto, HashCost};
 use kichhoat::domain::{Msisdn, NationalId, Secret};
 use kichhoat::engine::{
-    keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Medium, Policy, Session,
+    keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Medium, Policy, Session, Site,
 };
 use kichhoat::flow::catalog::to_gsm7;
 use kichhoat::flow::{Charset, Flow, Lang};
@@ -207,6 +207,7 @@ pub struct EngineDriver {
     kannel: Kannel,
     cursor: Option<Cursor>,
     policy: Policy,
+    site: Site,
 }
 
 impl EngineDriver {
@@ -236,6 +237,7 @@ impl EngineDriver {
             medium,
             cursor: None,
             policy: Policy::default(),
+            site: Site::default(),
         }
     }
 
@@ -279,6 +281,7 @@ impl EngineDriver {
             caller: &self.caller,
             medium: self.medium,
             policy: &self.policy,
+            site: &self.site,
         };
         let turn = kichhoat::engine::step(&ctx, session, inbound, &mut self.rng).unwrap();
         self.saved = Some(serde_json::to_string(&turn.session).unwrap());

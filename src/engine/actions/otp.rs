@@ -12,6 +12,7 @@ use crate::crypto::stored_mac_eq;
 use crate::domain::{Msisdn, NationalId, Otp, Secret};
 use crate::engine::policy::Pool;
 use crate::engine::{CitizenStatus, Ctx, Effect, EngineError, OtpRecord, Out, Session, SmsPurpose};
+use crate::flow::catalog::fill;
 use crate::flow::{Kind, State};
 use crate::limits::Limit;
 use crate::vocab::{keys, ActionKind};
@@ -175,8 +176,9 @@ fn send_otp(s: &mut Session, ctx: &Ctx, out: &mut Out, rng: &mut dyn RngCore) ->
     s.slots.otp = Some(OtpRecord { mac: hex::encode(mac), expires_at: ctx.now.plus(OTP_LIFETIME), wrong: 0 });
     s.slots.otp_sends = s.slots.otp_sends.saturating_add(1);
     let minutes = (OTP_LIFETIME.as_secs() / 60).to_string();
-    let body =
-        ctx.flow.catalog(s.lang).render(keys::SMS_OTP, &[("otp", code.expose().to_string()), ("minutes", minutes)]);
+    // Over USSD the SMS says what to dial to enter the code; over SMS, to reply with it.
+    let args = [("otp", code.expose().to_string()), ("minutes", minutes), ("ussd_code", ctx.site.ussd_code.clone())];
+    let body = fill(ctx.flow.catalog(s.lang).get_for(ctx.medium, keys::SMS_OTP), &args);
     out.effects.push(Effect::Sms { to: phone.clone(), body: Secret::new(body), purpose: SmsPurpose::Otp });
     audit(out, "otp_sent", Some(&id), Some(&phone));
     Ok(true)

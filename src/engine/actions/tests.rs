@@ -163,6 +163,7 @@ impl<'r> Bench<'r> {
             caller: &self.caller,
             medium: Medium::Ussd,
             policy: &self.policy,
+            site: &crate::engine::Site::default(),
         };
         let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None };
         let raw = entry.map(Secret::new);
@@ -487,6 +488,7 @@ fn an_action_given_the_wrong_kind_of_value_is_a_flow_fault() {
         caller: &b.caller,
         medium: Medium::Ussd,
         policy: &b.policy,
+        site: &crate::engine::Site::default(),
     };
     let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None };
     let err = run(ActionKind::Login, None, &mut s, &ctx, &mut out, &mut b.rng).unwrap_err();
