@@ -120,7 +120,10 @@ impl ActionKind {
             }
             ActionKind::FinishActivation => plain(None, &["activated", "already_active", "refused"]),
             ActionKind::StartLogin => plain(Some(V::NationalId), &["done"]),
-            ActionKind::Login => plain(Some(V::Secret), &["ok", "refused", "refused_near_lock", "locked"]),
+            ActionKind::Login => ActionSpec {
+                reasons: &[keys::ERR_LOGIN_REFUSED, keys::ERR_LOGIN_NEAR_LOCK],
+                ..plain(Some(V::Secret), &["ok", "locked"])
+            },
         }
     }
 

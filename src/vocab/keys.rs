@@ -60,6 +60,10 @@ pub const ERR_OTP_WRONG: &str = "err.otp_wrong";
 pub const NOTE_OTP_RESENT: &str = "note.otp_resent";
 /// Above the code prompt reopened by a new dial once the code has expired (`verify_otp`'s resume notice).
 pub const NOTE_OTP_EXPIRED: &str = "note.otp_expired";
+/// `login` refusing a password: one reply for an unknown ID, an account not activated and a wrong password.
+pub const ERR_LOGIN_REFUSED: &str = "err.login_refused";
+/// The same from the third failure in a row on: `{attempts}` left before the lock.
+pub const ERR_LOGIN_NEAR_LOCK: &str = "err.login_near_lock";
 /// Above the password prompt when the confirmation did not match.
 pub const ERR_PW_MISMATCH: &str = "err.pw_mismatch";
 /// Above the passcode prompt when the confirmation did not match.

@@ -441,6 +441,7 @@ transcripts! {
     t15_sms_activation,
     t16_sms_keywords,
     t17_sms_refusals_and_idle,
+    t18_login_retries_and_lock_time,
 }
 
 #[test]

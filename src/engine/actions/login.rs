@@ -10,6 +10,7 @@ use rand::RngCore;
 use crate::engine::{Ctx, Effect, EngineError, Out, Rehash, Session, Slots};
 use crate::flow::catalog::NAME_MAX;
 use crate::limits::{self, Bump};
+use crate::vocab::keys;
 
 /// `start_login`: a fresh log-in for the ID number typed. The same as starting an activation today; kept
 /// apart because log-in is about to gather different things.
@@ -79,13 +80,14 @@ pub(super) fn login(
                 out.until = next.locked_until;
                 return Ok(Act::Go("locked", None));
             }
-            // Tries left are shown from the third failure in a row on.
+            // The password is asked again (the ID stays); tries left are shown from the third failure in a
+            // row on.
             let left = ctx.policy.login_failures.saturating_sub(next.consecutive);
             if next.consecutive >= NEAR_LOCK_FROM {
                 out.args.push(("attempts", left.to_string()));
-                return Ok(Act::Go("refused_near_lock", None));
+                return Ok(Act::Retry(keys::ERR_LOGIN_NEAR_LOCK));
             }
-            Ok(Act::Go("refused", None))
+            Ok(Act::Retry(keys::ERR_LOGIN_REFUSED))
         }
     }
 }

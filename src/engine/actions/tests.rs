@@ -418,15 +418,15 @@ fn login(seen: &mut Record) {
     assert_eq!(b.act(&mut s, ActionKind::Login, Some(PASSWORD)), Act::Go("ok", None));
     for n in 1..b.policy.login_failures {
         let mut s = b.login_session(ID);
-        let want = if n >= 3 { "refused_near_lock" } else { "refused" };
-        assert_eq!(b.act(&mut s, ActionKind::Login, Some("Xyz*9876q")), Act::Go(want, None), "failure {n}");
+        let want = if n >= 3 { keys::ERR_LOGIN_NEAR_LOCK } else { keys::ERR_LOGIN_REFUSED };
+        assert_eq!(b.act(&mut s, ActionKind::Login, Some("Xyz*9876q")), Act::Retry(want), "failure {n}");
     }
     let mut s = b.login_session(ID);
     assert_eq!(b.act(&mut s, ActionKind::Login, Some("Xyz*9876q")), Act::Go("locked", None));
     let mut s = b.login_session(ID);
     assert_eq!(b.act(&mut s, ActionKind::Login, Some(PASSWORD)), Act::Go("locked", None), "even the right one");
     let mut s = b.login_session(UNKNOWN_ID);
-    assert_eq!(b.act(&mut s, ActionKind::Login, Some(PASSWORD)), Act::Go("refused", None));
+    assert_eq!(b.act(&mut s, ActionKind::Login, Some(PASSWORD)), Act::Retry(keys::ERR_LOGIN_REFUSED));
     // The citizen's own phone locked its pool; a stranger's pool is another count.
     b.caller = Msisdn::parse(OTHER_PHONE).unwrap();
     let mut s = b.login_session(ID);
