@@ -366,7 +366,7 @@ mod tests {
         // The carrier retries the hop: the stored reply, once the line is on disk.
         log.fail_writes(false);
         let reply = service.turn(&at, hop("2*001099012345*Wrong*pw1")).await.unwrap();
-        assert!(reply.end);
+        assert!(!reply.end, "the password is asked again");
         assert!(std::fs::read_to_string(&path).unwrap().contains("\"event\":\"login_failed\""));
         assert!(store.audit_unexported(10).await.unwrap().is_empty());
     }

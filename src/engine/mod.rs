@@ -100,6 +100,23 @@ pub struct Session {
     pub updated_at: Millis,
     #[serde(default)]
     pub slots: Slots,
+    /// The citizen chose to leave an activation whose code is verified and is asked to confirm
+    /// ([`keys::LEAVE_CONFIRM`]); the session still stands at the step left.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
+    /// An activation put aside when the citizen went elsewhere (a fast-dial, `0` before the code was
+    /// verified): the next plain dial within [`IDLE_RESET`] of it brings it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<Box<Parked>>,
+}
+
+/// An activation put aside: the step it stood at and what it had gathered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parked {
+    pub state: String,
+    pub slots: Slots,
+    /// When it was last worked on: it is kept as long as an activation idle this long would be.
+    pub at: Millis,
 }
 
 /// What an activation or log-in has gathered so far. Secrets only as hashes.
@@ -132,7 +149,15 @@ pub struct OtpRecord {
 
 impl Session {
     pub fn new(flow: &Flow, now: Millis) -> Session {
-        Session { lang: Lang::Vi, state: flow.start.clone(), tries: 0, updated_at: now, slots: Slots::default() }
+        Session {
+            lang: Lang::Vi,
+            state: flow.start.clone(),
+            tries: 0,
+            updated_at: now,
+            slots: Slots::default(),
+            leaving: false,
+            parked: None,
+        }
     }
 
     /// What is worth keeping of a conversation idle past [`IDLE_RESET`]: only the language choice, at no
@@ -144,6 +169,8 @@ impl Session {
             tries: 0,
             updated_at: self.updated_at,
             slots: Slots::default(),
+            leaving: false,
+            parked: None,
         })
     }
 }
@@ -304,18 +331,27 @@ pub fn step(
     let idle = ctx.now.since(s.updated_at) > IDLE_RESET;
     let resumable =
         |s: &Session| flow.state(&s.state).filter(|st| st.resume && matches!(st.kind, Kind::Input { .. })).cloned();
+    if s.parked.as_ref().is_some_and(|p| ctx.now.since(p.at) > IDLE_RESET) {
+        s.parked = None;
+    }
     let reply = match inbound {
         Inbound::Start { choices } if choices.is_empty() => {
+            s.leaving = false;
             match resumable(&s) {
-                Some(st) if !idle => {
-                    s.tries = 0; // a new session: a fresh set of tries at this step
-                    let note = actions::resume_note(&st, &s, ctx.now).unwrap_or(keys::NOTE_RESUME);
-                    screen(ctx, &s, &out, Some(note), &st.name)
-                }
-                _ => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
+                Some(st) if !idle => resume(ctx, &mut s, &out, &st),
+                _ => match unpark(flow, &mut s) {
+                    Some(st) => resume(ctx, &mut s, &out, &st),
+                    None => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
+                },
             }
         }
         Inbound::Start { choices } => {
+            // A fast-dial (`*384*2#`) is meant for the menu; an activation in progress is put aside, and
+            // the next plain dial brings it back.
+            s.leaving = false;
+            if resumable(&s).is_some() && !idle {
+                park(&mut s);
+            }
             let mut reply = go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?;
             for choice in choices {
                 if reply.end {
@@ -326,16 +362,24 @@ pub fn step(
             reply
         }
         Inbound::Text(input) => on_text(ctx, &mut s, &mut out, input, idle, rng)?,
-        // A first message: it answers the step an activation waits at, else it opens the menu.
+        // A first message: it answers the step an activation waits at, else it opens the menu (or the
+        // activation put aside, where it stopped).
         Inbound::Open(input) => match resumable(&s) {
-            Some(st) if !idle => on_input(ctx, &mut s, &mut out, &st, input, rng)?,
-            _ => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
+            Some(st) if !idle && !s.leaving => on_input(ctx, &mut s, &mut out, &st, input, rng)?,
+            _ => {
+                s.leaving = false;
+                match unpark(flow, &mut s) {
+                    Some(st) => resume(ctx, &mut s, &out, &st),
+                    None => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
+                }
+            }
         },
         // At a security-answer prompt `HUY` is an answer: Huy is a common given name (a best friend's,
         // say). MENU still leaves.
         Inbound::Command(Command::Cancel, text) if !idle && waits_for_answer(flow, &s) => {
             on_text(ctx, &mut s, &mut out, text, idle, rng)?
         }
+        Inbound::Command(Command::Menu, _) if !idle => to_menu(ctx, &mut s, &mut out, rng)?,
         Inbound::Command(Command::Menu, _) => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
         Inbound::Command(Command::Help, _) => go(ctx, &mut s, &mut out, &flow.help.clone(), None, rng)?,
         Inbound::Command(Command::Cancel, _) => {
@@ -349,6 +393,7 @@ pub fn step(
                 }));
             }
             reset(flow, &mut s);
+            s.parked = None;
             Reply { text: render(ctx, &s, &out, keys::END_CANCELLED), end: true }
         }
     };
@@ -393,6 +438,13 @@ fn on_text(
     rng: &mut dyn RngCore,
 ) -> Result<Reply, EngineError> {
     let start = ctx.flow.start.clone();
+    if s.leaving {
+        s.leaving = false;
+        if idle {
+            return go(ctx, s, out, &start, Some(keys::NOTE_RESTART), rng);
+        }
+        return leave_choice(ctx, s, out, input, rng);
+    }
     match ctx.flow.state(&s.state).filter(|st| matches!(st.kind, Kind::Input { .. })) {
         Some(_) if idle && s.slots != Slots::default() => go(ctx, s, out, &start, Some(keys::NOTE_RESTART), rng),
         Some(st) => {
@@ -416,6 +468,9 @@ fn on_input(
     };
     if let Some(target) = options.get(input.expose().trim()) {
         let target = target.clone();
+        if target == ctx.flow.start && st.resume {
+            return to_menu(ctx, s, out, rng);
+        }
         return go(ctx, s, out, &target, None, rng);
     }
     let Some((validator, action)) = parse else {
@@ -498,6 +553,97 @@ fn go(
         }
     }
     Err(EngineError::Flow { state: target, why: "too many automatic states in a row" })
+}
+
+/// Reopens the activation step `st` the session stands at, with one line saying what was kept.
+fn resume(ctx: &Ctx, s: &mut Session, out: &Out, st: &crate::flow::State) -> Reply {
+    s.tries = 0; // a new session: a fresh set of tries at this step
+    let note = actions::resume_note(st, s, ctx.now).unwrap_or_else(|| kept_note(&s.slots));
+    screen(ctx, s, out, Some(note), &st.name)
+}
+
+/// The line above a reopened step saying what the activation kept (one of [`keys::KEPT_NOTES`]).
+fn kept_note(sl: &Slots) -> &'static str {
+    match (sl.verified, &sl.password_hash, &sl.passcode_hash, sl.questions.len()) {
+        (true, _, _, n) if n > 0 => keys::NOTE_KEPT_QUESTION,
+        (true, _, Some(_), _) => keys::NOTE_KEPT_PASSCODE,
+        (true, Some(_), _, _) => keys::NOTE_KEPT_PASSWORD,
+        (true, ..) => keys::NOTE_KEPT_VERIFIED,
+        (false, ..) if sl.otp.is_some() => keys::NOTE_KEPT_CODE,
+        (false, ..) => keys::NOTE_KEPT_ID,
+    }
+}
+
+/// Puts the activation in progress aside (it comes back on the next plain dial).
+fn park(s: &mut Session) {
+    s.parked = Some(Box::new(Parked {
+        state: std::mem::take(&mut s.state),
+        slots: std::mem::take(&mut s.slots),
+        at: s.updated_at,
+    }));
+}
+
+/// Brings back the activation put aside, if there is one (expired ones were dropped already).
+fn unpark(flow: &Flow, s: &mut Session) -> Option<crate::flow::State> {
+    let p = s.parked.take()?;
+    let st = flow.state(&p.state).filter(|st| st.resume && matches!(st.kind, Kind::Input { .. }))?.clone();
+    s.state = p.state;
+    s.slots = p.slots;
+    Some(st)
+}
+
+/// The citizen asked for the menu from an activation step. Once the code is verified, the citizen is
+/// asked to confirm (leaving loses the verified code and what was set); before, the activation is put
+/// aside and comes back on the next plain dial.
+fn to_menu(ctx: &Ctx, s: &mut Session, out: &mut Out, rng: &mut dyn RngCore) -> Result<Reply, EngineError> {
+    let start = ctx.flow.start.clone();
+    let at_step = ctx.flow.state(&s.state).is_some_and(|st| st.resume && matches!(st.kind, Kind::Input { .. }));
+    if at_step && s.slots.verified {
+        s.leaving = true;
+        return Ok(leave_screen(ctx, s, out, None));
+    }
+    if at_step && s.slots != Slots::default() {
+        park(s);
+    }
+    go(ctx, s, out, &start, None, rng)
+}
+
+/// The answer to [`keys::LEAVE_CONFIRM`]: `1` or `0` go back to the step, `2` leaves for the menu.
+fn leave_choice(
+    ctx: &Ctx,
+    s: &mut Session,
+    out: &mut Out,
+    input: Secret,
+    rng: &mut dyn RngCore,
+) -> Result<Reply, EngineError> {
+    match input.expose().trim() {
+        "1" | "0" => match ctx.flow.state(&s.state).cloned() {
+            Some(st) => Ok(resume(ctx, s, out, &st)),
+            None => go(ctx, s, out, &ctx.flow.start.clone(), None, rng),
+        },
+        "2" => {
+            out.effects.push(Effect::Audit(AuditEvent {
+                event: "activation_abandoned".into(),
+                national_id: s.slots.national_id.clone(),
+                phone: s.slots.phone.clone().or_else(|| Some(ctx.caller.clone())),
+                detail: None,
+            }));
+            go(ctx, s, out, &ctx.flow.start.clone(), None, rng)
+        }
+        _ => {
+            s.leaving = true;
+            Ok(leave_screen(ctx, s, out, Some(keys::ERR_CHOICE)))
+        }
+    }
+}
+
+fn leave_screen(ctx: &Ctx, s: &Session, out: &Out, above: Option<&str>) -> Reply {
+    let body = render(ctx, s, out, keys::LEAVE_CONFIRM);
+    let text = match above {
+        Some(k) => format!("{}\n{}", render(ctx, s, out, k), body),
+        None => body,
+    };
+    Reply { text, end: false }
 }
 
 fn reset(flow: &Flow, s: &mut Session) {

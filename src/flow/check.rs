@@ -353,7 +353,7 @@ fn check_messages(flow: &Flow, questions_file: &str, report_unused: bool, p: &mu
                     prefixes.push(keys::ERR_CHOICE);
                 }
                 if s.resume {
-                    prefixes.push(keys::NOTE_RESUME);
+                    prefixes.extend(keys::KEPT_NOTES);
                     if let Some((_, a)) = input {
                         prefixes.extend(a.resume_notices());
                     }
@@ -467,6 +467,20 @@ fn check_messages(flow: &Flow, questions_file: &str, report_unused: bool, p: &mu
                 let screen = format!("{}\n{}", widest(medium, help), widest(medium, keys::HELP_HOTLINE));
                 if let Some(why) = overflow(&frame(screen, false)) {
                     p.add(&cat.file, &flow.help, on(format!("with the hotline below: {why}")));
+                }
+            }
+            // The engine's own CON screen, alone or under a refused choice.
+            for above in [None, Some(keys::ERR_CHOICE)] {
+                let body = widest(medium, keys::LEAVE_CONFIRM);
+                let screen = match above {
+                    Some(a) => format!("{}\n{body}", widest(medium, a)),
+                    None => body.clone(),
+                };
+                if let Some(why) = overflow(&frame(screen, true)) {
+                    p.add(&cat.file, keys::LEAVE_CONFIRM, on(why));
+                }
+                if medium == Medium::Ussd && !body.lines().any(|l| l.starts_with("0. ")) {
+                    p.add(&cat.file, keys::LEAVE_CONFIRM, "the screen does not show its 0 choice (a line \"0. ...\")");
                 }
             }
             for k in keys::FIXED_SCREENS {

@@ -789,8 +789,15 @@ mod tests {
     fn commit_of(n: u32) -> Commit {
         let at = Millis(1_795_996_800_000);
         let phone = Msisdn::parse(&format!("+8491{n:07}")).unwrap();
-        let session =
-            Session { lang: Lang::Vi, state: "menu".into(), tries: 0, updated_at: at, slots: Slots::default() };
+        let session = Session {
+            lang: Lang::Vi,
+            state: "menu".into(),
+            tries: 0,
+            updated_at: at,
+            slots: Slots::default(),
+            leaving: false,
+            parked: None,
+        };
         Commit {
             at,
             phone,

@@ -100,9 +100,9 @@ impl ActionKind {
                 ActionSpec { notices: &[("sent", keys::NOTE_OTP_RESENT)], ..plain(None, &["sent", "limit"]) }
             }
             ActionKind::VerifyOtp => ActionSpec {
-                reasons: &[keys::ERR_OTP_WRONG],
+                reasons: &[keys::ERR_OTP_WRONG, keys::NOTE_OTP_EXPIRED],
                 resume_notices: &[keys::NOTE_OTP_EXPIRED],
-                ..plain(Some(V::Otp), &["ok", "exhausted", "expired", "rate_limited"])
+                ..plain(Some(V::Otp), &["ok", "exhausted", "rate_limited"])
             },
             ActionKind::ChoosePassword => plain(Some(V::NewPassword), &["done"]),
             ActionKind::ConfirmPassword => ActionSpec {

@@ -7,8 +7,17 @@
 
 /// Above a menu prompt when the choice matched no option.
 pub const ERR_CHOICE: &str = "err.choice";
-/// Above a prompt when a new dial reopens an activation where it stopped.
-pub const NOTE_RESUME: &str = "note.resume";
+/// Above a prompt when a new dial reopens an activation where it stopped: what it kept, one line.
+pub const NOTE_KEPT_ID: &str = "note.kept_id";
+pub const NOTE_KEPT_CODE: &str = "note.kept_code";
+pub const NOTE_KEPT_VERIFIED: &str = "note.kept_verified";
+pub const NOTE_KEPT_PASSWORD: &str = "note.kept_password";
+pub const NOTE_KEPT_PASSCODE: &str = "note.kept_passcode";
+pub const NOTE_KEPT_QUESTION: &str = "note.kept_question";
+pub const KEPT_NOTES: &[&str] =
+    &[NOTE_KEPT_ID, NOTE_KEPT_CODE, NOTE_KEPT_VERIFIED, NOTE_KEPT_PASSWORD, NOTE_KEPT_PASSCODE, NOTE_KEPT_QUESTION];
+/// A CON screen: leaving an activation whose code is verified loses it; `1` continue, `2` menu, `0` back.
+pub const LEAVE_CONFIRM: &str = "leave_confirm";
 /// Above the start prompt when an idle conversation was started over.
 pub const NOTE_RESTART: &str = "note.restart";
 /// END after too many refused entries at one step.
@@ -36,7 +45,13 @@ pub const SMS_DELETE_SECRET: &str = "sms_reply.delete_secret";
 
 pub const FIXED: &[&str] = &[
     ERR_CHOICE,
-    NOTE_RESUME,
+    NOTE_KEPT_ID,
+    NOTE_KEPT_CODE,
+    NOTE_KEPT_VERIFIED,
+    NOTE_KEPT_PASSWORD,
+    NOTE_KEPT_PASSCODE,
+    NOTE_KEPT_QUESTION,
+    LEAVE_CONFIRM,
     NOTE_RESTART,
     END_TOO_MANY,
     END_UNAVAILABLE,

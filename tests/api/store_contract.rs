@@ -129,6 +129,8 @@ fn session(state: &str, lang: Lang, now: Millis) -> Session {
         tries: 1,
         updated_at: now,
         slots: Slots { started_at: Some(now), national_id: Some(national_id(1)), ..Slots::default() },
+        leaving: false,
+        parked: None,
     }
 }
 

@@ -43,6 +43,10 @@ struct Transcript {
     /// How the citizen talks to the service: `ussd` (the default) or `sms`.
     #[serde(default)]
     channel: Via,
+    /// `--ussd-code` (default `*384#`).
+    ussd_code: Option<String>,
+    /// `--help-phone` (default: none).
+    help_phone: Option<String>,
     turn: Vec<Turn>,
 }
 
@@ -60,6 +64,8 @@ struct Turn {
     /// Start a new USSD session (empty text). Not over SMS.
     #[serde(default)]
     dial: bool,
+    /// Start a new USSD session with inputs in the code: `"1*001099012345"` for `*384*1*001099012345#`.
+    fast_dial: Option<String>,
     /// Type this at the current prompt. `{otp}` is the last code received, `{otp_prev}` the one before.
     send: Option<String>,
     /// Move the clock forward first, e.g. "4m", "16m".
@@ -106,6 +112,7 @@ pub struct Seen {
 trait Driver {
     async fn advance(&mut self, d: Duration);
     async fn dial(&mut self) -> Seen;
+    async fn fast_dial(&mut self, inputs: &str) -> Seen;
     async fn send(&mut self, input: &str) -> Seen;
 }
 
@@ -117,8 +124,12 @@ async fn run(file: &str, t: &Transcript, driver: &mut impl Driver, via: &str) {
             driver.advance(duration(a)).await;
         }
         let seen = match (&turn.send, turn.dial) {
-            (None, true) if t.channel == Via::Sms => panic!("{at}: an SMS transcript only sends"),
+            (None, true) | (None, false) if t.channel == Via::Sms => panic!("{at}: an SMS transcript only sends"),
             (None, true) => driver.dial().await,
+            (None, false) => match &turn.fast_dial {
+                Some(inputs) => driver.fast_dial(inputs).await,
+                None => panic!("{at}: a turn dials, fast-dials or sends"),
+            },
             (Some(input), false) => {
                 let last = otps.last().cloned().unwrap_or_default();
                 let prev = otps.len().checked_sub(2).and_then(|i| otps.get(i)).cloned().unwrap_or_default();
@@ -318,6 +329,9 @@ impl Driver for EngineDriver {
     async fn dial(&mut self) -> Seen {
         self.step(Inbound::Start { choices: Vec::new() })
     }
+    async fn fast_dial(&mut self, inputs: &str) -> Seen {
+        self.step(Inbound::Start { choices: inputs.split('*').map(Secret::new).collect() })
+    }
     async fn send(&mut self, input: &str) -> Seen {
         match self.medium {
             Medium::Ussd => self.step(Inbound::Text(Secret::new(input))),
@@ -361,6 +375,13 @@ impl Driver for ServerDriver {
         };
         self.collect(r).await
     }
+    async fn fast_dial(&mut self, inputs: &str) -> Seen {
+        let r = match &mut self.phone {
+            Phone::Ussd(p) => p.fast_dial(inputs).await,
+            Phone::Sms(..) => panic!("an SMS transcript only sends"),
+        };
+        self.collect(r).await
+    }
     async fn send(&mut self, input: &str) -> Seen {
         let r = match &mut self.phone {
             Phone::Ussd(p) => p.send(input).await,
@@ -370,6 +391,15 @@ impl Driver for ServerDriver {
     }
 }
 
+fn site_of(t: &Transcript) -> Site {
+    let mut site = Site::default();
+    if let Some(code) = &t.ussd_code {
+        site.ussd_code = code.clone();
+    }
+    site.help_phone = t.help_phone.clone();
+    site
+}
+
 async fn on_engine(file: &str) {
     let t = load(file);
     let medium = match t.channel {
@@ -377,12 +407,16 @@ async fn on_engine(file: &str) {
         Via::Sms => Medium::Sms,
     };
     let mut d = EngineDriver::on(&t.phone, medium);
+    d.site = site_of(&t);
     run(file, &t, &mut d, "engine").await;
 }
 
 async fn on_http(file: &str) {
     let t = load(file);
-    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::helpers::settings(dir.path());
+    settings.site = site_of(&t);
+    let server = TestServer::start_with(dir, settings).await;
     let e164 = Msisdn::parse(&t.phone).unwrap().e164();
     let phone = match t.channel {
         Via::Ussd => Phone::Ussd(AtPhone::new(&server.url, &e164)),
@@ -442,6 +476,8 @@ transcripts! {
     t16_sms_keywords,
     t17_sms_refusals_and_idle,
     t18_login_retries_and_lock_time,
+    t19_leave_and_come_back,
+    t20_fast_dial_activation,
 }
 
 #[test]

@@ -101,8 +101,9 @@ pub(super) fn verify_otp(code: Otp, s: &mut Session, ctx: &Ctx, out: &mut Out) -
     let (Some(id), Some(phone)) = (s.slots.national_id.clone(), s.slots.phone.clone()) else {
         return Err(misuse(s, "verify_otp before request_otp"));
     };
+    // An expired (or voided) code is refused at the prompt, which offers a new one: the activation goes on.
     if s.slots.otp.is_none() {
-        return Ok(Act::Go("expired", None));
+        return Ok(Act::Retry(keys::NOTE_OTP_EXPIRED));
     }
     let wrong = ctx.policy.wrong_code(&id, Pool::of(ctx.caller, Some(&phone)));
     let wrong_bump = match spend(ctx, std::slice::from_ref(&wrong)) {
@@ -113,12 +114,12 @@ pub(super) fn verify_otp(code: Otp, s: &mut Session, ctx: &Ctx, out: &mut Out) -
         }
     };
     let Some(rec) = s.slots.otp.as_mut() else {
-        return Ok(Act::Go("expired", None));
+        return Ok(Act::Retry(keys::NOTE_OTP_EXPIRED));
     };
     if ctx.now > rec.expires_at {
         s.slots.otp = None;
         audit(out, "otp_expired", Some(&id), Some(&phone));
-        return Ok(Act::Go("expired", None));
+        return Ok(Act::Retry(keys::NOTE_OTP_EXPIRED));
     }
     let given = ctx.crypto.otp_mac(id.as_str(), phone.as_str(), &Secret::new(code.expose()));
     if stored_mac_eq(&rec.mac, &given) {

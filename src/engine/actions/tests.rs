@@ -353,7 +353,7 @@ fn verify(seen: &mut Record) {
 
     assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&bad)), Act::Go("exhausted", None));
     let code = b.last_otp.clone();
-    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Go("expired", None), "voided");
+    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Retry(keys::NOTE_OTP_EXPIRED), "voided");
 
     // The ID's wrong codes for the day are used up: the code is voided, whatever is typed.
     let mut b = Bench::new(b.seen);
@@ -361,7 +361,7 @@ fn verify(seen: &mut Record) {
     let (now, code) = (b.now, b.last_otp.clone());
     b.fill(b.policy.wrong_code(&NationalId::parse(ID, 2026).unwrap(), Pool::Own), now);
     assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Go("rate_limited", None));
-    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Go("expired", None), "voided");
+    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Retry(keys::NOTE_OTP_EXPIRED), "voided");
     let mut s = b.started(ID);
     assert_eq!(b.act(&mut s, ActionKind::RequestOtp, Some(PHONE)), Act::Go("rate_limited", None), "activation waits");
 
@@ -370,7 +370,7 @@ fn verify(seen: &mut Record) {
     b.now = b.now.plus(OTP_LIFETIME + Duration::from_secs(1));
     assert_eq!(b.resume(&s, ActionKind::VerifyOtp), Some(keys::NOTE_OTP_EXPIRED));
     let code = b.last_otp.clone();
-    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Go("expired", None));
+    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Retry(keys::NOTE_OTP_EXPIRED));
 }
 
 fn credentials(seen: &mut Record) {
