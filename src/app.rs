@@ -225,6 +225,17 @@ impl App {
             implausible_ids = report.implausible,
             "registry imported"
         );
+        // One style per conversation: diacritics on every USSD screen, or on none.
+        let ussd_charset = match settings.ussd_charset {
+            Charset::Ucs2 if !flow.fits_ucs2() => {
+                warn!(
+                    "--ussd-charset ucs2: some screens are longer than one UCS-2 message (80 characters); every USSD \
+                     screen is sent without diacritics so a conversation keeps one style"
+                );
+                Charset::Gsm7
+            }
+            c => c,
+        };
         let service = Arc::new(
             Service::new(
                 store.clone(),
@@ -248,7 +259,7 @@ impl App {
             gate,
             service: service.clone(),
             africastalking: AfricasTalking::new(crypto.clone()),
-            ussd_charset: settings.ussd_charset,
+            ussd_charset,
             kannel: Kannel::new(crypto.clone()),
             sms_charset: settings.sms_charset,
             delivery_reports: DeliveryReports {

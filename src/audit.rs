@@ -912,7 +912,7 @@ mod tests {
                 sms: Vec::new(),
                 audit,
                 bumps: Vec::new(),
-                rehash: None,
+                account_update: None,
             };
             assert!(matches!(self.store.commit(version, commit).await.unwrap(), CommitOutcome::Committed(_)));
         }

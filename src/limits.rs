@@ -42,6 +42,8 @@ pub enum Limit {
     Lookups,
     /// Too many lookups that ended without a code (unknown, mismatch, pending, already activated).
     FailedLookups,
+    /// Password recovery of an ID number is locked after too many wrong security answers in a row.
+    RecoveryLocked,
 }
 
 impl fmt::Display for Limit {
@@ -53,6 +55,7 @@ impl fmt::Display for Limit {
             Limit::WrongCodes => "wrong_codes",
             Limit::Lookups => "lookups",
             Limit::FailedLookups => "failed_lookups",
+            Limit::RecoveryLocked => "recovery_locked",
         })
     }
 }

@@ -290,7 +290,7 @@ impl Service {
             sms: Vec::new(),
             audit: Vec::new(),
             bumps: Vec::new(),
-            rehash: None,
+            account_update: None,
         };
         for e in effects {
             match e {
@@ -300,7 +300,7 @@ impl Service {
                 }
                 Effect::Activate(account) => commit.activate = Some(account),
                 Effect::Count(bump) => commit.bumps.push(bump),
-                Effect::Rehash(r) => commit.rehash = Some(r),
+                Effect::UpdateAccount(u) => commit.account_update = Some(u),
                 Effect::Audit(event) => commit.audit.push(AuditRecord {
                     at: now,
                     caller: Some(phone.clone()),

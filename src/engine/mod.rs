@@ -119,9 +119,26 @@ pub struct Parked {
     pub at: Millis,
 }
 
-/// What an activation or log-in has gathered so far. Secrets only as hashes.
+/// What a conversation is about: which SMS a code goes out in, and what a verified code opens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    #[default]
+    Activation,
+    /// Forgot password: code, one security answer, a new password.
+    ResetPassword,
+    /// Forgot passcode: the password, a new passcode.
+    ResetPasscode,
+}
+
+/// What an activation, log-in or recovery has gathered so far. Secrets only as hashes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Slots {
+    #[serde(default, skip_serializing_if = "is_activation")]
+    pub purpose: Purpose,
+    /// A recovery's security answer was right.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub answered: bool,
     pub started_at: Option<Millis>,
     pub national_id: Option<NationalId>,
     /// The registered phone the OTP went to.
@@ -145,6 +162,10 @@ pub struct OtpRecord {
     pub mac: String,
     pub expires_at: Millis,
     pub wrong: u8,
+}
+
+fn is_activation(p: &Purpose) -> bool {
+    *p == Purpose::Activation
 }
 
 impl Session {
@@ -205,6 +226,8 @@ pub struct Reply {
 pub enum SmsPurpose {
     Otp,
     Activated,
+    /// The password or passcode was reset: if it was not the citizen, they should say so.
+    CredentialChanged,
 }
 
 impl SmsPurpose {
@@ -213,7 +236,7 @@ impl SmsPurpose {
     pub fn useful_for(self) -> Duration {
         match self {
             SmsPurpose::Otp => actions::OTP_LIFETIME,
-            SmsPurpose::Activated => Duration::from_secs(24 * 60 * 60),
+            SmsPurpose::Activated | SmsPurpose::CredentialChanged => Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -232,16 +255,46 @@ pub enum Effect {
     /// A counted event: the commit applies its rule to the counter and refuses the whole step if the
     /// rule refuses it.
     Count(Bump),
-    /// Replace an account's password hash (an upgrade after a successful log-in).
-    Rehash(Rehash),
+    /// Replace a credential's hash on an account (a reset, or an upgrade after a successful log-in).
+    UpdateAccount(AccountUpdate),
 }
 
-/// A password hash to replace, if the account still holds `old` (nothing changed it meanwhile).
+/// Which credential of an account an update replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    Password,
+    Passcode,
+}
+
+/// A credential hash to replace on an account, if the account still holds `old` (what the step read).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rehash {
+pub struct AccountUpdate {
     pub national_id: NationalId,
+    pub credential: Credential,
     pub old: String,
     pub new: String,
+    /// What the commit does when the account no longer holds `old` (or is gone): a rehash is skipped
+    /// (`false`); a reset the citizen is told about is refused as a conflict, and the step runs again on
+    /// the account as it is now (`true`).
+    pub required: bool,
+}
+
+impl AccountUpdate {
+    /// Applies the update to `account`: `Some(true)` changed, `Some(false)` skipped, `None` refused.
+    pub fn apply(&self, account: Option<&mut Account>) -> Option<bool> {
+        let slot = account.map(|a| match self.credential {
+            Credential::Password => &mut a.password_hash,
+            Credential::Passcode => &mut a.passcode_hash,
+        });
+        match slot {
+            Some(h) if *h == self.old => {
+                *h = self.new.clone();
+                Some(true)
+            }
+            _ if self.required => None,
+            _ => Some(false),
+        }
+    }
 }
 
 /// An authentication or delivery event for the audit trail.

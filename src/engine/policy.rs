@@ -115,6 +115,24 @@ impl Policy {
         (key("login", Some(pool), id.as_str()), rule)
     }
 
+    /// Wrong security answers of `id` from `pool` while recovering a password: the rule that locks recovery
+    /// (the log-in numbers: an answer is a weaker secret than a password, so it gets no more tries).
+    pub fn recovery_failure(&self, id: &NationalId, pool: Pool) -> Limited {
+        let rule = Rule::Failure {
+            limit: Limit::RecoveryLocked,
+            max: self.login_failures,
+            lock: self.login_lock,
+            max_lock: self.login_lock_max,
+            forget_after: DAY,
+        };
+        (key("recovery", Some(pool), id.as_str()), rule)
+    }
+
+    /// A right security answer of `id` from `pool`: clears that pool's wrong answers (refused during a lock).
+    pub fn recovery_success(&self, id: &NationalId, pool: Pool) -> Limited {
+        (key("recovery", Some(pool), id.as_str()), Rule::Success { limit: Limit::RecoveryLocked })
+    }
+
     /// A successful log-in of `id` from `pool`: clears that pool's failures (refused during a lock).
     pub fn login_success(&self, id: &NationalId, pool: Pool) -> Limited {
         (key("login", Some(pool), id.as_str()), Rule::Success { limit: Limit::LoginLocked })

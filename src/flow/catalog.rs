@@ -34,7 +34,9 @@ pub enum Charset {
     #[default]
     Gsm7,
     /// UCS-2 with diacritics when the text fits (a USSD screen: 80 characters; an SMS reply: 3 parts of
-    /// 67), GSM-7 otherwise.
+    /// 67), GSM-7 otherwise. For USSD a conversation keeps one style: the server keeps the diacritics only
+    /// when every screen of the flow fits 80 UCS-2 characters ([`super::Flow::fits_ucs2`]), and otherwise
+    /// sends every screen in GSM-7 (saying so at start-up), rather than switching from screen to screen.
     Ucs2,
 }
 

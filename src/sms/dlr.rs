@@ -149,7 +149,7 @@ mod tests {
             sms: vec![sms],
             audit: Vec::new(),
             bumps: Vec::new(),
-            rehash: None,
+            account_update: None,
         };
         assert!(matches!(store.commit(None, commit).await.unwrap(), CommitOutcome::Committed(_)));
         let seq = store.claim_outbox("w", 1, std::time::Duration::from_secs(30), T0).await.unwrap()[0].id;

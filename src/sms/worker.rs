@@ -440,7 +440,7 @@ mod tests {
                 sms: vec![sms],
                 audit: Vec::new(),
                 bumps: Vec::new(),
-                rehash: None,
+                account_update: None,
             };
             let outcome = self.store.commit(version, commit).await.unwrap();
             assert!(matches!(outcome, CommitOutcome::Committed(_)), "{outcome:?}");

@@ -431,14 +431,20 @@ impl Store for SledStore {
                     }
                     accounts.insert(key.as_slice(), bytes.as_slice())?;
                 }
-                if let Some(r) = &c.rehash {
-                    let key = r.national_id.as_str().as_bytes();
-                    if let Some(bytes) = accounts.get(key)? {
-                        let mut a: Account = decode("account", &bytes).map_err(abort_store)?;
-                        if a.password_hash == r.old {
-                            a.password_hash = r.new.clone();
-                            accounts.insert(key, encode(&a).map_err(abort_store)?)?;
+                if let Some(u) = &c.account_update {
+                    let key = u.national_id.as_str().as_bytes();
+                    let mut account: Option<Account> = match accounts.get(key)? {
+                        Some(bytes) => Some(decode("account", &bytes).map_err(abort_store)?),
+                        None => None,
+                    };
+                    match u.apply(account.as_mut()) {
+                        None => return Err(abort(CommitOutcome::Conflict)),
+                        Some(true) => {
+                            if let Some(a) = &account {
+                                accounts.insert(key, encode(a).map_err(abort_store)?)?;
+                            }
                         }
+                        Some(false) => {}
                     }
                 }
                 if let Some(old) = &current {
@@ -806,7 +812,7 @@ mod tests {
             sms: Vec::new(),
             audit: Vec::new(),
             bumps: Vec::new(),
-            rehash: None,
+            account_update: None,
         }
     }
 

@@ -30,6 +30,11 @@ pub const END_DIAL_AGAIN: &str = "end.dial_again";
 pub const SMS_OTP: &str = "sms.otp";
 /// The confirmation SMS after a successful activation.
 pub const SMS_ACTIVATED: &str = "sms.activated";
+/// The OTP SMS of a password recovery: `{otp}`, `{minutes}`, `{ussd_code}`.
+pub const SMS_OTP_RESET: &str = "sms.otp_reset";
+/// The notice SMS after a password or passcode reset: if it was not the citizen, say so.
+pub const SMS_PASSWORD_RESET: &str = "sms.password_reset";
+pub const SMS_PASSCODE_RESET: &str = "sms.passcode_reset";
 
 /// Under the help text when a hotline is set (`--help-phone`): `{hotline}`.
 pub const HELP_HOTLINE: &str = "help_hotline";
@@ -59,13 +64,16 @@ pub const FIXED: &[&str] = &[
     END_CANCELLED,
     SMS_OTP,
     SMS_ACTIVATED,
+    SMS_OTP_RESET,
+    SMS_PASSWORD_RESET,
+    SMS_PASSCODE_RESET,
     SMS_MORE,
     SMS_AGAIN,
     SMS_DELETE_SECRET,
     HELP_HOTLINE,
 ];
 pub const FIXED_SCREENS: &[&str] = &[END_TOO_MANY, END_UNAVAILABLE, END_DIAL_AGAIN, END_CANCELLED];
-pub const SMS: &[&str] = &[SMS_OTP, SMS_ACTIVATED];
+pub const SMS: &[&str] = &[SMS_OTP, SMS_ACTIVATED, SMS_OTP_RESET, SMS_PASSWORD_RESET, SMS_PASSCODE_RESET];
 
 // Reasons and notices of actions.
 
@@ -79,6 +87,8 @@ pub const NOTE_OTP_EXPIRED: &str = "note.otp_expired";
 pub const ERR_LOGIN_REFUSED: &str = "err.login_refused";
 /// The same from the third failure in a row on: `{attempts}` left before the lock.
 pub const ERR_LOGIN_NEAR_LOCK: &str = "err.login_near_lock";
+/// `check_answer` refusing a wrong security answer: `{attempts}` left before recovery is locked.
+pub const ERR_ANSWER_WRONG: &str = "err.answer_wrong";
 /// Above the password prompt when the confirmation did not match.
 pub const ERR_PW_MISMATCH: &str = "err.pw_mismatch";
 /// Above the passcode prompt when the confirmation did not match.

@@ -109,7 +109,8 @@ async fn wrong_log_ins(id: &str, n: usize, concurrent: bool) -> LoginRun {
     let phones = prepared(&server, n, &["2", id], "Wrong*pw1").await;
     let replies = if concurrent { at_once(phones).await } else { one_at_a_time(phones).await };
     let replies: Vec<String> = replies.iter().map(|r| fold(r)).collect();
-    let refused = replies.iter().filter(|r| r.starts_with("END ") && r.contains("khong dung")).count();
+    // A refused password is asked again (CON); the lock ends the session (END).
+    let refused = replies.iter().filter(|r| r.starts_with("CON ") && r.contains("khong dung")).count();
     let locked = replies.iter().filter(|r| r.starts_with("END ") && r.contains("tam khoa den")).count();
     let other = replies.len() - refused - locked;
     if other > 0 {

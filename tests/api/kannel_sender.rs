@@ -236,7 +236,7 @@ impl Rig {
             sms: vec![NewSms { to: to.clone(), purpose, sealed, give_up_at: now.plus(purpose.useful_for()) }],
             audit: Vec::new(),
             bumps: Vec::new(),
-            rehash: None,
+            account_update: None,
         };
         assert!(matches!(self.store.commit(version, commit).await.unwrap(), CommitOutcome::Committed(_)));
         to

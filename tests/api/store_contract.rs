@@ -160,7 +160,7 @@ fn commit_in(phone: &Msisdn, state: &str, lang: Lang, now: Millis) -> Commit {
         sms: Vec::new(),
         audit: Vec::new(),
         bumps: Vec::new(),
-        rehash: None,
+        account_update: None,
     }
 }
 

@@ -310,10 +310,12 @@ impl EngineDriver {
                     assert_eq!(effect, bump.expect);
                     self.dir.counters.insert(bump.key, next);
                 }
-                Effect::Rehash(r) => {
-                    if let Some(a) = self.dir.accounts.get_mut(r.national_id.as_str()) {
-                        a.password_hash = r.new;
-                    }
+                Effect::UpdateAccount(u) => {
+                    let account = self.dir.accounts.get_mut(u.national_id.as_str());
+                    assert!(
+                        u.apply(account).is_some(),
+                        "one conversation at a time: the account is as the step read it"
+                    );
                 }
                 Effect::Audit(_) => {}
             }
@@ -478,6 +480,9 @@ transcripts! {
     t18_login_retries_and_lock_time,
     t19_leave_and_come_back,
     t20_fast_dial_activation,
+    t21_forgot_password,
+    t22_forgot_password_refusals,
+    t23_forgot_passcode,
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::clock::Millis;
 use crate::crypto::stored_mac_eq;
 use crate::domain::{Msisdn, NationalId, Otp, Secret};
 use crate::engine::policy::Pool;
-use crate::engine::{CitizenStatus, Ctx, Effect, EngineError, OtpRecord, Out, Session, SmsPurpose};
+use crate::engine::{CitizenStatus, Ctx, Effect, EngineError, OtpRecord, Out, Purpose, Session, SmsPurpose};
 use crate::flow::catalog::fill;
 use crate::flow::{Kind, State};
 use crate::limits::Limit;
@@ -37,12 +37,17 @@ pub(super) fn request_otp(
     let citizen = ctx.directory.citizen(&id)?;
     let pool = Pool::of(ctx.caller, citizen.as_ref().map(|c| &c.phone));
     // Unknown ID and mismatched phone take the same path to the same words (OWASP Authentication Cheat
-    // Sheet: generic responses, no account enumeration).
-    let refusal = match citizen.as_ref().filter(|c| c.phone == phone) {
-        None => Some(("no_match", "activation_no_match")),
-        Some(_) if ctx.directory.account(&id)?.is_some() => Some(("already_active", "activation_already_active")),
-        Some(c) if c.status == CitizenStatus::Pending => Some(("pending", "activation_pending")),
-        Some(_) => None,
+    // Sheet: generic responses, no account enumeration). Both purposes read the citizen and the account.
+    let matched = citizen.as_ref().filter(|c| c.phone == phone);
+    let account = ctx.directory.account(&id)?;
+    let refusal = match (s.slots.purpose, matched) {
+        (Purpose::Activation, None) => Some(("no_match", "activation_no_match")),
+        (Purpose::Activation, Some(_)) if account.is_some() => Some(("already_active", "activation_already_active")),
+        (Purpose::Activation, Some(c)) if c.status == CitizenStatus::Pending => Some(("pending", "activation_pending")),
+        (Purpose::Activation, Some(_)) => None,
+        (_, None) => Some(("no_match", "recovery_no_match")),
+        (_, Some(_)) if account.is_none() => Some(("not_active", "recovery_not_active")),
+        (_, Some(_)) => None,
     };
     if let Some((outcome, event)) = refusal {
         let failed = match spend(ctx, &ctx.policy.failed_lookups(ctx.caller, &id, pool)) {
@@ -54,6 +59,16 @@ pub(super) fn request_otp(
         let who = if outcome == "no_match" { ctx.caller } else { &phone };
         audit(out, event, Some(&id), Some(who));
         return Ok(Act::Go(outcome, None));
+    }
+    // Recovery locked by wrong security answers from this pool: no code is worth sending until it ends.
+    if s.slots.purpose == Purpose::ResetPassword {
+        let (key, _) = ctx.policy.recovery_failure(&id, pool);
+        let tally = ctx.directory.tally(&key)?;
+        if tally.locked_at(ctx.now) {
+            audit(out, "recovery_while_locked", Some(&id), Some(ctx.caller));
+            out.until = tally.locked_until;
+            return Ok(Act::Go("locked", None));
+        }
     }
     // Too many wrong codes for this ID today: activation waits, whatever the phone.
     let wrong = ctx.policy.wrong_code(&id, pool);
@@ -179,7 +194,8 @@ fn send_otp(s: &mut Session, ctx: &Ctx, out: &mut Out, rng: &mut dyn RngCore) ->
     let minutes = (OTP_LIFETIME.as_secs() / 60).to_string();
     // Over USSD the SMS says what to dial to enter the code; over SMS, to reply with it.
     let args = [("otp", code.expose().to_string()), ("minutes", minutes), ("ussd_code", ctx.site.ussd_code.clone())];
-    let body = fill(ctx.flow.catalog(s.lang).get_for(ctx.medium, keys::SMS_OTP), &args);
+    let key = if s.slots.purpose == Purpose::Activation { keys::SMS_OTP } else { keys::SMS_OTP_RESET };
+    let body = fill(ctx.flow.catalog(s.lang).get_for(ctx.medium, key), &args);
     out.effects.push(Effect::Sms { to: phone.clone(), body: Secret::new(body), purpose: SmsPurpose::Otp });
     audit(out, "otp_sent", Some(&id), Some(&phone));
     Ok(true)
