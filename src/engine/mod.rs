@@ -418,7 +418,11 @@ pub fn step(
         // A first message: it answers the step an activation waits at, else it opens the menu (or the
         // activation put aside, where it stopped).
         Inbound::Open(input) => match resumable(&s) {
-            Some(st) if !idle && !s.leaving => on_input(ctx, &mut s, &mut out, &st, input, rng)?,
+            Some(_) if !idle && s.leaving => {
+                s.leaving = false;
+                leave_choice(ctx, &mut s, &mut out, input, rng)?
+            }
+            Some(st) if !idle => on_input(ctx, &mut s, &mut out, &st, input, rng)?,
             _ => {
                 s.leaving = false;
                 match unpark(flow, &mut s) {
@@ -457,8 +461,14 @@ pub fn step(
 
 /// Whether the session stands at a prompt for a free-text security answer.
 fn waits_for_answer(flow: &Flow, s: &Session) -> bool {
-    flow.state(&s.state)
-        .is_some_and(|st| matches!(st.kind, Kind::Input { input: Some((crate::vocab::Validator::Answer, _)), .. }))
+    use crate::vocab::{ActionKind, Validator};
+    flow.state(&s.state).is_some_and(|st| {
+        matches!(
+            st.kind,
+            Kind::Input { input: Some((Validator::Answer, _)), .. }
+                | Kind::Input { input: Some((_, ActionKind::CheckAnswer)), .. }
+        )
+    })
 }
 
 /// What stands around a reply on its medium: over SMS, a reminder to delete a message that carried a

@@ -133,6 +133,13 @@ impl Policy {
         (key("recovery", Some(pool), id.as_str()), Rule::Success { limit: Limit::RecoveryLocked })
     }
 
+    /// A password reset of `id` proven from the registered phone (its code and a security answer): the
+    /// phone's own log-in failures and lock are cleared, so the citizen can log in with the new password
+    /// at once. Strangers' pool keeps its count.
+    pub fn login_cleared(&self, id: &NationalId) -> Limited {
+        (key("login", Some(Pool::Own), id.as_str()), Rule::Clear)
+    }
+
     /// A successful log-in of `id` from `pool`: clears that pool's failures (refused during a lock).
     pub fn login_success(&self, id: &NationalId, pool: Pool) -> Limited {
         (key("login", Some(pool), id.as_str()), Rule::Success { limit: Limit::LoginLocked })

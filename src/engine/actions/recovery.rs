@@ -163,6 +163,13 @@ pub(super) fn finish(credential: Credential, s: &mut Session, ctx: &Ctx, out: &m
         new,
         required: true,
     }));
+    if credential == Credential::Password {
+        // Proven by the registered phone's code and an answer: its own log-in lock no longer stands in the way.
+        if s.slots.phone.as_ref() == Some(&account.phone) {
+            let (key, rule) = ctx.policy.login_cleared(&id);
+            out.effects.push(Effect::Count(Bump { key, rule, expect: Default::default() }));
+        }
+    }
     let (sms, event) = match credential {
         Credential::Password => (keys::SMS_PASSWORD_RESET, "password_reset"),
         Credential::Passcode => (keys::SMS_PASSCODE_RESET, "passcode_reset"),

@@ -477,6 +477,13 @@ fn forgot_password(seen: &mut Record) {
     let mut s = b.reset(ActionKind::StartPasswordReset, OTHER_ID);
     assert_eq!(b.act(&mut s, ActionKind::RequestResetOtp, Some(OTHER_PHONE)), Act::Go("not_active", None));
 
+    // The citizen locked her own log-in, then resets the password: the lock no longer stands.
+    for _ in 0..b.policy.login_failures {
+        let mut l = b.login_session(ID);
+        b.act(&mut l, ActionKind::Login, Some("Xyz*9876q"));
+    }
+    let mut l = b.login_session(ID);
+    assert_eq!(b.act(&mut l, ActionKind::Login, Some(PASSWORD)), Act::Go("locked", None));
     let mut s = b.asked();
     assert_eq!(b.act(&mut s, ActionKind::CheckAnswer, Some("Sai")), Act::Retry(keys::ERR_ANSWER_WRONG));
     let right = b.answer_of(&s);
