@@ -584,6 +584,7 @@ fn go(
 ) -> Result<Reply, EngineError> {
     let flow = ctx.flow;
     let mut target = target.to_string();
+    s.leaving = false; // wherever it goes, the question whether to leave is answered
     for _ in 0..MAX_HOPS {
         let st = flow.state(&target).ok_or(EngineError::Flow { state: target.clone(), why: "no such state" })?.clone();
         match &st.kind {
