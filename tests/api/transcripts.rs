@@ -483,6 +483,7 @@ transcripts! {
     t21_forgot_password,
     t22_forgot_password_refusals,
     t23_forgot_passcode,
+    t24_otp_caps_say_until_when,
 }
 
 #[test]
