@@ -91,7 +91,9 @@ fn dispatch(
         (K::StartPasswordReset, Some((Value::Id(id), _))) => recovery::start(id, Purpose::ResetPassword, s, ctx),
         (K::StartPasscodeReset, Some((Value::Id(id), _))) => recovery::start(id, Purpose::ResetPasscode, s, ctx),
         (K::RequestResetOtp, Some((Value::Phone(phone), _))) => {
-            recovery::require(s, Purpose::ResetPassword)?;
+            if s.slots.purpose == Purpose::Activation {
+                return Err(misuse(s, "request_reset_otp outside a recovery"));
+            }
             otp::request_otp(phone, s, ctx, out, rng)
         }
         (K::PickQuestion, None) => recovery::pick_question(s, ctx, rng),
