@@ -115,3 +115,9 @@ fn a_prompt_without_a_way_back_or_a_choice_without_its_space_is_refused() {
     assert!(!ok);
     assert!(out.contains("vi.toml: act_phone: choice \"1.Dùng số đang gọi\" needs a space after the dot"), "{out}");
 }
+
+#[test]
+fn the_shipped_screens_do_not_all_fit_ucs2_so_ucs2_ussd_keeps_one_style_without_diacritics() {
+    let flow = kichhoat::flow::Flow::load(&repo().join("flows")).unwrap();
+    assert!(!flow.fits_ucs2(), "the menu alone is over 80 UCS-2 characters");
+}
