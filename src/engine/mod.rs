@@ -686,8 +686,10 @@ fn leave_choice(
             None => go(ctx, s, out, &ctx.flow.start.clone(), None, rng),
         },
         "2" => {
+            let event =
+                if s.slots.purpose == Purpose::Activation { "activation_abandoned" } else { "recovery_abandoned" };
             out.effects.push(Effect::Audit(AuditEvent {
-                event: "activation_abandoned".into(),
+                event: event.into(),
                 national_id: s.slots.national_id.clone(),
                 phone: s.slots.phone.clone().or_else(|| Some(ctx.caller.clone())),
                 detail: None,
@@ -702,7 +704,8 @@ fn leave_choice(
 }
 
 fn leave_screen(ctx: &Ctx, s: &Session, out: &Out, above: Option<&str>) -> Reply {
-    let body = render(ctx, s, out, keys::LEAVE_CONFIRM);
+    let key = if s.slots.purpose == Purpose::Activation { keys::LEAVE_CONFIRM } else { keys::LEAVE_CONFIRM_RECOVERY };
+    let body = render(ctx, s, out, key);
     let text = match above {
         Some(k) => format!("{}\n{}", render(ctx, s, out, k), body),
         None => body,

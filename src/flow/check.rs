@@ -470,17 +470,20 @@ fn check_messages(flow: &Flow, questions_file: &str, report_unused: bool, p: &mu
                 }
             }
             // The engine's own CON screen, alone or under a refused choice.
-            for above in [None, Some(keys::ERR_CHOICE)] {
-                let body = widest(medium, keys::LEAVE_CONFIRM);
+            for (key, above) in [keys::LEAVE_CONFIRM, keys::LEAVE_CONFIRM_RECOVERY]
+                .into_iter()
+                .flat_map(|k| [(k, None), (k, Some(keys::ERR_CHOICE))])
+            {
+                let body = widest(medium, key);
                 let screen = match above {
                     Some(a) => format!("{}\n{body}", widest(medium, a)),
                     None => body.clone(),
                 };
                 if let Some(why) = overflow(&frame(screen, true)) {
-                    p.add(&cat.file, keys::LEAVE_CONFIRM, on(why));
+                    p.add(&cat.file, key, on(why));
                 }
                 if medium == Medium::Ussd && !body.lines().any(|l| l.starts_with("0. ")) {
-                    p.add(&cat.file, keys::LEAVE_CONFIRM, "the screen does not show its 0 choice (a line \"0. ...\")");
+                    p.add(&cat.file, key, "the screen does not show its 0 choice (a line \"0. ...\")");
                 }
             }
             for k in keys::FIXED_SCREENS {

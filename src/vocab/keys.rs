@@ -18,6 +18,8 @@ pub const KEPT_NOTES: &[&str] =
     &[NOTE_KEPT_ID, NOTE_KEPT_CODE, NOTE_KEPT_VERIFIED, NOTE_KEPT_PASSWORD, NOTE_KEPT_PASSCODE, NOTE_KEPT_QUESTION];
 /// A CON screen: leaving an activation whose code is verified loses it; `1` continue, `2` menu, `0` back.
 pub const LEAVE_CONFIRM: &str = "leave_confirm";
+/// The same question in a recovery (forgot password or passcode): `1` continue, `2` menu, `0` back.
+pub const LEAVE_CONFIRM_RECOVERY: &str = "leave_confirm_recovery";
 /// Above the start prompt when an idle conversation was started over.
 pub const NOTE_RESTART: &str = "note.restart";
 /// END after too many refused entries at one step.
@@ -57,6 +59,7 @@ pub const FIXED: &[&str] = &[
     NOTE_KEPT_PASSCODE,
     NOTE_KEPT_QUESTION,
     LEAVE_CONFIRM,
+    LEAVE_CONFIRM_RECOVERY,
     NOTE_RESTART,
     END_TOO_MANY,
     END_UNAVAILABLE,
