@@ -104,9 +104,15 @@ struct LoginRun {
 /// On a fresh server with An's account: `n` phones each type `id` and a wrong password, the last hop
 /// at once or one at a time. Checks afterwards that log-in of `id` is locked.
 async fn wrong_log_ins(id: &str, n: usize, concurrent: bool) -> LoginRun {
+    wrong_passwords("2", "login", id, n, concurrent).await
+}
+
+/// As [`wrong_log_ins`], through menu choice `choice` (`2` log in, `5` forgot passcode, which checks the
+/// password toward the same lock), audited as `<event>_failed` / `<event>_locked`.
+async fn wrong_passwords(choice: &str, event: &str, id: &str, n: usize, concurrent: bool) -> LoginRun {
     let server = TestServer::start().await;
     activate(&server, AN_PHONE, AN_ID, AN_PASSWORD).await;
-    let phones = prepared(&server, n, &["2", id], "Wrong*pw1").await;
+    let phones = prepared(&server, n, &[choice, id], "Wrong*pw1").await;
     let replies = if concurrent { at_once(phones).await } else { one_at_a_time(phones).await };
     let replies: Vec<String> = replies.iter().map(|r| fold(r)).collect();
     // A refused password is asked again (CON); the lock ends the session (END).
@@ -129,8 +135,8 @@ async fn wrong_log_ins(id: &str, n: usize, concurrent: bool) -> LoginRun {
         refused,
         locked,
         other,
-        failed_audited: audited(&server, "login_failed").await,
-        locked_audited: audited(&server, "login_locked").await,
+        failed_audited: audited(&server, &format!("{event}_failed")).await,
+        locked_audited: audited(&server, &format!("{event}_locked")).await,
     };
     server.stop().await;
     run
@@ -154,6 +160,16 @@ async fn sixteen_wrong_passwords_at_once_for_an_account_get_exactly_the_four_ref
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_wrong_passwords_at_once_for_an_id_without_account_get_exactly_the_four_refusals_of_one_at_a_time() {
     wrong_log_ins_at_once_get_no_further_than_one_at_a_time(NO_ACCOUNT_ID).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_wrong_passwords_at_once_to_reset_a_passcode_get_exactly_the_four_refusals_of_one_at_a_time() {
+    const PHONES: usize = 16;
+    let sequential = wrong_passwords("5", "passcode_reset_password", AN_ID, PHONES, false).await;
+    let concurrent = wrong_passwords("5", "passcode_reset_password", AN_ID, PHONES, true).await;
+    let expected = LoginRun { refused: 4, locked: PHONES - 4, other: 0, failed_audited: 5, locked_audited: 1 };
+    assert_eq!(sequential, expected, "the baseline: the 5th failure locks and says so");
+    assert_eq!(concurrent, sequential, "at once, exactly as one at a time");
 }
 
 /// What a run of code requests came to.
