@@ -200,8 +200,9 @@ impl Session {
 #[derive(Debug, Clone)]
 pub enum Inbound {
     /// The citizen opened a new session (dialled the USSD code). With no choices it resumes an activation
-    /// in progress; with choices already in it (a fast-dial `*384*2#`) they are meant for the menu, so it
-    /// starts there and runs each as typed.
+    /// in progress (or one put aside, see [`Session::parked`]); with choices already in it (a fast-dial
+    /// `*384*1*<ID>#`) they are meant for the menu, so an activation in progress is put aside and the
+    /// session starts at the menu and runs each choice as typed.
     Start { choices: Vec<Secret> },
     /// One entry typed at the current prompt. Wrapped: it may be a password.
     Text(Secret),
