@@ -282,6 +282,16 @@ impl App {
         Ok(App { service, web, store, sled, worker, audit_log, clock, stop, tasks: vec![delivery, sweeper] })
     }
 
+    /// The operator commands over this instance's store, limits, clock and audit trail.
+    pub fn admin(&self) -> crate::admin::Admin {
+        crate::admin::Admin::new(
+            self.store.clone(),
+            self.service.policy.clone(),
+            self.clock.clone(),
+            self.audit_log.clone(),
+        )
+    }
+
     /// Runs one expiry pass now, exactly as the periodic sweeper does (the app's clock,
     /// [`Retention::DEFAULT`]): what tests and operators call instead of waiting for it.
     pub async fn expire_now(&self) -> Result<Expired, StoreError> {

@@ -26,7 +26,7 @@ use crate::store::{AuditRecord, Store};
 const BATCH: usize = 10_000;
 
 /// What an import did (or, in a dry run, would do).
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ImportReport {
     /// Rows read into citizens (an ID listed twice counts twice).
     pub imported: usize,
