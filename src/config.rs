@@ -564,6 +564,22 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_api_stays_on_loopback_and_can_be_turned_off() {
+        assert_eq!(serve(&[]).admin_addr().unwrap(), Some(("127.0.0.1:8081".parse().unwrap(), false)));
+        assert_eq!(
+            serve(&["--admin-listen", "[::1]:9000"]).admin_addr().unwrap(),
+            Some(("[::1]:9000".parse().unwrap(), true))
+        );
+        assert_eq!(serve(&["--no-admin"]).admin_addr().unwrap(), None);
+        let err = serve(&["--admin-listen", "0.0.0.0:8081"]).admin_addr().unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
+        assert!(
+            Cli::try_parse_from(["kichhoat", "serve", "--demo", "--registry", "r.csv"]).is_err(),
+            "one or the other"
+        );
+    }
+
+    #[test]
     fn the_file_sender_is_the_default_and_needs_no_kannel_flag() {
         let s = serve(&[]);
         assert!(matches!(s.sender().unwrap(), SenderSettings::File));

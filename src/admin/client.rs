@@ -200,6 +200,16 @@ impl Local {
 }
 
 async fn target(opts: &AdminOpts) -> Result<Target, ClientError> {
+    let file = Endpoint::path(&opts.data_dir);
+    if let Err(e) = std::fs::File::open(&file) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return Err(ClientError::Local(format!(
+                "{}: {e}. The server's files are readable by its own user only: run the command as that user \
+                 (for example sudo -u kichhoat kichhoat admin …)",
+                file.display()
+            )));
+        }
+    }
     if let Some(endpoint) = Endpoint::read(&opts.data_dir) {
         // A file left by a server that died: nothing listens, or something else does.
         let alive = reqwest::get(format!("{}/healthz", endpoint.url)).await.is_ok_and(|r| r.status().is_success());

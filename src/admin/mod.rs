@@ -287,3 +287,24 @@ pub fn status_name(s: CitizenStatus) -> &'static str {
         CitizenStatus::Removed => "removed",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operator_name_cannot_forge_another_audit_field() {
+        assert_eq!(Operator::parse(" cong-an.xa1@ha-noi ").unwrap().as_str(), "cong-an.xa1@ha-noi");
+        assert!(Operator::parse("Nguyễn").is_ok(), "Vietnamese letters are letters");
+        for bad in ["", "a; what=all", "x\ny", "a b", &"x".repeat(65)] {
+            assert!(Operator::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unlock_groups_cover_what_they_say() {
+        assert!(What::Login.covers(Group::Login) && !What::Login.covers(Group::Otp));
+        assert!(What::Otp.covers(Group::Otp) && !What::Otp.covers(Group::Login));
+        assert!(What::All.covers(Group::Login) && What::All.covers(Group::Otp));
+    }
+}

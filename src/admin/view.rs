@@ -254,10 +254,13 @@ impl CitizenView {
                 (Some(_), false) => " (from other phones)",
                 (None, _) => "",
             };
-            let state = match &l.until {
+            let mut state = match &l.until {
                 Some(u) => format!("{} {}", t("BỊ KHOÁ đến", "LOCKED until"), u.local),
                 None => t("chưa khoá", "not locked").to_string(),
             };
+            if l.locks > 0 {
+                let _ = write!(state, " ({} {})", t("số lần đã khoá liên tiếp:", "locks in a row:"), l.locks);
+            }
             let _ = writeln!(o, "  - {label}{pool}: {}/{} — {state}", l.used, l.max);
         }
         if !any {
@@ -329,5 +332,44 @@ fn limit_label(name: &str, vi: bool) -> &'static str {
         ("nolookup_h", false) => "Lookups without a code from the registered phone in an hour",
         (_, true) => "Giới hạn khác",
         (_, false) => "Other limit",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_shown_in_vietnam_and_utc() {
+        // 2026-11-30T00:00:00Z is 07:00 in Ha Noi.
+        let t = Time::of(Millis(1_795_996_800_000));
+        assert_eq!((t.local.as_str(), t.utc.as_str()), ("07:00 30/11/2026", "2026-11-30T00:00:00Z"));
+    }
+
+    #[test]
+    fn a_report_shows_a_lock_until_when_and_nothing_secret() {
+        let now = Millis(1_795_996_800_000);
+        let id = NationalId::parse_shape("001099012345").unwrap();
+        let phone = Msisdn::parse("0912345678").unwrap();
+        let citizen = Citizen {
+            national_id: id.clone(),
+            phone: phone.clone(),
+            full_name: "Nguyễn Văn An".into(),
+            status: crate::engine::CitizenStatus::Removed,
+        };
+        let policy = crate::engine::Policy::default();
+        let w = &policy.watched(&id, Some(&phone))[1];
+        let tally =
+            Tally { locked_until: Some(now.plus(std::time::Duration::from_secs(900))), locks: 1, ..Tally::default() };
+        let limits = vec![LimitView::of(w, &tally, now)];
+        let view = CitizenView::new(&id, now, Some(&citizen), None, limits, Vec::new(), None);
+        let vi = view.render(Lang::Vi);
+        assert!(vi.contains("BỊ KHOÁ đến 07:15 30/11/2026") && vi.contains("từ SĐT khác"), "{vi}");
+        assert!(vi.contains("đã bị gỡ khỏi danh sách"), "{vi}");
+        let en = view.render(Lang::En);
+        assert!(en.contains("LOCKED until 07:15") && en.contains("removed (cannot activate)"), "{en}");
+        for text in [vi, en] {
+            assert!(!text.contains("001099012345") && !text.contains("912345678"), "{text}");
+        }
     }
 }

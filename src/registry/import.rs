@@ -246,3 +246,75 @@ pub async fn import(
 ) -> Result<ImportReport, RegistryError> {
     Importer::new(store, now, by).dry_run(dry_run).audited(true).run(input, name).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    const NOW: Millis = Millis(1_795_996_800_000);
+    const HEAD: &str = "national_id,phone,full_name,status\n";
+
+    async fn run(store: &MemoryStore, rows: &str, dry_run: bool) -> Result<ImportReport, RegistryError> {
+        import(format!("{HEAD}{rows}").as_bytes(), "test.csv", store, NOW, "operator=t", dry_run).await
+    }
+
+    async fn status(store: &MemoryStore, id: &str) -> Option<CitizenStatus> {
+        store.citizen(&NationalId::parse_shape(id).unwrap()).await.unwrap().map(|c| c.status)
+    }
+
+    #[tokio::test]
+    async fn counts_added_changed_unchanged_removed_and_a_dry_run_writes_nothing() {
+        let store = MemoryStore::new();
+        let first = "001099012345,0912345678,An,approved\n001199012346,0987654321,Binh,approved\n\
+                     001099012347,0912345679,Cuong,pending\n";
+        let r = run(&store, first, false).await.unwrap();
+        assert_eq!((r.added, r.changed, r.unchanged, r.removed), (3, 0, 0, 0));
+        let second = "001099012345,0912345678,An,approved\n001199012346,0987654321,Binh,pending\n\
+                      001099012348,0912345670,Dung,approved\n";
+        let dry = run(&store, second, true).await.unwrap();
+        assert_eq!((dry.added, dry.changed, dry.unchanged, dry.removed, dry.dry_run), (1, 1, 1, 1, true));
+        assert_eq!(status(&store, "001099012347").await, Some(CitizenStatus::Pending), "the dry run wrote nothing");
+        assert_eq!(status(&store, "001099012348").await, None);
+        let r = run(&store, second, false).await.unwrap();
+        assert_eq!((r.added, r.changed, r.unchanged, r.removed), (1, 1, 1, 1));
+        assert_eq!(status(&store, "001099012347").await, Some(CitizenStatus::Removed));
+        assert_eq!(status(&store, "001199012346").await, Some(CitizenStatus::Pending));
+        let audit = crate::store::audit_all(&store).await.unwrap();
+        let events: Vec<&str> = audit.iter().map(|r| r.event.event.as_str()).collect();
+        assert_eq!(events, ["registry_imported", "citizen_removed", "registry_imported"]);
+        // Listed again: restored.
+        let r = run(&store, first, false).await.unwrap();
+        assert_eq!((r.restored, r.removed), (1, 1));
+        assert_eq!(status(&store, "001099012347").await, Some(CitizenStatus::Pending));
+    }
+
+    #[tokio::test]
+    async fn a_citizen_whose_row_cannot_be_read_is_kept_and_a_file_with_no_readable_row_changes_nothing() {
+        let store = MemoryStore::new();
+        run(&store, "001099012345,0912345678,An,approved\n001199012346,0987654321,Binh,approved\n", false)
+            .await
+            .unwrap();
+        let r =
+            run(&store, "001099012345,0912345678,An,approved\n001199012346,0123,Binh,approved\n", false).await.unwrap();
+        assert_eq!((r.kept, r.removed, r.skipped.len()), (1, 0, 1), "a typo in a phone removes no one");
+        assert_eq!(status(&store, "001199012346").await, Some(CitizenStatus::Approved));
+        let err = run(&store, "12345,0912345678,An,approved\n", false).await.unwrap_err();
+        assert!(err.to_string().contains("nothing was changed"), "{err}");
+        assert_eq!(status(&store, "001099012345").await, Some(CitizenStatus::Approved));
+    }
+
+    #[tokio::test]
+    async fn a_removed_citizen_is_unknown_to_the_registry_the_engine_reads() {
+        use crate::registry::{ImportedRegistry, Registry};
+        let store = std::sync::Arc::new(MemoryStore::new());
+        run(&store, "001099012345,0912345678,An,approved\n001199012346,0987654321,Binh,approved\n", false)
+            .await
+            .unwrap();
+        run(&store, "001099012345,0912345678,An,approved\n", false).await.unwrap();
+        let registry = ImportedRegistry(store.clone());
+        let id = |s: &str| NationalId::parse_shape(s).unwrap();
+        assert!(registry.citizen(&id("001199012346")).await.unwrap().is_none());
+        assert!(registry.citizen(&id("001099012345")).await.unwrap().is_some());
+    }
+}
