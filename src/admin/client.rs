@@ -155,6 +155,23 @@ fn login_name() -> Option<String> {
     None
 }
 
+/// Whether the process that wrote `admin.json` still runs (a file a killed server left is ignored, so the
+/// ID number is not sent to whatever listens on its old port now).
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+        // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
 /// The admin API of a running server, or the data dir itself.
 enum Target {
     Api(Endpoint),
@@ -210,7 +227,7 @@ async fn target(opts: &AdminOpts) -> Result<Target, ClientError> {
             )));
         }
     }
-    if let Some(endpoint) = Endpoint::read(&opts.data_dir) {
+    if let Some(endpoint) = Endpoint::read(&opts.data_dir).filter(|e| process_alive(e.pid)) {
         // A file left by a server that died: nothing listens, or something else does.
         let alive = reqwest::get(format!("{}/healthz", endpoint.url)).await.is_ok_and(|r| r.status().is_success());
         if alive {

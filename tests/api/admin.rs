@@ -253,14 +253,16 @@ async fn a_re_import_removes_a_citizen_who_then_gets_the_unknown_id_reply_and_a_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_server_stopped_the_commands_open_the_data_dir_and_are_audited_the_same_way() {
+async fn with_the_server_gone_the_commands_open_the_data_dir_and_are_audited_the_same_way() {
     let (_dir, data, outbox, log) = scratch();
     let server = server(&data, &outbox, &log, None).await;
     let mut stranger = AtPhone::new(&server.url, STRANGER);
     for i in 0..5 {
         stranger.log_in(ID, &format!("Wrong*pass{i}")).await;
     }
-    server.terminate();
+    // Killed: its admin.json stays behind, and is recognised as stale.
+    server.kill9();
+    assert!(data.join("admin.json").exists());
     let view = json(&data, &["admin", "show", ID]);
     assert!(!limit(&view, "login", "other")["until"].is_null());
     assert_eq!(json(&data, &["admin", "unlock", ID])["cleared"], serde_json::json!(["login:other"]));
