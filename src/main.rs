@@ -214,9 +214,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         ..Default::default()
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(stop);
+    let signalled = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        let _ = stop.send(true);
+        let _ = signalled.send(true);
     });
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -242,6 +244,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let served = kichhoat::server::serve(listener, router, limits, until_stopped(stopped)).await;
     info!("shutting down");
+    // Whatever ended the carrier server ends the admin API too.
+    let _ = stop.send(true);
     if let Some(task) = admin_server {
         let _ = task.await;
     }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -165,6 +165,8 @@ pub fn router(api: Arc<AdminApi>) -> Router {
     Router::new()
         .merge(guarded)
         .route("/healthz", get(|| async { "ok\n" }))
+        // axum's extractors stop at 2 MB of their own accord: a registry is larger.
+        .layer(DefaultBodyLimit::max(IMPORT_LIMIT))
         .layer(RequestBodyLimitLayer::new(IMPORT_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .layer(TraceLayer::new_for_http().make_span_with(
@@ -280,4 +282,66 @@ async fn import(
         api.admin.import(&csv, &name, &by, q.dry_run).await
     };
     reply(run.await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditLog;
+    use crate::clock::{Clock, ManualClock, Millis};
+    use crate::crypto::{Crypto, HashCost};
+    use crate::store::memory::MemoryStore;
+    use crate::store::Store;
+    use tower::ServiceExt;
+
+    fn api(dir: &Path) -> (Arc<AdminApi>, Endpoint) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let crypto = Arc::new(Crypto::from_master(&[3; 32], HashCost::DANGER_TEST_ONLY).unwrap());
+        let log = AuditLog::open(&dir.join("audit.jsonl"), 1 << 20, store.clone(), crypto).unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Millis(1_795_996_800_000)));
+        let admin = Admin::new(store, Arc::new(crate::engine::Policy::default()), clock, Arc::new(log));
+        let endpoint = Endpoint::new("127.0.0.1:8081".parse().unwrap());
+        (Arc::new(AdminApi::new(Arc::new(admin), &endpoint)), endpoint)
+    }
+
+    #[tokio::test]
+    async fn a_registry_larger_than_axums_default_body_limit_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (api, endpoint) = api(dir.path());
+        let mut csv = String::from("national_id,phone,full_name,status\n");
+        for n in 0..60_000u32 {
+            csv.push_str(&format!("001099{n:06},091{n:07},Nguyen Van {n},approved\n"));
+        }
+        assert!(csv.len() > 2 << 20);
+        let req = axum::http::Request::post("/admin/registry/import?operator=test")
+            .header("authorization", format!("Bearer {}", endpoint.token))
+            .body(Body::from(csv))
+            .unwrap();
+        let resp = router(api.clone()).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let report: crate::registry::ImportReport = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(report.added, 60_000);
+    }
+
+    #[test]
+    fn the_endpoint_file_is_private_and_its_debug_hides_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Endpoint::new("127.0.0.1:8081".parse().unwrap());
+        e.write(dir.path()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(Endpoint::path(dir.path())).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(Endpoint::read(dir.path()).unwrap().token, e.token);
+        assert!(!format!("{e:?}").contains(&e.token));
+        let newer = Endpoint::new("127.0.0.1:8082".parse().unwrap());
+        newer.write(dir.path()).unwrap();
+        e.remove(dir.path());
+        assert!(Endpoint::read(dir.path()).is_some(), "an older server leaves a newer one's file alone");
+        newer.remove(dir.path());
+        assert!(Endpoint::read(dir.path()).is_none());
+    }
 }

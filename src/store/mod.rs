@@ -29,6 +29,11 @@
 //!   line in the file loses nothing. Audit ids are unique but not given out in commit order (sled draws
 //!   them inside transactions that finish in any order), so "everything after the last id exported" would
 //!   miss records: the mark is what says what is left.
+//! - Citizens are never deleted: a registry import marks the ones its file no longer lists
+//!   ([`Store::remove_citizens`], with their audit records in the same write), and accounts are never
+//!   touched by an import. Operators clear counters ([`Store::reset_counters`]) in one write with its
+//!   audit record, and find the conversations holding an ID number ([`Store::conversations_of`]; a scan is
+//!   acceptable, it is not on a request path).
 //! - Nothing secret is written in plain text: callers pass hashes and sealed SMS bodies only.
 
 pub mod memory;
