@@ -39,7 +39,9 @@ pub enum AdminAction {
     /// Clears a citizen's locks and counters: `login` (failed log-ins, both pools), `otp` (code sends,
     /// wrong codes, lookups), or `all`.
     Unlock {
+        /// The 12-digit ID number (CCCD).
         id: String,
+        /// Which locks to clear.
         #[arg(long, value_enum, default_value_t = What::All)]
         what: What,
         #[command(flatten)]
@@ -48,6 +50,7 @@ pub enum AdminAction {
     /// Cancels the activation (or log-in) in progress for the ID number: the conversation holding it
     /// returns to the menu at its next input, the pending code is void.
     Cancel {
+        /// The 12-digit ID number (CCCD).
         id: String,
         #[command(flatten)]
         opts: AdminOpts,
@@ -66,6 +69,7 @@ pub enum RegistryAction {
     /// from it are marked removed (kept and audited; they can no longer activate or recover). Prints
     /// the counts added, changed, removed.
     Import {
+        /// The CSV file; its rows are sent to the running server (which need not be able to read it).
         file: PathBuf,
         /// Only report what the import would do.
         #[arg(long)]

@@ -94,6 +94,7 @@ pub enum What {
     Login,
     /// OTP send caps, wrong codes and lookup caps (both pools, and the registered phone's own lookups).
     Otp,
+    /// Both.
     All,
 }
 
