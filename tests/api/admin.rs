@@ -307,3 +307,62 @@ async fn serve_outside_a_checkout_without_a_registry_refuses_unless_demo() {
     assert!(reply.contains("Nhap ma"), "{reply}");
     server.terminate();
 }
+
+/// Operators racing each other and the citizen: eight cancels at once void the code once and audit one
+/// cancel; eight unlocks at once while wrong log-ins keep coming leave the counter as some order of the
+/// same events one at a time would (never a lock the failures since the last unlock did not earn).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_racing_each_other_and_the_citizen_act_once_and_leave_consistent_counters() {
+    use kichhoat::admin::{Operator, What};
+    use kichhoat::domain::NationalId;
+    use kichhoat::engine::policy::Pool;
+    let server = crate::helpers::TestServer::start().await;
+    let app = server.app();
+    let id = NationalId::parse_shape(ID).unwrap();
+    let by = Operator::parse("officer.lan").unwrap();
+    let mut citizen = AtPhone::new(&server.url, PHONE);
+    assert!(fold(&citizen.request_code(ID, "1").await).contains("Nhap ma"));
+    let admin = std::sync::Arc::new(app.admin());
+    let cancels: Vec<_> = (0..8)
+        .map(|_| {
+            let (admin, id, by) = (admin.clone(), id.clone(), by.clone());
+            tokio::spawn(async move { admin.cancel(&id, &by).await.unwrap() })
+        })
+        .collect();
+    let mut voided = 0;
+    for c in cancels {
+        voided += c.await.unwrap().codes_voided;
+    }
+    assert_eq!(voided, 1, "the code is voided once");
+    let trail = kichhoat::store::audit_all(app.store.as_ref()).await.unwrap();
+    assert_eq!(trail.iter().filter(|r| r.event.event == "admin_cancel").count(), 1, "one cancel audited");
+
+    // Wrong log-ins from a stranger while operators unlock: each failure is counted on the counter as it
+    // stands inside its own commit.
+    let key = app.service.policy.login_failure(&id, Pool::Other).0;
+    let failures: Vec<_> = (0..4)
+        .map(|i| {
+            let url = server.url.clone();
+            tokio::spawn(async move {
+                AtPhone::new(&url, &format!("+8498700{:04}", 100 + i)).log_in(ID, "Wrong*pass1").await;
+            })
+        })
+        .collect();
+    let unlocks: Vec<_> = (0..8)
+        .map(|_| {
+            let (admin, id, by) = (admin.clone(), id.clone(), by.clone());
+            tokio::spawn(async move { admin.unlock(&id, What::Login, &by).await.unwrap() })
+        })
+        .collect();
+    for f in failures {
+        f.await.unwrap();
+    }
+    for u in unlocks {
+        u.await.unwrap();
+    }
+    let tally = app.store.tally(&key).await.unwrap();
+    assert!(tally.consecutive <= 4 && tally.locked_until.is_none(), "4 failures never lock at 5: {tally:?}");
+    let trail = kichhoat::store::audit_all(app.store.as_ref()).await.unwrap();
+    assert_eq!(trail.iter().filter(|r| r.event.event == "admin_unlock").count(), 8, "each unlock audited");
+    server.stop().await;
+}
