@@ -46,6 +46,9 @@ pub struct Citizen {
 pub enum CitizenStatus {
     Approved,
     Pending,
+    /// Missing from the latest registry import: kept (never deleted, an account stays), but the registry
+    /// answers as for an unknown ID number, so no activation or recovery can start.
+    Removed,
 }
 
 /// An activated account: credentials only as argon2id PHC strings.
@@ -129,6 +132,8 @@ pub enum Purpose {
     ResetPassword,
     /// Forgot passcode: the password, a new passcode.
     ResetPasscode,
+    /// A log-in: the ID number waiting for its password.
+    Login,
 }
 
 /// What an activation, log-in or recovery has gathered so far. Secrets only as hashes.
@@ -179,6 +184,23 @@ impl Session {
             leaving: false,
             parked: None,
         }
+    }
+
+    /// The activation (or recovery) of `id` this conversation holds, as a session standing at it: the one
+    /// in progress, or the one put aside ([`Session::parked`]). For operators' views.
+    pub fn activation_of(&self, id: &NationalId) -> Option<Session> {
+        if self.slots.national_id.as_ref() == Some(id) && self.slots.purpose != Purpose::Login {
+            return Some(self.clone());
+        }
+        let p = self.parked.as_ref().filter(|p| p.slots.national_id.as_ref() == Some(id))?;
+        Some(Session {
+            state: p.state.clone(),
+            slots: p.slots.clone(),
+            updated_at: p.at,
+            leaving: false,
+            parked: None,
+            ..self.clone()
+        })
     }
 
     /// What is worth keeping of a conversation idle past [`IDLE_RESET`]: only the language choice, at no
@@ -316,6 +338,9 @@ pub struct Stepped {
     pub session: Session,
     pub reply: Reply,
     pub effects: Vec<Effect>,
+    /// The step looked an ID number up in the registry: the service pads such replies to one floor, so
+    /// their time does not tell which answer the registry gave.
+    pub lookup: bool,
 }
 
 /// What the screens and SMS say about this deployment: the USSD code citizens dial, and a hotline.
@@ -370,6 +395,8 @@ pub(crate) struct Out {
     pub took_secret: bool,
     /// Until when a lock or cap met this turn lasts (`{until}` on screen, local time in Vietnam).
     pub until: Option<Millis>,
+    /// An ID number was looked up this turn (see [`Stepped::lookup`]).
+    pub lookup: bool,
 }
 
 /// Runs one step of the conversation.
@@ -381,7 +408,7 @@ pub fn step(
 ) -> Result<Stepped, EngineError> {
     let flow = ctx.flow;
     let mut s = session.unwrap_or_else(|| Session::new(flow, ctx.now));
-    let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None };
+    let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None, lookup: false };
     let idle = ctx.now.since(s.updated_at) > IDLE_RESET;
     let resumable =
         |s: &Session| flow.state(&s.state).filter(|st| st.resume && matches!(st.kind, Kind::Input { .. })).cloned();
@@ -457,7 +484,7 @@ pub fn step(
     };
     let reply = frame(ctx, &s, &out, reply);
     s.updated_at = ctx.now;
-    Ok(Stepped { session: s, reply, effects: out.effects })
+    Ok(Stepped { session: s, reply, effects: out.effects, lookup: out.lookup })
 }
 
 /// Whether the session stands at a prompt for a free-text security answer.

@@ -7,15 +7,17 @@ use crate::domain::{NationalId, Secret};
 use crate::engine::policy::Pool;
 use rand::RngCore;
 
-use crate::engine::{Account, AccountUpdate, Citizen, Credential, Ctx, Effect, EngineError, Out, Session, Slots};
+use crate::engine::{
+    Account, AccountUpdate, Citizen, Credential, Ctx, Effect, EngineError, Out, Purpose, Session, Slots,
+};
 use crate::flow::catalog::NAME_MAX;
 use crate::limits::{self, Bump};
 use crate::vocab::keys;
 
-/// `start_login`: a fresh log-in for the ID number typed. The same as starting an activation today; kept
-/// apart because log-in is about to gather different things.
+/// `start_login`: a fresh log-in for the ID number typed (marked a log-in: operators' views of activations
+/// in progress leave it out).
 pub(super) fn start_login(id: NationalId, s: &mut Session, ctx: &Ctx) -> Result<Act, EngineError> {
-    s.slots = Slots { started_at: Some(ctx.now), national_id: Some(id), ..Slots::default() };
+    s.slots = Slots { purpose: Purpose::Login, started_at: Some(ctx.now), national_id: Some(id), ..Slots::default() };
     Ok(Act::Go("done", None))
 }
 

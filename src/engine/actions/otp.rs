@@ -30,11 +30,13 @@ pub(super) fn request_otp(
     rng: &mut dyn RngCore,
 ) -> Result<Act, EngineError> {
     let id = s.slots.national_id.clone().ok_or_else(|| misuse(s, "request_otp before an ID number"))?;
+    out.lookup = true;
     let lookups = match spend(ctx, &ctx.policy.lookups(ctx.caller)) {
         Ok(bumps) => bumps,
         Err((limit, until)) => return Ok(limited(out, ctx, limit, until, &id)),
     };
-    let citizen = ctx.directory.citizen(&id)?;
+    // A citizen the registry removed is answered as unknown (the registry says so already; defence in depth).
+    let citizen = ctx.directory.citizen(&id)?.filter(|c| c.status != CitizenStatus::Removed);
     let pool = Pool::of(ctx.caller, citizen.as_ref().map(|c| &c.phone));
     // Unknown ID and mismatched phone take the same path to the same words (OWASP Authentication Cheat
     // Sheet: generic responses, no account enumeration). Both purposes read the citizen and the account.

@@ -165,7 +165,7 @@ impl<'r> Bench<'r> {
             policy: &self.policy,
             site: &crate::engine::Site::default(),
         };
-        let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None };
+        let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None, lookup: false };
         let raw = entry.map(Secret::new);
         let value = match (kind.input(), &raw) {
             (Some(v), Some(raw)) => {
@@ -621,7 +621,7 @@ fn an_action_given_the_wrong_kind_of_value_is_a_flow_fault() {
         policy: &b.policy,
         site: &crate::engine::Site::default(),
     };
-    let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None };
+    let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None, lookup: false };
     let err = run(ActionKind::Login, None, &mut s, &ctx, &mut out, &mut b.rng).unwrap_err();
     assert!(matches!(err, EngineError::Flow { why: "action given a value of the wrong kind", .. }), "{err:?}");
 }
