@@ -28,6 +28,10 @@ pub enum Command {
     /// Print the audit trail file (rotated files in order, then the active one) as JSON lines, or check
     /// its hash chain (`audit verify`). Reads only the file, so it works while the server runs.
     Audit(AuditArgs),
+    /// Load tool: drive realistic USSD traffic at a running server (loopback only) and print hops/s,
+    /// p50/p99/p999 and errors beside the server's own /healthz rate (`bench run`), or print a registry
+    /// CSV for it (`bench registry N`).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -37,6 +37,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod bench;
 pub mod channel;
 pub mod clock;
 pub mod config;

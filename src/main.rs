@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             run(kichhoat::simulate::run(args))
         }
         Command::Audit(args) => audit(&args),
+        Command::Bench(args) => run(kichhoat::bench::run(args)),
     }
 }
 
