@@ -225,15 +225,18 @@ impl App {
             implausible_ids = report.implausible,
             "registry imported"
         );
-        let service = Arc::new(Service::new(
-            store.clone(),
-            Arc::new(registry::ImportedRegistry(store.clone())),
-            Arc::new(flow),
-            crypto.clone(),
-            clock.clone(),
-            settings.policy.clone(),
-            audit_log.clone(),
-        ));
+        let service = Arc::new(
+            Service::new(
+                store.clone(),
+                Arc::new(registry::ImportedRegistry(store.clone())),
+                Arc::new(flow),
+                crypto.clone(),
+                clock.clone(),
+                settings.policy.clone(),
+                audit_log.clone(),
+            )
+            .with_bounds(settings.bounds),
+        );
         let gate = Arc::new(Gate::new(
             settings.webhook_token.as_ref(),
             settings.webhook_allow.clone(),

@@ -17,6 +17,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook server.
@@ -278,6 +280,17 @@ pub struct ServeArgs {
     /// Seconds a client has to send a whole request head, and the longest a kept-alive connection idles.
     #[arg(long, env = "KICHHOAT_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
+    /// Hops in progress at most; past this bound a USSD hop gets an immediate END "busy, try again in a
+    /// few minutes" (an SMS a short reply) instead of a carrier time-out, and memory stays bounded.
+    #[arg(long, env = "KICHHOAT_MAX_PENDING", default_value_t = 2048)]
+    pub max_pending: usize,
+    /// Steps that hash (passwords, passcodes, answers, log-ins) waiting for a hashing thread at most;
+    /// past it they are answered "busy" at once. Steps that hash nothing never wait for them.
+    #[arg(long, env = "KICHHOAT_HASH_QUEUE", default_value_t = 256)]
+    pub hash_queue: usize,
+    /// Hashing threads (argon2id: one core and 19 MiB each while it runs). Default: the cores.
+    #[arg(long, env = "KICHHOAT_HASH_THREADS")]
+    pub hash_threads: Option<usize>,
     #[command(flatten)]
     pub common: Common,
 }
@@ -306,6 +319,16 @@ fn with_token(url: String, token: Option<&Secret>) -> String {
 }
 
 impl ServeArgs {
+    /// The bounds on queued work these flags ask for.
+    pub fn bounds(&self) -> crate::service::LoadBounds {
+        let default = crate::service::LoadBounds::default();
+        crate::service::LoadBounds {
+            max_pending: self.max_pending.max(1),
+            hash_queue: self.hash_queue,
+            hash_threads: self.hash_threads.unwrap_or(default.hash_threads).max(1),
+        }
+    }
+
     /// Refuses to serve where strangers can reach the webhooks without a token, unless told the network
     /// is trusted.
     pub fn check_exposure(&self) -> Result<(), String> {
@@ -415,6 +438,8 @@ pub struct Settings {
     pub audit_log: PathBuf,
     /// The active audit trail file is rotated before a line would take it past this.
     pub audit_log_max_bytes: u64,
+    /// Bounds on queued work (overload answers "busy" past them).
+    pub bounds: crate::service::LoadBounds,
 }
 
 impl Settings {
@@ -433,6 +458,7 @@ impl Settings {
             sms_sender: SenderSettings::File,
             webhook_token: None,
             webhook_allow: Vec::new(),
+            bounds: crate::service::LoadBounds::default(),
             data_dir,
         }
     }

@@ -135,6 +135,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     settings.sms_sender = args.sender()?;
     settings.webhook_token = args.webhook_token.clone();
     settings.webhook_allow = args.allow()?;
+    settings.bounds = args.bounds();
     let app = App::open(&settings, Arc::new(SystemClock), HashCost::OWASP).await.map_err(|e| e.to_string())?;
     match &settings.sms_sender {
         SenderSettings::File => info!(
@@ -172,10 +173,26 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         header_read_timeout: std::time::Duration::from_secs(args.header_timeout_secs.max(1)),
         ..Default::default()
     };
-    let served = kichhoat::server::serve(listener, router, limits, shutdown_signal()).await;
+    // A store write fault ends the process non-zero once the hops in flight are answered: sled refuses
+    // every write after an I/O error until reopened, and the supervisor (systemd's Restart=, Docker's
+    // restart policy) starts it again, and again until the fault (a full disk) is gone.
+    let health = app.service.health.clone();
+    let store_fault = async move { health.fault.notified().await };
+    let stopped_by_fault = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stopped_by_fault.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = store_fault => flag.store(true, std::sync::atomic::Ordering::SeqCst),
+        }
+    };
+    let served = kichhoat::server::serve(listener, router, limits, stop).await;
     info!("shutting down");
     app.shutdown().await;
     info!("stopped");
+    if stopped_by_fault.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err("the store could not write; exiting for the supervisor to restart the service".into());
+    }
     served.map_err(|e| e.to_string())
 }
 

@@ -12,12 +12,15 @@
 //! a trail that cannot be written (disk full) makes the turn a fault: the commit stands, the records stay
 //! unexported for the next drain, and the citizen gets the polite "try again later".
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use rand::rngs::OsRng;
-use tokio::sync::{Mutex, MutexGuard, Notify, Semaphore};
-use tracing::{error, info, info_span, Instrument};
+use tokio::sync::{Mutex, MutexGuard, Notify};
+use tracing::{debug, debug_span, error, info, warn, Instrument};
 
 use crate::audit::{AuditLog, AuditLogError};
 use crate::channel::{Channel, Derived};
@@ -28,10 +31,13 @@ use crate::engine::Policy;
 use crate::engine::{
     self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound, Medium, Reply, Session,
 };
-use crate::flow::{Flow, Lang};
+use crate::flow::{Flow, Kind, Lang};
+use crate::hashing::{HashPool, PoolError};
 use crate::limits::{CounterKey, Tally};
+use crate::metrics::METRICS;
 use crate::registry::Registry;
 use crate::store::{AuditRecord, Commit, CommitOutcome, Conversation, NewSms, RecentReply, Store, StoreError};
+use crate::vocab::ActionKind;
 
 /// Lock stripes for per-phone serialization: bounded memory, rare false sharing.
 const LOCK_STRIPES: usize = 1024;
@@ -61,6 +67,73 @@ pub enum ServiceError {
     Timeout,
     #[error(transparent)]
     AuditLog(#[from] AuditLogError),
+    /// Queued work passed its bound ([`LoadBounds`]): answered "busy" at once, nothing changed.
+    #[error("overloaded: {0}")]
+    Busy(&'static str),
+}
+
+/// Bounds on queued work; past them a hop is answered "busy, try again in a few minutes" at once rather
+/// than left to time out at the carrier, and memory stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadBounds {
+    /// Turns in progress (waiting for their phone's lock, the store or a hashing slot) at most.
+    pub max_pending: usize,
+    /// Steps that hash waiting for a hashing thread at most.
+    pub hash_queue: usize,
+    /// Hashing threads: argon2id takes 19 MiB and one core each while it runs.
+    pub hash_threads: usize,
+}
+
+impl Default for LoadBounds {
+    fn default() -> LoadBounds {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+        LoadBounds { max_pending: 2048, hash_queue: 256, hash_threads: cores }
+    }
+}
+
+/// The actions that run argon2id (hash or verify a credential): steps at a state taking input for one of
+/// them go to the hashing pool; every other step runs at once.
+const HASHING_ACTIONS: &[ActionKind] = &[
+    ActionKind::ChoosePassword,
+    ActionKind::ConfirmPassword,
+    ActionKind::ChoosePasscode,
+    ActionKind::ConfirmPasscode,
+    ActionKind::SetAnswer,
+    ActionKind::Login,
+];
+
+/// Whether the store takes writes, as far as the service has seen (`/healthz` reads it).
+#[derive(Default)]
+pub struct StoreHealth {
+    failed: AtomicBool,
+    /// Woken on a write fault: `serve` then exits non-zero so the supervisor restarts it once the fault
+    /// is gone (sled keeps refusing writes after an I/O error until the database is reopened).
+    pub fault: Notify,
+}
+
+impl StoreHealth {
+    pub fn writable(&self) -> bool {
+        !self.failed.load(Ordering::Acquire)
+    }
+
+    /// A write or flush failed: nothing more is answered as stored.
+    pub fn write_failed(&self, e: &StoreError) {
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            error!(error = %e, "the store could not write; readiness fails until a restart");
+        }
+        METRICS.store_errors.inc();
+        METRICS.store_writable.set(0);
+        self.fault.notify_one();
+    }
+}
+
+/// Counts a turn in progress until dropped.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub struct Service {
@@ -76,12 +149,51 @@ pub struct Service {
     pub outbox_ready: Arc<Notify>,
     /// Where a turn's audit records are written before its reply.
     pub audit_log: Arc<AuditLog>,
+    /// Whether the store takes writes.
+    pub health: Arc<StoreHealth>,
     locks: Vec<Mutex<()>>,
-    /// Bounds concurrent engine steps, which may hash with argon2id (19 MiB each).
-    hashing: Arc<Semaphore>,
+    /// Steps that may hash with argon2id run here, behind their own bounded queue.
+    hashing: HashPool,
+    bounds: LoadBounds,
+    pending: AtomicUsize,
 }
 
-/// The engine's view, read from the blocking pool: citizens from the registry, the rest from the store.
+/// The engine's view for a step run at once on a runtime thread: each lookup is polled once, which
+/// completes for a store that answers from memory or its own cache (sled, the memory store). One that
+/// would wait (a network database) marks `blocked`, and the step is run again on the blocking pool.
+struct InlineLookups<'a> {
+    store: &'a dyn Store,
+    registry: &'a dyn Registry,
+    blocked: std::cell::Cell<bool>,
+}
+
+impl InlineLookups<'_> {
+    fn now<T>(&self, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, DirectoryError> {
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(r) => lookup(r),
+            Poll::Pending => {
+                self.blocked.set(true);
+                Err(DirectoryError("the lookup would wait; the step runs on the blocking pool".into()))
+            }
+        }
+    }
+}
+
+impl Directory for InlineLookups<'_> {
+    fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, DirectoryError> {
+        self.now(self.registry.citizen(id))
+    }
+    fn account(&self, id: &NationalId) -> Result<Option<Account>, DirectoryError> {
+        self.now(self.store.account(id))
+    }
+    fn tally(&self, key: &CounterKey) -> Result<Tally, DirectoryError> {
+        self.now(self.store.tally(key))
+    }
+}
+
+/// The engine's view from a hashing or blocking thread: citizens from the registry, the rest from the
+/// store.
 struct Lookups {
     store: Arc<dyn Store>,
     registry: Arc<dyn Registry>,
@@ -114,7 +226,8 @@ impl Service {
         policy: Policy,
         audit_log: Arc<AuditLog>,
     ) -> Service {
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+        let bounds = LoadBounds::default();
+        METRICS.store_writable.set(1);
         Service {
             store,
             registry,
@@ -124,9 +237,28 @@ impl Service {
             policy: Arc::new(policy),
             outbox_ready: Arc::new(Notify::new()),
             audit_log,
+            health: Arc::new(StoreHealth::default()),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            hashing: Arc::new(Semaphore::new(workers)),
+            hashing: HashPool::new(bounds.hash_threads, bounds.hash_queue),
+            bounds,
+            pending: AtomicUsize::new(0),
         }
+    }
+
+    /// The same service with other bounds on queued work.
+    pub fn with_bounds(mut self, bounds: LoadBounds) -> Service {
+        self.hashing = HashPool::new(bounds.hash_threads, bounds.hash_queue);
+        self.bounds = bounds;
+        self
+    }
+
+    pub fn bounds(&self) -> LoadBounds {
+        self.bounds
+    }
+
+    /// Steps queued for or running on the hashing threads.
+    pub fn hashing_depth(&self) -> usize {
+        self.hashing.depth()
     }
 
     async fn lock(&self, phone: &Msisdn) -> MutexGuard<'_, ()> {
@@ -141,7 +273,13 @@ impl Service {
     pub async fn turn<C: Channel>(&self, ch: &C, request: C::Request) -> Result<Reply, ServiceError> {
         // Log lines of a turn carry the masked phone and a short pseudonym of the channel's session, so an
         // operator can follow a conversation without the logs holding who it was or what was typed.
-        let span = info_span!("turn", channel = C::KIND, phone = %ch.phone(&request).masked(), session = %ch.pseudonym(&request));
+        // A debug span: at `info` its fields (a keyed hash among them) are never computed.
+        let span = debug_span!("turn", channel = C::KIND, phone = %ch.phone(&request).masked(), session = %ch.pseudonym(&request));
+        let n = self.pending.fetch_add(1, Ordering::AcqRel);
+        let _pending = Pending(&self.pending);
+        if n >= self.bounds.max_pending {
+            return Err(ServiceError::Busy("turns in progress at their bound"));
+        }
         self.turn_in_span(ch, request).instrument(span).await
     }
 
@@ -161,13 +299,15 @@ impl Service {
                 Derived::Replay(reply) => {
                     // The original answer may have timed out before its commit was on disk, or before its
                     // audit lines were: make sure they are.
-                    self.store.durable().await?;
+                    self.store.durable().await.inspect_err(|e| self.health.write_failed(e))?;
                     self.audit_log.drain().await?;
-                    info!("retry answered from the stored reply");
+                    debug!("retry answered from the stored reply");
+                    METRICS.hop(C::KIND, "", "replay");
                     return Ok(reply);
                 }
                 Derived::Lost => {
                     info!("request does not follow the channel's session; asked to start again");
+                    METRICS.hop(C::KIND, "", "lost");
                     let lang = conversation.as_ref().map(|c| c.session.lang).unwrap_or(Lang::Vi);
                     return Ok(Reply {
                         text: self.flow.catalog(lang).get(keys::END_DIAL_AGAIN).to_string(),
@@ -178,8 +318,11 @@ impl Service {
             };
             let now = self.clock.now();
             let session = conversation.as_ref().map(|c| c.session.clone());
+            let before = session.as_ref().map(|s| (s.state.clone(), s.tries));
+            let dialled = matches!(inbound, Inbound::Start { .. });
             let (session, reply, effects) = self.run_step(phone.clone(), C::MEDIUM, session, inbound, now).await?;
             let state = session.state.clone();
+            let tries = session.tries;
             let mut next = conversation.unwrap_or_else(|| Conversation::new(session.clone()));
             next.session = session;
             next.recent.retain(|r| now.since(r.at) <= RETRY_TTL && r.key != key);
@@ -194,14 +337,20 @@ impl Service {
             let queued_sms = effects.iter().any(|e| matches!(e, Effect::Sms { .. }));
             let commit = self.commit_of(&phone, C::KIND, next, effects, now)?;
             let audited: Vec<_> = commit.audit.iter().map(|a| a.event.clone()).collect();
-            match self.store.commit(version, commit).await? {
+            let started = Instant::now();
+            let outcome = self.store.commit(version, commit).await.inspect_err(|e| self.health.write_failed(e))?;
+            METRICS.commit_seconds.observe(started.elapsed().as_secs_f64());
+            match outcome {
                 CommitOutcome::Committed(_) => {
                     // Logged once, and only for what was written.
                     for a in &audited {
                         let id = a.national_id.as_ref().map(|i| i.masked()).unwrap_or_default();
                         let to = a.phone.as_ref().map(|p| p.masked()).unwrap_or_default();
                         info!(event = %a.event, id = %id, registered_phone = %to, "audit");
+                        METRICS.audited(&a.event);
                     }
+                    self.count_step(before.as_ref(), &state, tries, dialled);
+                    METRICS.hop(C::KIND, &state, if reply.end { "end" } else { "con" });
                     if !audited.is_empty() {
                         // Everything audited is in the trail file, on disk, before the citizen is answered.
                         self.audit_log.drain().await?;
@@ -216,15 +365,50 @@ impl Service {
                             ready.notify_one();
                         });
                     }
-                    info!(state = %state, end = reply.end, "turn answered");
+                    debug!(state = %state, end = reply.end, "turn answered");
                     return Ok(reply);
                 }
-                CommitOutcome::Conflict => info!("conversation or counter changed meanwhile; running the turn again"),
-                CommitOutcome::AccountExists => info!("activation lost a race; running the turn again"),
-                CommitOutcome::LimitReached(limit) => info!(%limit, "limit reached meanwhile; running the turn again"),
+                CommitOutcome::Conflict => debug!("conversation or counter changed meanwhile; running the turn again"),
+                CommitOutcome::AccountExists => debug!("activation lost a race; running the turn again"),
+                CommitOutcome::LimitReached(limit) => {
+                    METRICS.rate_limited.with_label_values(&["reached_meanwhile"]).inc();
+                    debug!(%limit, "limit reached meanwhile; running the turn again")
+                }
             }
         }
         Err(ServiceError::Contention)
+    }
+
+    /// The activation funnel: a state entered, left forward (completed), an entry refused there, or
+    /// left by a new dial that started over (abandoned). State names only: nothing personal.
+    fn count_step(&self, before: Option<&(String, u8)>, state: &str, tries: u8, dialled: bool) {
+        let was_input =
+            |s: &str| self.flow.state(s).is_some_and(|st| !matches!(st.kind, Kind::End { .. })) && s != self.flow.start;
+        match before {
+            Some((prev, prev_tries)) if prev == state => {
+                if tries > *prev_tries {
+                    METRICS.step(state, "refused");
+                }
+            }
+            Some((prev, _)) => {
+                if was_input(prev) {
+                    METRICS.step(prev, if dialled { "abandoned" } else { "completed" });
+                }
+                METRICS.step(state, "entered");
+            }
+            None => METRICS.step(state, "entered"),
+        }
+    }
+
+    /// Whether the step may run argon2id: input at a state whose action hashes or verifies a credential,
+    /// or a fast dial whose choices could reach one.
+    fn may_hash(&self, session: Option<&Session>, inbound: &Inbound) -> bool {
+        match inbound {
+            Inbound::Start { choices } => !choices.is_empty(),
+            _ => session.and_then(|s| self.flow.state(&s.state)).is_some_and(|st| {
+                matches!(&st.kind, Kind::Input { input: Some((_, action)), .. } if HASHING_ACTIONS.contains(action))
+            }),
+        }
     }
 
     async fn run_step(
@@ -235,7 +419,25 @@ impl Service {
         inbound: Inbound,
         now: Millis,
     ) -> Result<(Session, Reply, Vec<Effect>), ServiceError> {
-        let permit = self.hashing.clone().acquire_owned().await.map_err(|e| ServiceError::Pool(e.to_string()))?;
+        if !self.may_hash(session.as_ref(), &inbound) {
+            // At once, on this thread: no hand-off for a step that hashes nothing.
+            let lookups =
+                InlineLookups { store: self.store.as_ref(), registry: self.registry.as_ref(), blocked: false.into() };
+            let ctx = Ctx {
+                flow: &self.flow,
+                directory: &lookups,
+                crypto: &self.crypto,
+                now,
+                caller: &caller,
+                medium,
+                policy: &self.policy,
+            };
+            let stepped = engine::step(&ctx, session.clone(), inbound.clone(), &mut OsRng);
+            if !lookups.blocked.get() {
+                let stepped = stepped?;
+                return Ok((stepped.session, stepped.reply, stepped.effects));
+            }
+        }
         let flow = self.flow.clone();
         let crypto = self.crypto.clone();
         let policy = self.policy.clone();
@@ -244,8 +446,8 @@ impl Service {
             registry: self.registry.clone(),
             rt: tokio::runtime::Handle::current(),
         };
+        let hashing = self.may_hash(session.as_ref(), &inbound);
         let job = move || -> Result<(Session, Reply, Vec<Effect>), EngineError> {
-            let _permit = permit;
             let ctx = Ctx {
                 flow: &flow,
                 directory: &lookups,
@@ -258,7 +460,14 @@ impl Service {
             let stepped = engine::step(&ctx, session, inbound, &mut OsRng)?;
             Ok((stepped.session, stepped.reply, stepped.effects))
         };
-        let result = tokio::task::spawn_blocking(job).await.map_err(|e| ServiceError::Pool(e.to_string()))?;
+        let result = if hashing {
+            self.hashing.run(job).await.map_err(|e| match e {
+                PoolError::Full => ServiceError::Busy("the hashing queue is full"),
+                PoolError::Gone => ServiceError::Pool(e.to_string()),
+            })?
+        } else {
+            tokio::task::spawn_blocking(job).await.map_err(|e| ServiceError::Pool(e.to_string()))?
+        };
         Ok(result?)
     }
 
@@ -300,9 +509,14 @@ impl Service {
         Ok(commit)
     }
 
-    /// The reply for an operational fault: logged here once, with no detail for the caller.
+    /// The reply for an operational fault: logged here once, with no detail for the caller. Overload
+    /// ("busy") is counted, not logged per hop.
     pub fn fault_reply(&self, err: &ServiceError) -> Reply {
-        error!(error = %err, "turn failed");
+        match err {
+            ServiceError::Busy(why) => debug!(why, "turn refused: busy"),
+            ServiceError::Timeout => warn!(error = %err, "turn failed"),
+            _ => error!(error = %err, "turn failed"),
+        }
         Reply { text: self.flow.catalog(Lang::Vi).get(keys::END_UNAVAILABLE).to_string(), end: true }
     }
 }

@@ -338,7 +338,9 @@ fn group_commit(db: sled::Db, rx: mpsc::Receiver<Waiter>, flushes: Arc<AtomicU64
     while let Ok(first) = rx.recv() {
         let mut waiters = vec![first];
         waiters.extend(rx.try_iter());
+        let started = std::time::Instant::now();
         let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        crate::metrics::METRICS.flush_seconds.observe(started.elapsed().as_secs_f64());
         flushes.fetch_add(1, Ordering::SeqCst);
         for w in waiters {
             let _ = w.send(result.clone());
