@@ -13,7 +13,8 @@
 //!   six argon2id hashes or verifications, two SMS), reading the OTP from the server's outbox file.
 //!
 //! `--prefill` first gives every phone a stored conversation (one first hop each), so hops run against
-//! `--phones` stored conversations. Loops are bounded by `--duration` (and the prefill by its count);
+//! `--phones` stored conversations. The k-th load (from 0) dials from phones `k×N … (k+1)×N−1` (except
+//! `activate`, which dials from each citizen's own phone), so loads never share a caller. Loops are bounded by `--duration` (and the prefill by its count);
 //! targets other than loopback are refused.
 
 use std::collections::HashMap;
@@ -449,7 +450,17 @@ fn target(url: &str, token: Option<&str>) -> Result<Target, String> {
     Ok(Target { addr, ussd, healthz: "/healthz".into(), metrics: "/metrics".into() })
 }
 
-async fn worker(load: Load, t: Arc<Target>, shared: Arc<Shared>, phones: usize, seed: u64, base: usize) -> Record {
+/// `offset`: where this load's callers start, so two loads never dial from one phone at once (a phone's
+/// turns are serialized: a log-in waiting for its hash would hold up another load's hop on that phone).
+async fn worker(
+    load: Load,
+    t: Arc<Target>,
+    shared: Arc<Shared>,
+    phones: usize,
+    seed: u64,
+    base: usize,
+    offset: usize,
+) -> Record {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut conn = Conn::new(&t.addr);
     let mut record = Record::default();
@@ -468,7 +479,7 @@ async fn worker(load: Load, t: Arc<Target>, shared: Arc<Shared>, phones: usize, 
             path: &t.ussd,
             record: &mut record,
             shared: &shared,
-            phone: intl(&phone(i)),
+            phone: intl(&phone(if load == Load::Activate { i } else { i + offset })),
             session: format!("bench-{}-{seed}-{seq}", std::process::id()),
             typed: Vec::new(),
         };
@@ -679,10 +690,12 @@ async fn run_loads(args: RunArgs) -> Result<(), String> {
     let tail = args.outbox.clone().map(|p| tokio::spawn(tail_outbox(p, shared.clone())));
     let mut tasks = Vec::new();
     let mut seed = 1u64;
-    for (load, n) in &loads {
+    for (k, (load, n)) in loads.iter().enumerate() {
         for _ in 0..*n {
             seed += 1;
-            tasks.push(tokio::spawn(worker(*load, t.clone(), shared.clone(), args.phones, seed, args.first_citizen)));
+            let offset = k * args.phones;
+            let w = worker(*load, t.clone(), shared.clone(), args.phones, seed, args.first_citizen, offset);
+            tasks.push(tokio::spawn(w));
         }
     }
     let (mut r, secs, peak) = phase("load", args.duration, &t, shared, tasks).await;

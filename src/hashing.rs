@@ -53,14 +53,17 @@ impl HashPool {
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads {
             let rx = rx.clone();
-            let spawned = std::thread::Builder::new().name(format!("hashing-{i}")).spawn(move || loop {
-                let job = match rx.lock() {
-                    Ok(rx) => rx.recv(),
-                    Err(_) => return,
-                };
-                match job {
-                    Ok(job) => job(),
-                    Err(_) => return, // the pool was dropped
+            let spawned = std::thread::Builder::new().name(format!("hashing-{i}")).spawn(move || {
+                lower_priority();
+                loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return, // the pool was dropped
+                    }
                 }
             });
             if let Err(e) = spawned {
@@ -109,6 +112,17 @@ impl HashPool {
             return Err(PoolError::Gone);
         }
         done_rx.await.map_err(|_| PoolError::Gone)
+    }
+}
+
+/// Hashing threads run at a lower scheduling priority (nice +10) than the runtime's: when the cores are
+/// busy hashing, a hop that hashes nothing still gets a core at once.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority read and change this thread's scheduling priority only.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
     }
 }
 

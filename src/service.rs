@@ -1,8 +1,9 @@
 //! One turn of a conversation, from a channel's parsed request to a durable reply. Shared by every
 //! channel, the HTTP server and `kichhoat simulate`; it names no carrier.
 //!
-//! Per turn: take the phone's lock stripe (an optimisation: concurrent turns of one phone in this process
-//! wait instead of conflicting), load the conversation and its version, let the channel say what the
+//! Per turn: take the phone's lock (an optimisation: concurrent turns of one phone in this process wait
+//! instead of conflicting; one lock per phone with a turn in progress, so a phone waiting for a hash
+//! never holds up another phone), load the conversation and its version, let the channel say what the
 //! request means (a retry gets the stored reply and changes nothing), run the engine on the bounded
 //! blocking pool, and commit the conversation with its effects against the version loaded. The commit
 //! is what makes it correct across processes: when the conversation changed meanwhile, another phone
@@ -12,6 +13,7 @@
 //! a trail that cannot be written (disk full) makes the turn a fault: the commit stands, the records stay
 //! unexported for the next drain, and the citizen gets the polite "try again later".
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use rand::rngs::OsRng;
-use tokio::sync::{Mutex, MutexGuard, Notify};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 use tracing::{debug, debug_span, error, info, warn, Instrument};
 
 use crate::audit::{AuditLog, AuditLogError};
@@ -39,8 +41,6 @@ use crate::registry::Registry;
 use crate::store::{AuditRecord, Commit, CommitOutcome, Conversation, NewSms, RecentReply, Store, StoreError};
 use crate::vocab::ActionKind;
 
-/// Lock stripes for per-phone serialization: bounded memory, rare false sharing.
-const LOCK_STRIPES: usize = 1024;
 /// How often a turn runs again when its commit was refused (a conflict, a lost activation race, a limit
 /// reached meanwhile). Each refusal means another turn made progress, so a handful suffices.
 const COMMIT_ATTEMPTS: usize = 6;
@@ -127,6 +127,25 @@ impl StoreHealth {
     }
 }
 
+/// A phone's turn lock; the phone's entry goes with its last holder or waiter.
+struct PhoneLock {
+    guard: Option<OwnedMutexGuard<()>>,
+    locks: Arc<std::sync::Mutex<HashMap<Msisdn, Arc<Mutex<()>>>>>,
+    phone: Msisdn,
+}
+
+impl Drop for PhoneLock {
+    fn drop(&mut self) {
+        self.guard.take();
+        if let Ok(mut map) = self.locks.lock() {
+            // Only the map holds it: nobody waits for this phone.
+            if map.get(&self.phone).is_some_and(|l| Arc::strong_count(l) == 1) {
+                map.remove(&self.phone);
+            }
+        }
+    }
+}
+
 /// Counts a turn in progress until dropped.
 struct Pending<'a>(&'a AtomicUsize);
 
@@ -151,7 +170,8 @@ pub struct Service {
     pub audit_log: Arc<AuditLog>,
     /// Whether the store takes writes.
     pub health: Arc<StoreHealth>,
-    locks: Vec<Mutex<()>>,
+    /// The lock of each phone with a turn in progress (removed with its last holder).
+    locks: Arc<std::sync::Mutex<HashMap<Msisdn, Arc<Mutex<()>>>>>,
     /// Steps that may hash with argon2id run here, behind their own bounded queue.
     hashing: HashPool,
     bounds: LoadBounds,
@@ -238,7 +258,7 @@ impl Service {
             outbox_ready: Arc::new(Notify::new()),
             audit_log,
             health: Arc::new(StoreHealth::default()),
-            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            locks: Arc::default(),
             hashing: HashPool::new(bounds.hash_threads, bounds.hash_queue),
             bounds,
             pending: AtomicUsize::new(0),
@@ -261,12 +281,14 @@ impl Service {
         self.hashing.depth()
     }
 
-    async fn lock(&self, phone: &Msisdn) -> MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        phone.hash(&mut h);
-        let i = (h.finish() as usize) % self.locks.len();
-        self.locks[i].lock().await
+    async fn lock(&self, phone: &Msisdn) -> PhoneLock {
+        let lock = match self.locks.lock() {
+            Ok(mut map) => map.entry(phone.clone()).or_default().clone(),
+            // A holder panicked with the map locked: fall back to a private lock (the commit's version
+            // check still serializes the phone's turns).
+            Err(_) => Arc::default(),
+        };
+        PhoneLock { guard: Some(lock.lock_owned().await), locks: self.locks.clone(), phone: phone.clone() }
     }
 
     /// Answers one request of channel `ch`.
