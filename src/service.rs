@@ -50,6 +50,11 @@ pub const RETRY_TTL: Duration = Duration::from_secs(10 * 60);
 const RECENT_REPLIES: usize = 8;
 /// How long after a reply that queued an SMS the delivery worker is woken.
 const WAKE_AFTER_REPLY: Duration = Duration::from_millis(20);
+/// The least time a turn that looked an ID number up takes to its reply. Unknown ID, phone mismatch, pending
+/// and a real lookup (which hashes and seals a code) already do the same store work; padding them to one
+/// floor, above what any of them costs on a loaded 2-core machine, hides what differences remain (OWASP
+/// Authentication Cheat Sheet: response times must not tell whether an account exists).
+const LOOKUP_FLOOR: Duration = Duration::from_millis(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -306,8 +311,9 @@ impl Service {
     }
 
     async fn turn_in_span<C: Channel>(&self, ch: &C, request: C::Request) -> Result<Reply, ServiceError> {
+        let started = tokio::time::Instant::now();
         let phone = ch.phone(&request).clone();
-        let _guard = self.lock(&phone).await;
+        let guard = self.lock(&phone).await;
         let key = ch.retry_key(&request);
         for _ in 0..COMMIT_ATTEMPTS {
             let loaded = self.store.load(&phone).await?;
@@ -342,7 +348,8 @@ impl Service {
             let session = conversation.as_ref().map(|c| c.session.clone());
             let before = session.as_ref().map(|s| (s.state.clone(), s.tries));
             let dialled = matches!(inbound, Inbound::Start { .. });
-            let (session, reply, effects) = self.run_step(phone.clone(), C::MEDIUM, session, inbound, now).await?;
+            let (session, reply, effects, looked_up) =
+                self.run_step(phone.clone(), C::MEDIUM, session, inbound, now).await?;
             let state = session.state.clone();
             let tries = session.tries;
             let mut next = conversation.unwrap_or_else(|| Conversation::new(session.clone()));
@@ -359,9 +366,9 @@ impl Service {
             let queued_sms = effects.iter().any(|e| matches!(e, Effect::Sms { .. }));
             let commit = self.commit_of(&phone, C::KIND, next, effects, now)?;
             let audited: Vec<_> = commit.audit.iter().map(|a| a.event.clone()).collect();
-            let started = Instant::now();
+            let committing = Instant::now();
             let outcome = self.store.commit(version, commit).await.inspect_err(|e| self.health.write_failed(e))?;
-            METRICS.commit_seconds.observe(started.elapsed().as_secs_f64());
+            METRICS.commit_seconds.observe(committing.elapsed().as_secs_f64());
             match outcome {
                 CommitOutcome::Committed(_) => {
                     // Logged once, and only for what was written.
@@ -376,6 +383,11 @@ impl Service {
                     if !audited.is_empty() {
                         // Everything audited is in the trail file, on disk, before the citizen is answered.
                         self.audit_log.drain().await?;
+                    }
+                    // The floor is waited out without the phone's lock: the phone's next hop may go on.
+                    drop(guard);
+                    if looked_up {
+                        tokio::time::sleep_until(started + LOOKUP_FLOOR).await;
                     }
                     if queued_sms {
                         // Woken once the reply is on its way, not while it is: a lookup that sends a code
@@ -440,7 +452,7 @@ impl Service {
         session: Option<Session>,
         inbound: Inbound,
         now: Millis,
-    ) -> Result<(Session, Reply, Vec<Effect>), ServiceError> {
+    ) -> Result<(Session, Reply, Vec<Effect>, bool), ServiceError> {
         if !self.may_hash(session.as_ref(), &inbound) {
             // At once, on this thread: no hand-off for a step that hashes nothing.
             let lookups =
@@ -457,7 +469,7 @@ impl Service {
             let stepped = engine::step(&ctx, session.clone(), inbound.clone(), &mut OsRng);
             if !lookups.blocked.get() {
                 let stepped = stepped?;
-                return Ok((stepped.session, stepped.reply, stepped.effects));
+                return Ok((stepped.session, stepped.reply, stepped.effects, stepped.lookup));
             }
         }
         let flow = self.flow.clone();
@@ -469,7 +481,7 @@ impl Service {
             rt: tokio::runtime::Handle::current(),
         };
         let hashing = self.may_hash(session.as_ref(), &inbound);
-        let job = move || -> Result<(Session, Reply, Vec<Effect>), EngineError> {
+        let job = move || -> Result<(Session, Reply, Vec<Effect>, bool), EngineError> {
             let ctx = Ctx {
                 flow: &flow,
                 directory: &lookups,
@@ -480,7 +492,7 @@ impl Service {
                 policy: &policy,
             };
             let stepped = engine::step(&ctx, session, inbound, &mut OsRng)?;
-            Ok((stepped.session, stepped.reply, stepped.effects))
+            Ok((stepped.session, stepped.reply, stepped.effects, stepped.lookup))
         };
         let result = if hashing {
             self.hashing.run(job).await.map_err(|e| match e {
