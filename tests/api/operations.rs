@@ -219,3 +219,22 @@ async fn a_kill_9_loop_under_load_loses_no_reply_and_sends_no_sms_twice() {
         store.load(&me).await.unwrap_or_else(|e| panic!("phone {i}: {e}"));
     }
 }
+
+/// The systemd unit passes `systemd-analyze verify` where the tool exists (with the binary this build
+/// made standing in for the installed one).
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(which) = std::process::Command::new("systemd-analyze").arg("--version").output() else {
+        return; // no systemd here
+    };
+    if !which.status.success() {
+        return;
+    }
+    let unit = std::fs::read_to_string(repo().join("packaging/kichhoat.service")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kichhoat.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/kichhoat", env!("CARGO_BIN_EXE_kichhoat"))).unwrap();
+    let out = std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !said.contains("kichhoat.service:"), "{said}");
+}
