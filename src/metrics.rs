@@ -51,6 +51,8 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// One group flush of the store (what every waiting commit shares).
     pub flush_seconds: Histogram,
+    /// A commit's transaction alone (before the wait for the flush).
+    pub transaction_seconds: Histogram,
     /// Write errors of the store; and 1 while the store accepts writes, 0 while it does not.
     pub store_errors: IntCounter,
     pub store_writable: IntGauge,
@@ -142,6 +144,11 @@ impl Metrics {
                 "A conversation commit, until it is on disk",
             ),
             flush_seconds: histogram(&r, "kichhoat_store_flush_duration_seconds", "One group flush of the store"),
+            transaction_seconds: histogram(
+                &r,
+                "kichhoat_store_transaction_duration_seconds",
+                "A commit's transaction, before the wait for its flush",
+            ),
             store_errors: counter(&r, "kichhoat_store_errors_total", "Store operations that failed"),
             store_writable: gauge(&r, "kichhoat_store_writable", "1 while the store accepts writes, else 0"),
             steps: counter_vec(

@@ -415,6 +415,7 @@ impl Store for SledStore {
             &self.counters,
             &self.counter_due,
         );
+        let tx_started = std::time::Instant::now();
         let result = trees.transaction(
             |(conv, fresh, idle, accounts, outbox, outbox_due, audit_tree, unexported, counters, counter_due)| {
                 let current = match conv.get(&phone)? {
@@ -476,6 +477,7 @@ impl Store for SledStore {
                 Ok(version)
             },
         );
+        crate::metrics::METRICS.transaction_seconds.observe(tx_started.elapsed().as_secs_f64());
         let version = match result {
             Ok(v) => v,
             Err(TransactionError::Abort(Abort::Outcome(o))) => return Ok(o),
