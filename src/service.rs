@@ -565,6 +565,21 @@ mod tests {
     use crate::registry::ImportedRegistry;
     use crate::store::memory::MemoryStore;
 
+    #[tokio::test]
+    async fn a_store_write_fault_fails_readiness_and_wakes_the_supervisor_exit() {
+        let health = Arc::new(StoreHealth::default());
+        assert!(health.writable());
+        let woken = {
+            let h = health.clone();
+            tokio::spawn(async move { h.fault.notified().await })
+        };
+        tokio::task::yield_now().await;
+        health.write_failed(&StoreError::Backend("No space left on device".into()));
+        health.write_failed(&StoreError::Backend("No space left on device".into()));
+        assert!(!health.writable(), "readiness fails, and stays failed until a restart");
+        tokio::time::timeout(Duration::from_secs(5), woken).await.unwrap().unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_turn_whose_audit_line_cannot_be_written_is_a_fault_and_its_retry_writes_it_before_answering() {
         let now = Millis(1_795_996_800_000);
