@@ -238,3 +238,78 @@ fn the_systemd_unit_verifies() {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && !said.contains("kichhoat.service:"), "{said}");
 }
+
+/// Unmounts the scratch file system however the test ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk: the hop that cannot be stored is answered "busy" (never as if stored), readiness fails, the
+/// process exits non-zero for its supervisor; restarted once there is room, it serves again with what it
+/// had answered. Needs a small tmpfs (root); skipped where it cannot be mounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_busy_exits_non_zero_and_a_restart_after_freeing_space_serves_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    let _umount = Mounted(mnt.clone());
+    let mut server = spawn(&mnt, 2, &[]).await;
+    let client = reqwest::Client::new();
+    let me = format!("+84{}", &phone(0)[1..]);
+    let first = try_hop(&client, &server.url, "f1", &me, "").await.unwrap();
+    assert!(first.starts_with("CON "), "{first}");
+
+    // Fill the disk.
+    {
+        use std::io::Write;
+        let mut fill = std::fs::File::create(mnt.join("fill")).unwrap();
+        let block = vec![0u8; 1 << 20];
+        while fill.write_all(&block).is_ok() {}
+        let _ = fill.sync_all();
+    }
+    let mut busy = false;
+    for i in 0..200 {
+        let other = format!("+84{}", &phone(1000 + i)[1..]);
+        match try_hop(&client, &server.url, &format!("x{i}"), &other, "").await {
+            Some(r) if r.starts_with("END ") => {
+                assert!(fold(&r).contains("dang ban"), "{r}");
+                busy = true;
+                break;
+            }
+            Some(r) => assert!(r.starts_with("CON "), "{r}"),
+            None => break, // already exiting
+        }
+    }
+    assert!(busy, "a hop that could not be stored was answered busy");
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = exited.expect("the process exits after a store write fault");
+    assert!(!status.success(), "non-zero, for the supervisor: {status:?}");
+
+    // Room again: a restart serves, and the conversation answered before the fault is there.
+    std::fs::remove_file(mnt.join("fill")).unwrap();
+    let server = spawn(&mnt, 2, &[]).await;
+    let again = try_hop(&client, &server.url, "f2", &me, "1").await;
+    assert!(again.is_some_and(|r| r.starts_with("CON ")));
+    assert_eq!(reqwest::get(format!("{}/healthz", server.url)).await.unwrap().status(), 200);
+    server.terminate();
+}
