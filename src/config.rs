@@ -17,7 +17,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-// Parsed once at start: the size of the largest variant does not matter.
+// Parsed once per process: the size of the largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -34,6 +34,12 @@ pub enum Command {
     /// p50/p99/p999 and errors beside the server's own /healthz rate (`bench run`), or print a registry
     /// CSV for it (`bench registry N`).
     Bench(crate::bench::BenchArgs),
+    /// Operator commands on one citizen (show, unlock, cancel), through the running server's admin API
+    /// (or on the data dir when no server runs). Audited with the operator's name.
+    Admin(crate::admin::client::AdminArgs),
+    /// The citizens registry: `registry import FILE` re-imports it authoritatively, through the running
+    /// server's admin API (or on the data dir when no server runs).
+    Registry(crate::admin::client::RegistryArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -291,6 +297,19 @@ pub struct ServeArgs {
     /// Hashing threads (argon2id: one core and 19 MiB each while it runs). Default: the cores.
     #[arg(long, env = "KICHHOAT_HASH_THREADS")]
     pub hash_threads: Option<usize>,
+    /// The admin API's address (`kichhoat admin …`, `kichhoat registry import`), loopback only, with a
+    /// token drawn at each start and written to `<data-dir>/admin.json` (0600). Default: 127.0.0.1:8081,
+    /// or a free loopback port when that one is taken (the CLI finds it in admin.json).
+    #[arg(long, env = "KICHHOAT_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// No admin API: operator commands then need the server stopped.
+    #[arg(long, env = "KICHHOAT_NO_ADMIN", conflicts_with = "admin_listen")]
+    pub no_admin: bool,
+    /// Serve the demo citizens built into the binary. Needed outside a checkout (no
+    /// `fixtures/registry.csv` here) when --registry is not given, so a forgotten --registry never
+    /// silently serves demo citizens.
+    #[arg(long, env = "KICHHOAT_DEMO", conflicts_with = "registry")]
+    pub demo: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -327,6 +346,38 @@ impl ServeArgs {
             hash_queue: self.hash_queue,
             hash_threads: self.hash_threads.unwrap_or(default.hash_threads).max(1),
         }
+    }
+
+    /// Refuses to serve the built-in demo citizens unless asked: without --registry and outside a
+    /// checkout (no `fixtures/registry.csv` in the working directory), --demo must say so.
+    pub fn check_registry(&self) -> Result<(), String> {
+        if self.common.registry.is_some() || self.demo || std::path::Path::new(DEFAULT_REGISTRY).exists() {
+            return Ok(());
+        }
+        Err(format!(
+            "no citizens registry: give --registry FILE (KICHHOAT_REGISTRY), a CSV with the header \
+             national_id,phone,full_name,status, or --demo to serve the demo citizens built into the binary \
+             (there is no {DEFAULT_REGISTRY} in {}, so this is not a checkout)",
+            std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| "the working directory".into())
+        ))
+    }
+
+    /// The admin API's address, checked: loopback only (it speaks plain HTTP).
+    pub fn admin_addr(&self) -> Result<Option<(SocketAddr, bool)>, String> {
+        if self.no_admin {
+            return Ok(None);
+        }
+        let (addr, given) = match self.admin_listen {
+            Some(a) => (a, true),
+            None => (crate::admin::api::DEFAULT_LISTEN.parse().map_err(|e| format!("{e}"))?, false),
+        };
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "refusing --admin-listen {addr}: the admin API speaks plain HTTP and must stay on a loopback \
+                 address (127.0.0.1 or ::1); reach it over SSH from elsewhere"
+            ));
+        }
+        Ok(Some((addr, given)))
     }
 
     /// Refuses to serve where strangers can reach the webhooks without a token, unless told the network
@@ -538,6 +589,22 @@ mod tests {
         assert!(matches!(v.action, Some(AuditAction::Verify { file: None })));
         assert_eq!(v.file(), PathBuf::from("d/audit.jsonl"));
         assert_eq!(audit(&["verify", "y.jsonl"]).file(), PathBuf::from("y.jsonl"));
+    }
+
+    #[test]
+    fn the_admin_api_stays_on_loopback_and_can_be_turned_off() {
+        assert_eq!(serve(&[]).admin_addr().unwrap(), Some(("127.0.0.1:8081".parse().unwrap(), false)));
+        assert_eq!(
+            serve(&["--admin-listen", "[::1]:9000"]).admin_addr().unwrap(),
+            Some(("[::1]:9000".parse().unwrap(), true))
+        );
+        assert_eq!(serve(&["--no-admin"]).admin_addr().unwrap(), None);
+        let err = serve(&["--admin-listen", "0.0.0.0:8081"]).admin_addr().unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
+        assert!(
+            Cli::try_parse_from(["kichhoat", "serve", "--demo", "--registry", "r.csv"]).is_err(),
+            "one or the other"
+        );
     }
 
     #[test]
