@@ -2,7 +2,8 @@
 #   docker run -d --name kichhoat -p 8080:8080 -v kichhoat-data:/var/lib/kichhoat \
 #     -e KICHHOAT_WEBHOOK_TOKEN=... -v /path/registry.csv:/etc/kichhoat/registry.csv:ro \
 #     -e KICHHOAT_REGISTRY=/etc/kichhoat/registry.csv --restart on-failure kichhoat
-# See the README's "Running it in production".
+# A registry is required (KICHHOAT_REGISTRY, mounted read-only), or KICHHOAT_DEMO=true for the demo
+# citizens. See the README's "Running it in production".
 
 # Build stage: the release binary (flows and message catalogues are built into it).
 FROM rust:1-bookworm AS build
