@@ -264,7 +264,8 @@ impl App {
                 settings.policy.clone(),
                 audit_log.clone(),
             )
-            .with_site(settings.site.clone()),
+            .with_site(settings.site.clone())
+            .with_bounds(settings.bounds),
         );
         let gate = Arc::new(Gate::new(
             settings.webhook_token.as_ref(),

@@ -30,6 +30,10 @@ pub enum Command {
     /// Print the audit trail file (rotated files in order, then the active one) as JSON lines, or check
     /// its hash chain (`audit verify`). Reads only the file, so it works while the server runs.
     Audit(AuditArgs),
+    /// Load tool: drive realistic USSD traffic at a running server (loopback only) and print hops/s,
+    /// p50/p99/p999 and errors beside the server's own /healthz rate (`bench run`), or print a registry
+    /// CSV for it (`bench registry N`).
+    Bench(crate::bench::BenchArgs),
     /// Operator commands on one citizen (show, unlock, cancel), through the running server's admin API
     /// (or on the data dir when no server runs). Audited with the operator's name.
     Admin(crate::admin::client::AdminArgs),
@@ -289,6 +293,17 @@ pub struct ServeArgs {
     /// Seconds a client has to send a whole request head, and the longest a kept-alive connection idles.
     #[arg(long, env = "KICHHOAT_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
+    /// Hops in progress at most; past this bound a USSD hop gets an immediate END "busy, try again in a
+    /// few minutes" (an SMS a short reply) instead of a carrier time-out, and memory stays bounded.
+    #[arg(long, env = "KICHHOAT_MAX_PENDING", default_value_t = 2048)]
+    pub max_pending: usize,
+    /// Steps that hash (passwords, passcodes, answers, log-ins) waiting for a hashing thread at most;
+    /// past it they are answered "busy" at once. Steps that hash nothing never wait for them.
+    #[arg(long, env = "KICHHOAT_HASH_QUEUE", default_value_t = 256)]
+    pub hash_queue: usize,
+    /// Hashing threads (argon2id: one core and 19 MiB each while it runs). Default: the cores.
+    #[arg(long, env = "KICHHOAT_HASH_THREADS")]
+    pub hash_threads: Option<usize>,
     /// The admin API's address (`kichhoat admin …`, `kichhoat registry import`), loopback only, with a
     /// token drawn at each start and written to `<data-dir>/admin.json` (0600). Default: 127.0.0.1:8081,
     /// or a free loopback port when that one is taken (the CLI finds it in admin.json).
@@ -353,6 +368,16 @@ fn with_token(url: String, token: Option<&Secret>) -> String {
 }
 
 impl ServeArgs {
+    /// The bounds on queued work these flags ask for.
+    pub fn bounds(&self) -> crate::service::LoadBounds {
+        let default = crate::service::LoadBounds::default();
+        crate::service::LoadBounds {
+            max_pending: self.max_pending.max(1),
+            hash_queue: self.hash_queue,
+            hash_threads: self.hash_threads.unwrap_or(default.hash_threads).max(1),
+        }
+    }
+
     /// Refuses to serve the built-in demo citizens unless asked: without --registry and outside a
     /// checkout (no `fixtures/registry.csv` in the working directory), --demo must say so.
     pub fn check_registry(&self) -> Result<(), String> {
@@ -496,6 +521,8 @@ pub struct Settings {
     pub audit_log: PathBuf,
     /// The active audit trail file is rotated before a line would take it past this.
     pub audit_log_max_bytes: u64,
+    /// Bounds on queued work (overload answers "busy" past them).
+    pub bounds: crate::service::LoadBounds,
 }
 
 impl Settings {
@@ -515,6 +542,7 @@ impl Settings {
             sms_sender: SenderSettings::File,
             webhook_token: None,
             webhook_allow: Vec::new(),
+            bounds: crate::service::LoadBounds::default(),
             data_dir,
         }
     }

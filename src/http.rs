@@ -11,7 +11,11 @@
 //! - `GET /sms/kannel/dlr?id=&to=&status=&sig=`: Kannel's delivery report for an SMS we sent; 403 when
 //!   the signature is missing or wrong (nothing recorded), 400 for an unknown report type, else 200 (see
 //!   [`crate::sms::dlr`]).
-//! - `GET /healthz`: 200 when the process serves.
+//! - `GET /healthz`: readiness: `200 ok` while the process serves and its store takes writes, `503
+//!   store not writable` after a write fault (the process then exits non-zero for its supervisor to
+//!   restart it; see the README's "Operations").
+//! - `GET /metrics`: Prometheus text exposition ([`crate::metrics`]); no personal data. Like `/healthz`
+//!   it is outside the webhook gate: scrapers do not hold the carriers' token.
 //!
 //! Request spans name the method and the path only, never the query: a delivery report's query holds
 //! the full phone number.
@@ -40,10 +44,11 @@ use tracing::{error, info, warn};
 
 use crate::app::Web;
 use crate::channel::africastalking::{self as at, AfricasTalking, AtForm, SessionEnd};
-use crate::channel::kannel::{self, BadSms, Mo, Sms};
+use crate::channel::kannel::{self, BadSms, Kannel, Mo, Sms};
 use crate::channel::Channel;
 use crate::engine::{keys, Reply};
 use crate::flow::{Charset, Lang};
+use crate::metrics::METRICS;
 use crate::service::{Service, ServiceError};
 use crate::sms::dlr::DlrError;
 
@@ -64,7 +69,8 @@ pub fn router(web: Arc<Web>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(web.gate.clone(), crate::gate::guard));
     Router::new()
         .merge(carriers)
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         // The path only: a Kannel query carries what the citizen typed, a password included.
@@ -74,18 +80,47 @@ pub fn router(web: Arc<Web>) -> Router {
         .with_state(web)
 }
 
+async fn healthz(State(web): State<Arc<Web>>) -> Response {
+    if web.service.health.writable() {
+        plain(StatusCode::OK, "ok\n".to_string())
+    } else {
+        plain(StatusCode::SERVICE_UNAVAILABLE, "store not writable\n".to_string())
+    }
+}
+
+async fn metrics(State(web): State<Arc<Web>>) -> Response {
+    if let Ok(n) = web.service.store.outbox_len().await {
+        METRICS.outbox_backlog.set(n as i64);
+    }
+    let body = METRICS.render();
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
 /// The reply of `turn`, or the polite fallback when it faults or is not done by `deadline` (logged once
 /// by [`Service::fault_reply`]): the carrier always gets an answer in time.
 async fn within(
     service: &Service,
+    channel: &'static str,
     deadline: Duration,
     turn: impl std::future::Future<Output = Result<Reply, ServiceError>>,
 ) -> Reply {
-    match tokio::time::timeout(deadline, turn).await {
+    let started = std::time::Instant::now();
+    let reply = match tokio::time::timeout(deadline, turn).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => service.fault_reply(&e),
-        Err(_) => service.fault_reply(&ServiceError::Timeout),
-    }
+        Ok(Err(e)) => {
+            if let ServiceError::Busy(_) = e {
+                METRICS.overloaded.with_label_values(&[channel]).inc();
+            }
+            METRICS.hop(channel, "", if matches!(e, ServiceError::Busy(_)) { "busy" } else { "fault" });
+            service.fault_reply(&e)
+        }
+        Err(_) => {
+            METRICS.hop(channel, "", "timeout");
+            service.fault_reply(&ServiceError::Timeout)
+        }
+    };
+    METRICS.hop_took(channel, started.elapsed());
+    reply
 }
 
 async fn kannel_dlr(
@@ -130,7 +165,7 @@ async fn africastalking(State(web): State<Arc<Web>>, form: Result<Form<AtForm>, 
     // Answer in time with a polite END rather than let the carrier time out on us; the citizen's next
     // dial resumes wherever the conversation durably stands.
     let service = &web.service;
-    let reply = within(service, HOP_DEADLINE, service.turn(&web.africastalking, hop)).await;
+    let reply = within(service, AfricasTalking::KIND, HOP_DEADLINE, service.turn(&web.africastalking, hop)).await;
     plain(StatusCode::OK, at::response(&reply, web.ussd_charset))
 }
 
@@ -212,7 +247,7 @@ async fn kannel_answer(web: &Web, sms: Result<Sms, BadSms>) -> Response {
         }
     };
     let service = &web.service;
-    let reply = within(service, HOP_DEADLINE, service.turn(&web.kannel, sms)).await;
+    let reply = within(service, Kannel::KIND, HOP_DEADLINE, service.turn(&web.kannel, sms)).await;
     sms_reply(service, &reply, web.sms_charset)
 }
 
@@ -280,7 +315,7 @@ mod tests {
     #[tokio::test]
     async fn a_turn_past_its_deadline_is_answered_with_the_polite_sms_not_an_error() {
         let (s, _dir) = service();
-        let reply = within(&s, Duration::from_millis(20), std::future::pending()).await;
+        let reply = within(&s, "test", Duration::from_millis(20), std::future::pending()).await;
         assert!(reply.end);
         let (status, headers, body) = body_of(sms_reply(&s, &reply, Charset::Gsm7)).await;
         assert_eq!(status, StatusCode::OK);
@@ -292,7 +327,7 @@ mod tests {
     #[tokio::test]
     async fn a_turn_that_faults_is_answered_with_the_polite_sms_not_an_error() {
         let (s, _dir) = service();
-        let reply = within(&s, HOP_DEADLINE, async { Err(ServiceError::Contention) }).await;
+        let reply = within(&s, "test", HOP_DEADLINE, async { Err(ServiceError::Contention) }).await;
         let (status, _, body) = body_of(sms_reply(&s, &reply, Charset::Ucs2)).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(crate::domain::text::fold_diacritics(&body), unavailable(&s));

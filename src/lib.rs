@@ -38,6 +38,7 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod bench;
 pub mod channel;
 pub mod clock;
 pub mod config;
@@ -46,8 +47,10 @@ pub mod domain;
 pub mod engine;
 pub mod flow;
 pub mod gate;
+pub mod hashing;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod service;

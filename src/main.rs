@@ -19,6 +19,7 @@ use kichhoat::sms::kannel::display_url;
 
 fn main() -> ExitCode {
     private_files();
+    bounded_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => match Flow::load_from(resolve(&args.flows, DEFAULT_FLOWS).as_deref()) {
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
             run(kichhoat::simulate::run(args))
         }
         Command::Audit(args) => audit(&args),
+        Command::Bench(args) => run(kichhoat::bench::run(args)),
         Command::Admin(args) => operator(kichhoat::admin::client::run_admin(&args)),
         Command::Registry(args) => operator(kichhoat::admin::client::run_registry(&args)),
     }
@@ -122,6 +124,20 @@ fn private_files() {
     }
 }
 
+/// glibc's allocator, set so memory goes back to the system (measured in BENCHMARKS.md: RSS after a
+/// burst of log-ins): argon2id's 19 MiB blocks are always mapped and unmapped on their own (glibc would
+/// otherwise raise its mmap threshold after the first free and carve them from per-thread arenas that
+/// are never returned), and the process keeps at most two arenas per core.
+fn bounded_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        libc::mallopt(libc::M_ARENA_MAX, (2 * cores) as libc::c_int);
+    }
+}
+
 fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -176,6 +192,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     settings.sms_sender = args.sender()?;
     settings.webhook_token = args.webhook_token.clone();
     settings.webhook_allow = args.allow()?;
+    settings.bounds = args.bounds();
     let app = App::open(&settings, Arc::new(SystemClock), HashCost::OWASP).await.map_err(|e| e.to_string())?;
     match &settings.sms_sender {
         SenderSettings::File => info!(
@@ -215,6 +232,18 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stop = Arc::new(stop);
+    // A store write fault ends the process non-zero once the hops in flight are answered: sled refuses
+    // every write after an I/O error until reopened, and the supervisor (systemd's Restart=, Docker's
+    // restart policy) starts it again, and again until the fault (a full disk) is gone.
+    let stopped_by_fault = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (health, flag, stop) = (app.service.health.clone(), stopped_by_fault.clone(), stop.clone());
+        tokio::spawn(async move {
+            health.fault.notified().await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = stop.send(true);
+        });
+    }
     let signalled = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -254,6 +283,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     app.shutdown().await;
     info!("stopped");
+    if stopped_by_fault.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err("the store could not write; exiting for the supervisor to restart the service".into());
+    }
     served.map_err(|e| e.to_string())
 }
 

@@ -1,8 +1,9 @@
 //! One turn of a conversation, from a channel's parsed request to a durable reply. Shared by every
 //! channel, the HTTP server and `kichhoat simulate`; it names no carrier.
 //!
-//! Per turn: take the phone's lock stripe (an optimisation: concurrent turns of one phone in this process
-//! wait instead of conflicting), load the conversation and its version, let the channel say what the
+//! Per turn: take the phone's lock (an optimisation: concurrent turns of one phone in this process wait
+//! instead of conflicting; one lock per phone with a turn in progress, so a phone waiting for a hash
+//! never holds up another phone), load the conversation and its version, let the channel say what the
 //! request means (a retry gets the stored reply and changes nothing), run the engine on the bounded
 //! blocking pool, and commit the conversation with its effects against the version loaded. The commit
 //! is what makes it correct across processes: when the conversation changed meanwhile, another phone
@@ -12,12 +13,16 @@
 //! a trail that cannot be written (disk full) makes the turn a fault: the commit stands, the records stay
 //! unexported for the next drain, and the citizen gets the polite "try again later".
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use rand::rngs::OsRng;
-use tokio::sync::{Mutex, MutexGuard, Notify, Semaphore};
-use tracing::{error, info, info_span, Instrument};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
+use tracing::{debug, debug_span, error, info, warn, Instrument};
 
 use crate::audit::{AuditLog, AuditLogError};
 use crate::channel::{Channel, Derived};
@@ -29,13 +34,14 @@ use crate::engine::{
     self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound, Medium, Reply, Session,
     Site,
 };
-use crate::flow::{Flow, Lang};
+use crate::flow::{Flow, Kind, Lang};
+use crate::hashing::{HashPool, PoolError};
 use crate::limits::{CounterKey, Tally};
+use crate::metrics::METRICS;
 use crate::registry::Registry;
 use crate::store::{AuditRecord, Commit, CommitOutcome, Conversation, NewSms, RecentReply, Store, StoreError};
+use crate::vocab::ActionKind;
 
-/// Lock stripes for per-phone serialization: bounded memory, rare false sharing.
-const LOCK_STRIPES: usize = 1024;
 /// How often a turn runs again when its commit was refused (a conflict, a lost activation race, a limit
 /// reached meanwhile). Each refusal means another turn made progress, so a handful suffices.
 const COMMIT_ATTEMPTS: usize = 6;
@@ -67,6 +73,94 @@ pub enum ServiceError {
     Timeout,
     #[error(transparent)]
     AuditLog(#[from] AuditLogError),
+    /// Queued work passed its bound ([`LoadBounds`]): answered "busy" at once, nothing changed.
+    #[error("overloaded: {0}")]
+    Busy(&'static str),
+}
+
+/// Bounds on queued work; past them a hop is answered "busy, try again in a few minutes" at once rather
+/// than left to time out at the carrier, and memory stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadBounds {
+    /// Turns in progress (waiting for their phone's lock, the store or a hashing slot) at most.
+    pub max_pending: usize,
+    /// Steps that hash waiting for a hashing thread at most.
+    pub hash_queue: usize,
+    /// Hashing threads: argon2id takes 19 MiB and one core each while it runs.
+    pub hash_threads: usize,
+}
+
+impl Default for LoadBounds {
+    fn default() -> LoadBounds {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+        LoadBounds { max_pending: 2048, hash_queue: 256, hash_threads: cores }
+    }
+}
+
+/// The actions that run argon2id (hash or verify a credential): steps at a state taking input for one of
+/// them go to the hashing pool; every other step runs at once.
+const HASHING_ACTIONS: &[ActionKind] = &[
+    ActionKind::ChoosePassword,
+    ActionKind::ConfirmPassword,
+    ActionKind::ChoosePasscode,
+    ActionKind::ConfirmPasscode,
+    ActionKind::SetAnswer,
+    ActionKind::Login,
+    ActionKind::CheckAnswer,
+    ActionKind::CheckPassword,
+];
+
+/// Whether the store takes writes, as far as the service has seen (`/healthz` reads it).
+#[derive(Default)]
+pub struct StoreHealth {
+    failed: AtomicBool,
+    /// Woken on a write fault: `serve` then exits non-zero so the supervisor restarts it once the fault
+    /// is gone (sled keeps refusing writes after an I/O error until the database is reopened).
+    pub fault: Notify,
+}
+
+impl StoreHealth {
+    pub fn writable(&self) -> bool {
+        !self.failed.load(Ordering::Acquire)
+    }
+
+    /// A write or flush failed: nothing more is answered as stored.
+    pub fn write_failed(&self, e: &StoreError) {
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            error!(error = %e, "the store could not write; readiness fails until a restart");
+        }
+        METRICS.store_errors.inc();
+        METRICS.store_writable.set(0);
+        self.fault.notify_one();
+    }
+}
+
+/// A phone's turn lock; the phone's entry goes with its last holder or waiter.
+struct PhoneLock {
+    guard: Option<OwnedMutexGuard<()>>,
+    locks: Arc<std::sync::Mutex<HashMap<Msisdn, Arc<Mutex<()>>>>>,
+    phone: Msisdn,
+}
+
+impl Drop for PhoneLock {
+    fn drop(&mut self) {
+        self.guard.take();
+        if let Ok(mut map) = self.locks.lock() {
+            // Only the map holds it: nobody waits for this phone.
+            if map.get(&self.phone).is_some_and(|l| Arc::strong_count(l) == 1) {
+                map.remove(&self.phone);
+            }
+        }
+    }
+}
+
+/// Counts a turn in progress until dropped.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub struct Service {
@@ -84,12 +178,52 @@ pub struct Service {
     pub outbox_ready: Arc<Notify>,
     /// Where a turn's audit records are written before its reply.
     pub audit_log: Arc<AuditLog>,
-    locks: Vec<Mutex<()>>,
-    /// Bounds concurrent engine steps, which may hash with argon2id (19 MiB each).
-    hashing: Arc<Semaphore>,
+    /// Whether the store takes writes.
+    pub health: Arc<StoreHealth>,
+    /// The lock of each phone with a turn in progress (removed with its last holder).
+    locks: Arc<std::sync::Mutex<HashMap<Msisdn, Arc<Mutex<()>>>>>,
+    /// Steps that may hash with argon2id run here, behind their own bounded queue.
+    hashing: HashPool,
+    bounds: LoadBounds,
+    pending: AtomicUsize,
 }
 
-/// The engine's view, read from the blocking pool: citizens from the registry, the rest from the store.
+/// The engine's view for a step run at once on a runtime thread: each lookup is polled once, which
+/// completes for a store that answers from memory or its own cache (sled, the memory store). One that
+/// would wait (a network database) marks `blocked`, and the step is run again on the blocking pool.
+struct InlineLookups<'a> {
+    store: &'a dyn Store,
+    registry: &'a dyn Registry,
+    blocked: std::cell::Cell<bool>,
+}
+
+impl InlineLookups<'_> {
+    fn now<T>(&self, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, DirectoryError> {
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(r) => lookup(r),
+            Poll::Pending => {
+                self.blocked.set(true);
+                Err(DirectoryError("the lookup would wait; the step runs on the blocking pool".into()))
+            }
+        }
+    }
+}
+
+impl Directory for InlineLookups<'_> {
+    fn citizen(&self, id: &NationalId) -> Result<Option<Citizen>, DirectoryError> {
+        self.now(self.registry.citizen(id))
+    }
+    fn account(&self, id: &NationalId) -> Result<Option<Account>, DirectoryError> {
+        self.now(self.store.account(id))
+    }
+    fn tally(&self, key: &CounterKey) -> Result<Tally, DirectoryError> {
+        self.now(self.store.tally(key))
+    }
+}
+
+/// The engine's view from a hashing or blocking thread: citizens from the registry, the rest from the
+/// store.
 struct Lookups {
     store: Arc<dyn Store>,
     registry: Arc<dyn Registry>,
@@ -122,7 +256,8 @@ impl Service {
         policy: Policy,
         audit_log: Arc<AuditLog>,
     ) -> Service {
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+        let bounds = LoadBounds::default();
+        METRICS.store_writable.set(1);
         Service {
             store,
             registry,
@@ -133,8 +268,11 @@ impl Service {
             site: Arc::new(Site::default()),
             outbox_ready: Arc::new(Notify::new()),
             audit_log,
-            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            hashing: Arc::new(Semaphore::new(workers)),
+            health: Arc::new(StoreHealth::default()),
+            locks: Arc::default(),
+            hashing: HashPool::new(bounds.hash_threads, bounds.hash_queue),
+            bounds,
+            pending: AtomicUsize::new(0),
         }
     }
 
@@ -144,19 +282,43 @@ impl Service {
         self
     }
 
-    async fn lock(&self, phone: &Msisdn) -> MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        phone.hash(&mut h);
-        let i = (h.finish() as usize) % self.locks.len();
-        self.locks[i].lock().await
+    /// The same service with other bounds on queued work.
+    pub fn with_bounds(mut self, bounds: LoadBounds) -> Service {
+        self.hashing = HashPool::new(bounds.hash_threads, bounds.hash_queue);
+        self.bounds = bounds;
+        self
+    }
+
+    pub fn bounds(&self) -> LoadBounds {
+        self.bounds
+    }
+
+    /// Steps queued for or running on the hashing threads.
+    pub fn hashing_depth(&self) -> usize {
+        self.hashing.depth()
+    }
+
+    async fn lock(&self, phone: &Msisdn) -> PhoneLock {
+        let lock = match self.locks.lock() {
+            Ok(mut map) => map.entry(phone.clone()).or_default().clone(),
+            // A holder panicked with the map locked: fall back to a private lock (the commit's version
+            // check still serializes the phone's turns).
+            Err(_) => Arc::default(),
+        };
+        PhoneLock { guard: Some(lock.lock_owned().await), locks: self.locks.clone(), phone: phone.clone() }
     }
 
     /// Answers one request of channel `ch`.
     pub async fn turn<C: Channel>(&self, ch: &C, request: C::Request) -> Result<Reply, ServiceError> {
         // Log lines of a turn carry the masked phone and a short pseudonym of the channel's session, so an
         // operator can follow a conversation without the logs holding who it was or what was typed.
-        let span = info_span!("turn", channel = C::KIND, phone = %ch.phone(&request).masked(), session = %ch.pseudonym(&request));
+        // A debug span: at `info` its fields (a keyed hash among them) are never computed.
+        let span = debug_span!("turn", channel = C::KIND, phone = %ch.phone(&request).masked(), session = %ch.pseudonym(&request));
+        let n = self.pending.fetch_add(1, Ordering::AcqRel);
+        let _pending = Pending(&self.pending);
+        if n >= self.bounds.max_pending {
+            return Err(ServiceError::Busy("turns in progress at their bound"));
+        }
         self.turn_in_span(ch, request).instrument(span).await
     }
 
@@ -177,13 +339,15 @@ impl Service {
                 Derived::Replay(reply) => {
                     // The original answer may have timed out before its commit was on disk, or before its
                     // audit lines were: make sure they are.
-                    self.store.durable().await?;
+                    self.store.durable().await.inspect_err(|e| self.health.write_failed(e))?;
                     self.audit_log.drain().await?;
-                    info!("retry answered from the stored reply");
+                    debug!("retry answered from the stored reply");
+                    METRICS.hop(C::KIND, "", "replay");
                     return Ok(reply);
                 }
                 Derived::Lost => {
                     info!("request does not follow the channel's session; asked to start again");
+                    METRICS.hop(C::KIND, "", "lost");
                     let lang = conversation.as_ref().map(|c| c.session.lang).unwrap_or(Lang::Vi);
                     return Ok(Reply {
                         text: self.flow.catalog(lang).get(keys::END_DIAL_AGAIN).to_string(),
@@ -194,9 +358,12 @@ impl Service {
             };
             let now = self.clock.now();
             let session = conversation.as_ref().map(|c| c.session.clone());
+            let before = session.as_ref().map(|s| (s.state.clone(), s.tries));
+            let dialled = matches!(inbound, Inbound::Start { .. });
             let (session, reply, effects, looked_up) =
                 self.run_step(phone.clone(), C::MEDIUM, session, inbound, now).await?;
             let state = session.state.clone();
+            let tries = session.tries;
             let mut next = conversation.unwrap_or_else(|| Conversation::new(session.clone()));
             next.session = session;
             next.recent.retain(|r| now.since(r.at) <= RETRY_TTL && r.key != key);
@@ -211,14 +378,20 @@ impl Service {
             let queued_sms = effects.iter().any(|e| matches!(e, Effect::Sms { .. }));
             let commit = self.commit_of(&phone, C::KIND, next, effects, now)?;
             let audited: Vec<_> = commit.audit.iter().map(|a| a.event.clone()).collect();
-            match self.store.commit(version, commit).await? {
+            let committing = Instant::now();
+            let outcome = self.store.commit(version, commit).await.inspect_err(|e| self.health.write_failed(e))?;
+            METRICS.commit_seconds.observe(committing.elapsed().as_secs_f64());
+            match outcome {
                 CommitOutcome::Committed(_) => {
                     // Logged once, and only for what was written.
                     for a in &audited {
                         let id = a.national_id.as_ref().map(|i| i.masked()).unwrap_or_default();
                         let to = a.phone.as_ref().map(|p| p.masked()).unwrap_or_default();
                         info!(event = %a.event, id = %id, registered_phone = %to, "audit");
+                        METRICS.audited(&a.event);
                     }
+                    self.count_step(before.as_ref(), &state, tries, dialled);
+                    METRICS.hop(C::KIND, &state, if reply.end { "end" } else { "con" });
                     if !audited.is_empty() {
                         // Everything audited is in the trail file, on disk, before the citizen is answered.
                         self.audit_log.drain().await?;
@@ -238,15 +411,50 @@ impl Service {
                             ready.notify_one();
                         });
                     }
-                    info!(state = %state, end = reply.end, "turn answered");
+                    debug!(state = %state, end = reply.end, "turn answered");
                     return Ok(reply);
                 }
-                CommitOutcome::Conflict => info!("conversation or counter changed meanwhile; running the turn again"),
-                CommitOutcome::AccountExists => info!("activation lost a race; running the turn again"),
-                CommitOutcome::LimitReached(limit) => info!(%limit, "limit reached meanwhile; running the turn again"),
+                CommitOutcome::Conflict => debug!("conversation or counter changed meanwhile; running the turn again"),
+                CommitOutcome::AccountExists => debug!("activation lost a race; running the turn again"),
+                CommitOutcome::LimitReached(limit) => {
+                    METRICS.rate_limited.with_label_values(&["reached_meanwhile"]).inc();
+                    debug!(%limit, "limit reached meanwhile; running the turn again")
+                }
             }
         }
         Err(ServiceError::Contention)
+    }
+
+    /// The activation funnel: a state entered, left forward (completed), an entry refused there, or
+    /// left by a new dial that started over (abandoned). State names only: nothing personal.
+    fn count_step(&self, before: Option<&(String, u8)>, state: &str, tries: u8, dialled: bool) {
+        let was_input =
+            |s: &str| self.flow.state(s).is_some_and(|st| !matches!(st.kind, Kind::End { .. })) && s != self.flow.start;
+        match before {
+            Some((prev, prev_tries)) if prev == state => {
+                if tries > *prev_tries {
+                    METRICS.step(state, "refused");
+                }
+            }
+            Some((prev, _)) => {
+                if was_input(prev) {
+                    METRICS.step(prev, if dialled { "abandoned" } else { "completed" });
+                }
+                METRICS.step(state, "entered");
+            }
+            None => METRICS.step(state, "entered"),
+        }
+    }
+
+    /// Whether the step may run argon2id: input at a state whose action hashes or verifies a credential,
+    /// or a fast dial whose choices could reach one.
+    fn may_hash(&self, session: Option<&Session>, inbound: &Inbound) -> bool {
+        match inbound {
+            Inbound::Start { choices } => !choices.is_empty(),
+            _ => session.and_then(|s| self.flow.state(&s.state)).is_some_and(|st| {
+                matches!(&st.kind, Kind::Input { input: Some((_, action)), .. } if HASHING_ACTIONS.contains(action))
+            }),
+        }
     }
 
     async fn run_step(
@@ -257,7 +465,26 @@ impl Service {
         inbound: Inbound,
         now: Millis,
     ) -> Result<(Session, Reply, Vec<Effect>, bool), ServiceError> {
-        let permit = self.hashing.clone().acquire_owned().await.map_err(|e| ServiceError::Pool(e.to_string()))?;
+        if !self.may_hash(session.as_ref(), &inbound) {
+            // At once, on this thread: no hand-off for a step that hashes nothing.
+            let lookups =
+                InlineLookups { store: self.store.as_ref(), registry: self.registry.as_ref(), blocked: false.into() };
+            let ctx = Ctx {
+                flow: &self.flow,
+                directory: &lookups,
+                crypto: &self.crypto,
+                now,
+                caller: &caller,
+                medium,
+                policy: &self.policy,
+                site: &self.site,
+            };
+            let stepped = engine::step(&ctx, session.clone(), inbound.clone(), &mut OsRng);
+            if !lookups.blocked.get() {
+                let stepped = stepped?;
+                return Ok((stepped.session, stepped.reply, stepped.effects, stepped.lookup));
+            }
+        }
         let flow = self.flow.clone();
         let crypto = self.crypto.clone();
         let policy = self.policy.clone();
@@ -267,8 +494,8 @@ impl Service {
             registry: self.registry.clone(),
             rt: tokio::runtime::Handle::current(),
         };
+        let hashing = self.may_hash(session.as_ref(), &inbound);
         let job = move || -> Result<(Session, Reply, Vec<Effect>, bool), EngineError> {
-            let _permit = permit;
             let ctx = Ctx {
                 flow: &flow,
                 directory: &lookups,
@@ -282,7 +509,14 @@ impl Service {
             let stepped = engine::step(&ctx, session, inbound, &mut OsRng)?;
             Ok((stepped.session, stepped.reply, stepped.effects, stepped.lookup))
         };
-        let result = tokio::task::spawn_blocking(job).await.map_err(|e| ServiceError::Pool(e.to_string()))?;
+        let result = if hashing {
+            self.hashing.run(job).await.map_err(|e| match e {
+                PoolError::Full => ServiceError::Busy("the hashing queue is full"),
+                PoolError::Gone => ServiceError::Pool(e.to_string()),
+            })?
+        } else {
+            tokio::task::spawn_blocking(job).await.map_err(|e| ServiceError::Pool(e.to_string()))?
+        };
         Ok(result?)
     }
 
@@ -324,9 +558,14 @@ impl Service {
         Ok(commit)
     }
 
-    /// The reply for an operational fault: logged here once, with no detail for the caller.
+    /// The reply for an operational fault: logged here once, with no detail for the caller. Overload
+    /// ("busy") is counted, not logged per hop.
     pub fn fault_reply(&self, err: &ServiceError) -> Reply {
-        error!(error = %err, "turn failed");
+        match err {
+            ServiceError::Busy(why) => debug!(why, "turn refused: busy"),
+            ServiceError::Timeout => warn!(error = %err, "turn failed"),
+            _ => error!(error = %err, "turn failed"),
+        }
         Reply { text: self.flow.catalog(Lang::Vi).get(keys::END_UNAVAILABLE).to_string(), end: true }
     }
 }
@@ -340,6 +579,21 @@ mod tests {
     use crate::domain::Secret;
     use crate::registry::ImportedRegistry;
     use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn a_store_write_fault_fails_readiness_and_wakes_the_supervisor_exit() {
+        let health = Arc::new(StoreHealth::default());
+        assert!(health.writable());
+        let woken = {
+            let h = health.clone();
+            tokio::spawn(async move { h.fault.notified().await })
+        };
+        tokio::task::yield_now().await;
+        health.write_failed(&StoreError::Backend("No space left on device".into()));
+        health.write_failed(&StoreError::Backend("No space left on device".into()));
+        assert!(!health.writable(), "readiness fails, and stays failed until a restart");
+        tokio::time::timeout(Duration::from_secs(5), woken).await.unwrap().unwrap();
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_turn_whose_audit_line_cannot_be_written_is_a_fault_and_its_retry_writes_it_before_answering() {

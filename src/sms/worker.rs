@@ -31,6 +31,7 @@ use crate::audit::AuditLog;
 use crate::clock::{Clock, Millis};
 use crate::crypto::Crypto;
 use crate::engine::AuditEvent;
+use crate::metrics::METRICS;
 use crate::store::{AuditRecord, QueuedSms, Store, StoreError};
 
 /// Attempts before a message that keeps failing temporarily is failed for good.
@@ -195,6 +196,7 @@ impl Worker {
         match fate {
             Fate::Sent(Delivery::Sent) => {
                 self.store.outbox_sent(q.id).await?;
+                METRICS.sms_sent.inc();
                 info!(sms_id = %sms_id, to = %to, purpose = ?q.purpose, "sms sent");
                 // The gateway took it (the outbox file wrote it; Kannel answered 202). Not in the same
                 // transaction as `outbox_sent`: a crash between the two loses this line, never an SMS.
@@ -205,10 +207,12 @@ impl Worker {
                 info!(sms_id = %sms_id, "sms was already sent (before a restart); not again");
             }
             Fate::Retry(at, why) => {
+                METRICS.sms_failures.with_label_values(&["retry"]).inc();
                 warn!(sms_id = %sms_id, to = %to, attempt = q.attempts, error = %why, retry_in_s = at.since(now).as_secs(), "sms not sent; will retry");
                 self.store.outbox_retry(&self.owner, q.id, at, &why).await?;
             }
             Fate::Park(until, why) => {
+                METRICS.sms_failures.with_label_values(&["parked"]).inc();
                 warn!(
                     sms_id = %sms_id,
                     to = %to,
@@ -220,10 +224,12 @@ impl Worker {
                 self.store.outbox_park(&self.owner, q.id, until, &why).await?;
             }
             Fate::Failed(why) => {
+                METRICS.sms_failures.with_label_values(&["failed"]).inc();
                 error!(sms_id = %sms_id, to = %to, purpose = ?q.purpose, attempts = q.attempts, why = %why, "sms failed for good");
                 self.store.outbox_failed(&self.owner, q.id, &why, self.audit(q, EVENT_FAILED, now)).await?;
             }
             Fate::FailedInDoubt(why) => {
+                METRICS.sms_failures.with_label_values(&["in_doubt"]).inc();
                 error!(sms_id = %sms_id, to = %to, purpose = ?q.purpose, attempts = q.attempts, why = %why, "sms outcome unknown at its deadline; failed for good");
                 self.store.outbox_failed(&self.owner, q.id, &why, self.audit(q, EVENT_OUTCOME_UNKNOWN, now)).await?;
             }

@@ -23,6 +23,7 @@ mod kannel;
 mod kannel_harness;
 mod kannel_sender;
 mod migration;
+mod operations;
 mod registry;
 mod restart;
 mod secrets;
