@@ -32,6 +32,7 @@
 //! - Nothing secret is written in plain text: callers pass hashes and sealed SMS bodies only.
 
 pub mod memory;
+pub mod postgres;
 pub mod sled_store;
 
 use std::collections::BTreeMap;

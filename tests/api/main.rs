@@ -22,6 +22,8 @@ mod kannel;
 mod kannel_harness;
 mod kannel_sender;
 mod migration;
+mod pg;
+mod postgres;
 mod registry;
 mod restart;
 mod secrets;
