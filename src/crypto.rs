@@ -74,6 +74,8 @@ pub struct Crypto {
     dlr: Key,
     /// Pseudonyms of ID numbers in the audit trail file.
     audit: Key,
+    /// See [`Crypto::key_check`].
+    key_check: Key,
     cost: HashCost,
     dummy_hash: String,
 }
@@ -96,6 +98,7 @@ impl Crypto {
             pepper: derive(master, "kichhoat/pepper/v1"),
             dlr: derive(master, "kichhoat/dlr/v1"),
             audit: derive(master, "kichhoat/audit-subject/v1"),
+            key_check: derive(master, "kichhoat/key-check/v1"),
             cost,
             dummy_hash: String::new(),
         };
@@ -212,6 +215,13 @@ impl Crypto {
     /// hash, and are to a key kept outside the file.
     pub fn audit_subject(&self, national_id: &str) -> String {
         hex::encode(&mac(&self.audit, &[national_id.as_bytes()])[..16])
+    }
+
+    /// A fingerprint of the master key (a keyed hash of a fixed label, under a key of its own): a database
+    /// shared by several instances keeps it, so an instance started with another key file is refused
+    /// before it writes what the others cannot read. It gives nothing of the key back.
+    pub fn key_check(&self) -> String {
+        hex::encode(&mac(&self.key_check, &[b"kichhoat key check"])[..16])
     }
 
     /// Seals `plain` with ChaCha20-Poly1305 under a random nonce; `aad` binds it to its record.

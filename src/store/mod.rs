@@ -54,6 +54,8 @@ pub enum StoreError {
     Corrupt { what: &'static str, why: String },
     #[error("the data was written by a newer release (store schema {found}; this build reads up to {supported})")]
     NewerSchema { found: u32, supported: u32 },
+    #[error("the database was written with another master key than --key-file's: every instance on one database needs a copy of the same key file")]
+    KeyMismatch,
 }
 
 /// The version of a stored conversation: changes on every write, never repeats.

@@ -227,6 +227,26 @@ impl PgStore {
         PgStore::open(&url).await
     }
 
+    /// Records `fingerprint` ([`crate::crypto::Crypto::key_check`]) as the database's key, or refuses it when
+    /// the database already holds another: instances with different key files would each seal SMS and hash
+    /// codes the others cannot open or check.
+    pub async fn check_key(&self, fingerprint: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO kichhoat_meta (key, value) VALUES ('key_check', $1) ON CONFLICT (key) DO NOTHING",
+                &[&fingerprint],
+            )
+            .await
+            .map_err(backend)?;
+        let row =
+            client.query_one("SELECT value FROM kichhoat_meta WHERE key = 'key_check'", &[]).await.map_err(backend)?;
+        match row.get::<_, String>(0) == fingerprint {
+            true => Ok(()),
+            false => Err(StoreError::KeyMismatch),
+        }
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
         self.pool.get().await.map_err(backend)
     }

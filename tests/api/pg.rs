@@ -143,7 +143,6 @@ impl Cluster {
     }
 
     /// Runs `pg_dump` of database `db` (data and schema as SQL text).
-    #[allow(dead_code)] // until the multi-instance test
     pub fn dump(&self, url: &str) -> String {
         let out = Command::new(self.bin.join("pg_dump")).arg(url).output().unwrap();
         assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
