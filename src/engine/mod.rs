@@ -235,6 +235,9 @@ pub struct Stepped {
     pub session: Session,
     pub reply: Reply,
     pub effects: Vec<Effect>,
+    /// The step looked an ID number up in the registry: the service pads such replies to one floor, so
+    /// their time does not tell which answer the registry gave.
+    pub lookup: bool,
 }
 
 /// Everything a step reads besides the session and the input.
@@ -259,6 +262,8 @@ pub(crate) struct Out {
     pub took_secret: bool,
     /// Until when a lock or cap met this turn lasts (`{until}` on screen, local time in Vietnam).
     pub until: Option<Millis>,
+    /// An ID number was looked up this turn (see [`Stepped::lookup`]).
+    pub lookup: bool,
 }
 
 /// Runs one step of the conversation.
@@ -270,7 +275,7 @@ pub fn step(
 ) -> Result<Stepped, EngineError> {
     let flow = ctx.flow;
     let mut s = session.unwrap_or_else(|| Session::new(flow, ctx.now));
-    let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None };
+    let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None, lookup: false };
     let idle = ctx.now.since(s.updated_at) > IDLE_RESET;
     let resumable =
         |s: &Session| flow.state(&s.state).filter(|st| st.resume && matches!(st.kind, Kind::Input { .. })).cloned();
@@ -324,7 +329,7 @@ pub fn step(
     };
     let reply = frame(ctx, &s, &out, reply);
     s.updated_at = ctx.now;
-    Ok(Stepped { session: s, reply, effects: out.effects })
+    Ok(Stepped { session: s, reply, effects: out.effects, lookup: out.lookup })
 }
 
 /// Whether the session stands at a prompt for a free-text security answer.

@@ -29,6 +29,7 @@ pub(super) fn request_otp(
     rng: &mut dyn RngCore,
 ) -> Result<Act, EngineError> {
     let id = s.slots.national_id.clone().ok_or_else(|| misuse(s, "request_otp before an ID number"))?;
+    out.lookup = true;
     let lookups = match spend(ctx, &ctx.policy.lookups(ctx.caller)) {
         Ok(bumps) => bumps,
         Err((limit, until)) => return Ok(limited(out, ctx, limit, until, &id)),

@@ -164,7 +164,7 @@ impl<'r> Bench<'r> {
             medium: Medium::Ussd,
             policy: &self.policy,
         };
-        let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None };
+        let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None, lookup: false };
         let raw = entry.map(Secret::new);
         let value = match (kind.input(), &raw) {
             (Some(v), Some(raw)) => {
@@ -488,7 +488,7 @@ fn an_action_given_the_wrong_kind_of_value_is_a_flow_fault() {
         medium: Medium::Ussd,
         policy: &b.policy,
     };
-    let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None };
+    let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None, lookup: false };
     let err = run(ActionKind::Login, None, &mut s, &ctx, &mut out, &mut b.rng).unwrap_err();
     assert!(matches!(err, EngineError::Flow { why: "action given a value of the wrong kind", .. }), "{err:?}");
 }
