@@ -11,6 +11,8 @@
 //! `lookup`: each virtual phone dials, picks 1, types an ID nobody has and "1" (4 hops, the no-match
 //! path: no hashing, no SMS). `activate`: each phone runs a whole activation of one generated citizen
 //! (13 hops, 6 argon2id hashes or verifications, 2 SMS) reading its OTP from the outbox file.
+//! Several instances: URL may list them separated by commas (each hop goes to the next one, so one phone's
+//! hops alternate between them), and OUTBOX too (each instance writes its own).
 //! Prints hops, errors, throughput and hop latency percentiles. Every loop is bounded by count and by a
 //! 120-second deadline, and only loopback addresses are accepted as targets.
 
@@ -51,6 +53,11 @@ async fn hop(
         ("networkCode", "45204"),
         ("text", text),
     ];
+    // Several instances (URLs separated by commas): each hop to the next one, as a load balancer without
+    // session affinity would send them.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let urls: Vec<&str> = url.split(',').collect();
+    let url = urls[NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % urls.len()];
     let result = client.post(format!("{url}/ussd/africastalking")).form(&form).send().await;
     let body = match result {
         Ok(r) if r.status().is_success() => r.text().await.ok(),
@@ -67,7 +74,7 @@ async fn hop(
 async fn otp_for(outbox: &str, to: &str) -> Option<String> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
-        let text = std::fs::read_to_string(outbox).unwrap_or_default();
+        let text: String = outbox.split(',').map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect();
         for line in text.lines().rev() {
             if line.contains(&format!("\"to\":\"{to}\"")) && line.contains("OTP") {
                 let digits: String = line.split("VNeID: ").nth(1)?.chars().take(6).collect();
@@ -121,9 +128,9 @@ async fn main() -> Result<(), String> {
         }
         return Ok(());
     }
-    let url = args.get(1).ok_or(usage)?.trim_end_matches('/').to_string();
-    let host_ok = ["http://127.", "http://localhost", "http://[::1]"].iter().any(|p| url.starts_with(p));
-    if !host_ok {
+    let url = args.get(1).ok_or(usage)?.split(',').map(|u| u.trim_end_matches('/')).collect::<Vec<_>>().join(",");
+    let loopback = |u: &str| ["http://127.", "http://localhost", "http://[::1]"].iter().any(|p| u.starts_with(p));
+    if !url.split(',').all(loopback) {
         return Err("only loopback targets (127.0.0.0/8, localhost, [::1])".into());
     }
     let phones: usize = args.get(2).and_then(|s| s.parse().ok()).ok_or(usage)?;

@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{
     AuditRecord, Commit, CommitOutcome, Conversation, Expired, FailedSms, QueuedSms, Retention, Store, StoreError,
@@ -193,8 +193,15 @@ impl PgStore {
         config.connect_timeout(POOL_TIMEOUT);
         let (mut client, connection) = config.connect(NoTls).await.map_err(backend)?;
         let driver = tokio::spawn(connection);
-        let setting: String = client.query_one("SHOW synchronous_commit", &[]).await.map_err(backend)?.get(0);
-        if !matches!(setting.as_str(), "on" | "remote_apply") {
+        // A server without the setting (CockroachDB: commits are durable through Raft) is taken as it is.
+        let setting: String = match client.query_one("SHOW synchronous_commit", &[]).await {
+            Ok(row) => row.get(0),
+            Err(e) => {
+                warn!(error = %e, "the database has no synchronous_commit setting; relying on its own durability");
+                "unknown".into()
+            }
+        };
+        if !matches!(setting.as_str(), "on" | "remote_apply" | "unknown") {
             // A reply goes out only once its commit is on disk: never `off` or `local` for this service.
             let options = match config.get_options() {
                 Some(o) => format!("{o} -c synchronous_commit=on"),
