@@ -179,6 +179,8 @@ pub struct PgStore {
     instance: String,
     /// This process's name for its claims on unexported audit records.
     exporter: String,
+    /// The server has `synchronous_commit`, so a transaction may set it off ([`PgStore::unhurried`]).
+    relaxable: bool,
 }
 
 impl PgStore {
@@ -226,7 +228,7 @@ impl PgStore {
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
         let exporter = format!("{}-{}", std::process::id(), hex::encode(bytes));
         info!(database = %display_url(url), schema = SCHEMA, synchronous_commit = %setting, "postgres store open");
-        Ok(PgStore { pool, instance, exporter })
+        Ok(PgStore { pool, instance, exporter, relaxable: setting != "unknown" })
     }
 
     /// As [`PgStore::open`], for a spawned task.
@@ -252,6 +254,16 @@ impl PgStore {
             true => Ok(()),
             false => Err(StoreError::KeyMismatch),
         }
+    }
+
+    /// Lets `tx` commit without waiting for its WAL flush: for what need not survive a crash of the
+    /// database (an export claim, an export mark: lost, they only make the trail file's writer see records
+    /// again, which it recognises), so the audit drain after each turn adds no fsync of its own.
+    async fn unhurried(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), Fail> {
+        if self.relaxable {
+            tx.batch_execute("SET LOCAL synchronous_commit = off").await?;
+        }
+        Ok(())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
@@ -746,38 +758,43 @@ impl Store for PgStore {
     }
 
     async fn audit_unexported(&self, n: usize) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
-        let client = self.client().await?;
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         let claim = big(AUDIT_CLAIM.as_millis() as u64);
-        let st = client
-            .prepare_cached(
-                "WITH t AS (SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT AS now), \
-                 c AS (SELECT u.id FROM kichhoat_audit_unexported u, t \
-                       WHERE u.claimed_by IS NULL OR u.claimed_by = $1 OR u.claim_until < t.now \
-                       ORDER BY u.id LIMIT $2 FOR UPDATE OF u SKIP LOCKED) \
-                 UPDATE kichhoat_audit_unexported x SET claimed_by = $1, claim_until = t.now + $3 \
-                 FROM c, t WHERE x.id = c.id RETURNING x.id",
-            )
-            .await
-            .map_err(backend)?;
-        let ids: Vec<i64> =
-            client.query(&st, &[&self.exporter, &n, &claim]).await.map_err(backend)?.iter().map(|r| r.get(0)).collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        let mut client = self.client().await?;
+        let tx = Self::begin(&mut client).await?;
+        let result = async {
+            self.unhurried(&tx).await?;
+            let st = tx
+                .prepare_cached(
+                    "WITH t AS (SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT AS now), \
+                     c AS (SELECT u.id FROM kichhoat_audit_unexported u, t \
+                           WHERE u.claimed_by IS NULL OR u.claimed_by = $1 OR u.claim_until < t.now \
+                           ORDER BY u.id LIMIT $2 FOR UPDATE OF u SKIP LOCKED) \
+                     UPDATE kichhoat_audit_unexported x SET claimed_by = $1, claim_until = t.now + $3 \
+                     FROM c, t WHERE x.id = c.id RETURNING x.id",
+                )
+                .await?;
+            let ids: Vec<i64> = tx.query(&st, &[&self.exporter, &n, &claim]).await?.iter().map(|r| r.get(0)).collect();
+            if ids.is_empty() {
+                return Ok((true, Vec::new()));
+            }
+            let st = tx.prepare_cached("SELECT id, record FROM kichhoat_audit WHERE id = ANY($1) ORDER BY id").await?;
+            let rows = tx.query(&st, &[&ids]).await?;
+            if rows.len() != ids.len() {
+                // Both are written in one transaction and audit records are never removed.
+                return Err(Fail::Store(StoreError::Corrupt {
+                    what: "unexported audit record",
+                    why: format!("{} ids marked unexported, {} records found", ids.len(), rows.len()),
+                }));
+            }
+            let records: Vec<(u64, AuditRecord)> = rows
+                .iter()
+                .map(|r| Ok((small(r.get(0)), parse("audit", r.get(1))?)))
+                .collect::<Result<_, StoreError>>()?;
+            Ok((true, records))
         }
-        let st = client
-            .prepare_cached("SELECT id, record FROM kichhoat_audit WHERE id = ANY($1) ORDER BY id")
-            .await
-            .map_err(backend)?;
-        let rows = client.query(&st, &[&ids]).await.map_err(backend)?;
-        if rows.len() != ids.len() {
-            // Both are written in one transaction and audit records are never removed.
-            return Err(StoreError::Corrupt {
-                what: "unexported audit record",
-                why: format!("{} ids marked unexported, {} records found", ids.len(), rows.len()),
-            });
-        }
-        rows.iter().map(|r| Ok((small(r.get(0)), parse("audit", r.get(1))?))).collect()
+        .await;
+        Ok(finish(tx, result).await?)
     }
 
     async fn audit_exported(&self, ids: &[u64]) -> Result<(), StoreError> {
@@ -785,11 +802,16 @@ impl Store for PgStore {
             return Ok(());
         }
         let ids: Vec<i64> = ids.iter().map(|i| big(*i)).collect();
-        let client = self.client().await?;
-        let st =
-            client.prepare_cached("DELETE FROM kichhoat_audit_unexported WHERE id = ANY($1)").await.map_err(backend)?;
-        client.execute(&st, &[&ids]).await.map_err(backend)?;
-        Ok(())
+        let mut client = self.client().await?;
+        let tx = Self::begin(&mut client).await?;
+        let result = async {
+            self.unhurried(&tx).await?;
+            let st = tx.prepare_cached("DELETE FROM kichhoat_audit_unexported WHERE id = ANY($1)").await?;
+            tx.execute(&st, &[&ids]).await?;
+            Ok((true, ()))
+        }
+        .await;
+        Ok(finish(tx, result).await?)
     }
 }
 
