@@ -1,8 +1,9 @@
 //! Storage behind one async trait: conversations (per phone, versioned), citizens, accounts, counters,
 //! the SMS outbox and the audit trail. sled is the embedded default ([`sled_store::SledStore`]), an
-//! in-memory store serves tests and `simulate` ([`memory::MemoryStore`]); a SQL database implements the
-//! same trait with the same guarantees (one transaction per commit, row locks for counters,
-//! `FOR UPDATE SKIP LOCKED` for outbox claims).
+//! in-memory store serves tests and `simulate` ([`memory::MemoryStore`]); PostgreSQL implements the same
+//! trait with the same guarantees across several instances on one database ([`postgres::PgStore`]: one
+//! transaction per commit, row locks for conversations and counters, `FOR UPDATE SKIP LOCKED` for outbox
+//! claims).
 //!
 //! The contract every backend keeps (and `tests/api/store_contract.rs` checks against each):
 //! - [`Store::commit`] is one transaction: the conversation, compared and set against the version the

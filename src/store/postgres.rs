@@ -23,7 +23,9 @@
 //!   drains them (for [`AUDIT_CLAIM`], the database's clock), so each lands in one instance's file, and
 //!   a dead instance's claims pass to the others.
 //!
-//! Only hashes and sealed SMS bodies reach the tables (the callers'), as with sled.
+//! Only hashes and sealed SMS bodies reach the tables (the callers'), as with sled. The instances share the
+//! master key (`--key-file`); the database keeps a fingerprint of it ([`PgStore::check_key`]) and refuses
+//! an instance started with another.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -45,12 +47,10 @@ use crate::domain::{Msisdn, NationalId};
 use crate::engine::{Account, Citizen, SmsPurpose};
 use crate::limits::{self, CounterKey, Tally};
 
-/// The schema this build writes: the number of the last migration.
-pub const SCHEMA: u32 = 1;
-/// The migrations, by the schema each brings the database to.
-const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
-/// The advisory lock held while migrating ("kichhoat" in ASCII).
-const MIGRATION_LOCK: i64 = 0x6b69_6368_686f_6174;
+mod migrate;
+
+pub use migrate::SCHEMA;
+
 /// Connections per instance: turns, engine reads, the delivery worker and the sweeper share them.
 const POOL_SIZE: usize = 16;
 /// How long waiting for, or opening, a connection may take before the turn is a fault.
@@ -211,7 +211,7 @@ impl PgStore {
             };
             config.options(&options);
         }
-        let instance = migrate(&mut client).await;
+        let instance = migrate::to_current(&mut client).await;
         drop(client);
         let _ = driver.await;
         let instance = instance?;
@@ -305,56 +305,6 @@ async fn finish<T>(tx: deadpool_postgres::Transaction<'_>, result: Result<(bool,
             Err(e)
         }
     }
-}
-
-/// Brings the database to [`SCHEMA`] under the advisory lock; returns the database's instance id.
-async fn migrate(client: &mut tokio_postgres::Client) -> Result<String, StoreError> {
-    client.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).await.map_err(backend)?;
-    let done = migrate_locked(client).await;
-    let _ = client.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).await;
-    done
-}
-
-async fn migrate_locked(client: &mut tokio_postgres::Client) -> Result<String, StoreError> {
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS kichhoat_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        .await
-        .map_err(backend)?;
-    let found =
-        match client.query_opt("SELECT value FROM kichhoat_meta WHERE key = 'schema'", &[]).await.map_err(backend)? {
-            Some(row) => row
-                .get::<_, String>(0)
-                .parse::<u32>()
-                .map_err(|e| StoreError::Corrupt { what: "schema version", why: e.to_string() })?,
-            None => 0,
-        };
-    if found > SCHEMA {
-        return Err(StoreError::NewerSchema { found, supported: SCHEMA });
-    }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
-        let tx = client.transaction().await.map_err(backend)?;
-        tx.batch_execute(sql).await.map_err(|e| backend(format!("migration to schema {version}: {e}")))?;
-        tx.execute(
-            "INSERT INTO kichhoat_meta (key, value) VALUES ('schema', $1) \
-             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-            &[&version.to_string()],
-        )
-        .await
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        info!(schema = version, "postgres schema migrated");
-    }
-    let mut bytes = [0u8; 8];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-    client
-        .execute(
-            "INSERT INTO kichhoat_meta (key, value) VALUES ('instance', $1) ON CONFLICT (key) DO NOTHING",
-            &[&hex::encode(bytes)],
-        )
-        .await
-        .map_err(backend)?;
-    let row = client.query_one("SELECT value FROM kichhoat_meta WHERE key = 'instance'", &[]).await.map_err(backend)?;
-    Ok(row.get(0))
 }
 
 /// Writes one audit record, marked unexported, inside `tx`.
