@@ -124,6 +124,30 @@ async fn sweep(
     }
 }
 
+/// Logs what a registry import did: each row skipped or warned about, then the counts.
+pub fn log_import(registry_name: &str, report: &registry::ImportReport) {
+    for (line, why) in &report.skipped {
+        warn!(registry = %registry_name, line, why = %why, "registry row skipped");
+    }
+    for (line, why) in &report.warnings {
+        warn!(registry = %registry_name, line, why = %why, "registry row imported with a warning");
+    }
+    info!(
+        registry = %registry_name,
+        citizens = report.imported,
+        added = report.added,
+        changed = report.changed,
+        restored = report.restored,
+        removed = report.removed,
+        unchanged = report.unchanged,
+        kept_unreadable = report.kept,
+        skipped = report.skipped.len(),
+        implausible_ids = report.implausible,
+        dry_run = report.dry_run,
+        "registry imported"
+    );
+}
+
 /// Data dir 0700, everything in it 0600 (directories 0700): a data dir written before files were made
 /// private (or copied in with a wider umask) is tightened at start.
 fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
@@ -213,24 +237,18 @@ impl App {
             head = %head,
             "audit trail open"
         );
-        let year = clock.now().year();
         let (registry_name, report) = match &settings.registry {
-            Some(path) => (path.display().to_string(), registry::import_csv(path, store.as_ref(), year).await?),
-            None => ("demo registry (built in)".to_string(), registry::import_demo(store.as_ref(), year).await?),
+            Some(path) => {
+                (path.display().to_string(), registry::import_csv(path, store.as_ref(), clock.now(), "serve").await?)
+            }
+            None => (
+                "demo registry (built in)".to_string(),
+                registry::import_demo(store.as_ref(), clock.now(), "serve").await?,
+            ),
         };
-        for (line, why) in &report.skipped {
-            warn!(registry = %registry_name, line, why = %why, "registry row skipped");
-        }
-        for (line, why) in &report.warnings {
-            warn!(registry = %registry_name, line, why = %why, "registry row imported with a warning");
-        }
-        info!(
-            registry = %registry_name,
-            citizens = report.imported,
-            skipped = report.skipped.len(),
-            implausible_ids = report.implausible,
-            "registry imported"
-        );
+        log_import(&registry_name, &report);
+        // Removed citizens are audited: the trail file gets them before the first turn.
+        audit_log.drain().await?;
         let service = Arc::new(Service::new(
             store.clone(),
             Arc::new(registry::ImportedRegistry(store.clone())),
@@ -268,6 +286,16 @@ impl App {
         let delivery = tokio::spawn(worker.clone().run(service.outbox_ready.clone(), stopped.clone()));
         let sweeper = tokio::spawn(sweep(store.clone(), clock.clone(), audit_log.clone(), stopped));
         Ok(App { service, web, store, sled, worker, audit_log, clock, stop, tasks: vec![delivery, sweeper] })
+    }
+
+    /// The operator commands over this instance's store, limits, clock and audit trail.
+    pub fn admin(&self) -> crate::admin::Admin {
+        crate::admin::Admin::new(
+            self.store.clone(),
+            self.service.policy.clone(),
+            self.clock.clone(),
+            self.audit_log.clone(),
+        )
     }
 
     /// Runs one expiry pass now, exactly as the periodic sweeper does (the app's clock,

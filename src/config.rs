@@ -17,6 +17,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook server.
@@ -28,6 +30,12 @@ pub enum Command {
     /// Print the audit trail file (rotated files in order, then the active one) as JSON lines, or check
     /// its hash chain (`audit verify`). Reads only the file, so it works while the server runs.
     Audit(AuditArgs),
+    /// Operator commands on one citizen (show, unlock, cancel), through the running server's admin API
+    /// (or on the data dir when no server runs). Audited with the operator's name.
+    Admin(crate::admin::client::AdminArgs),
+    /// The citizens registry: `registry import FILE` re-imports it authoritatively, through the running
+    /// server's admin API (or on the data dir when no server runs).
+    Registry(crate::admin::client::RegistryArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -329,6 +337,19 @@ pub struct ServeArgs {
     /// Seconds a client has to send a whole request head, and the longest a kept-alive connection idles.
     #[arg(long, env = "KICHHOAT_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
+    /// The admin API's address (`kichhoat admin …`, `kichhoat registry import`), loopback only, with a
+    /// token drawn at each start and written to `<data-dir>/admin.json` (0600). Default: 127.0.0.1:8081,
+    /// or a free loopback port when that one is taken (the CLI finds it in admin.json).
+    #[arg(long, env = "KICHHOAT_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// No admin API: operator commands then need the server stopped.
+    #[arg(long, env = "KICHHOAT_NO_ADMIN", conflicts_with = "admin_listen")]
+    pub no_admin: bool,
+    /// Serve the demo citizens built into the binary. Needed outside a checkout (no
+    /// `fixtures/registry.csv` here) when --registry is not given, so a forgotten --registry never
+    /// silently serves demo citizens.
+    #[arg(long, env = "KICHHOAT_DEMO", conflicts_with = "registry")]
+    pub demo: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -357,6 +378,38 @@ fn with_token(url: String, token: Option<&Secret>) -> String {
 }
 
 impl ServeArgs {
+    /// Refuses to serve the built-in demo citizens unless asked: without --registry and outside a
+    /// checkout (no `fixtures/registry.csv` in the working directory), --demo must say so.
+    pub fn check_registry(&self) -> Result<(), String> {
+        if self.common.registry.is_some() || self.demo || std::path::Path::new(DEFAULT_REGISTRY).exists() {
+            return Ok(());
+        }
+        Err(format!(
+            "no citizens registry: give --registry FILE (KICHHOAT_REGISTRY), a CSV with the header \
+             national_id,phone,full_name,status, or --demo to serve the demo citizens built into the binary \
+             (there is no {DEFAULT_REGISTRY} in {}, so this is not a checkout)",
+            std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| "the working directory".into())
+        ))
+    }
+
+    /// The admin API's address, checked: loopback only (it speaks plain HTTP).
+    pub fn admin_addr(&self) -> Result<Option<(SocketAddr, bool)>, String> {
+        if self.no_admin {
+            return Ok(None);
+        }
+        let (addr, given) = match self.admin_listen {
+            Some(a) => (a, true),
+            None => (crate::admin::api::DEFAULT_LISTEN.parse().map_err(|e| format!("{e}"))?, false),
+        };
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "refusing --admin-listen {addr}: the admin API speaks plain HTTP and must stay on a loopback \
+                 address (127.0.0.1 or ::1); reach it over SSH from elsewhere"
+            ));
+        }
+        Ok(Some((addr, given)))
+    }
+
     /// Refuses to serve where strangers can reach the webhooks without a token, unless told the network
     /// is trusted.
     pub fn check_exposure(&self) -> Result<(), String> {
@@ -578,6 +631,22 @@ mod tests {
         assert_eq!(serve(&["--store", "memory"]).store, StoreKind::Memory);
         let err = Cli::try_parse_from(["kichhoat", "serve", "--store", "mysql://x"]).unwrap_err().to_string();
         assert!(err.contains("postgres://"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_api_stays_on_loopback_and_can_be_turned_off() {
+        assert_eq!(serve(&[]).admin_addr().unwrap(), Some(("127.0.0.1:8081".parse().unwrap(), false)));
+        assert_eq!(
+            serve(&["--admin-listen", "[::1]:9000"]).admin_addr().unwrap(),
+            Some(("[::1]:9000".parse().unwrap(), true))
+        );
+        assert_eq!(serve(&["--no-admin"]).admin_addr().unwrap(), None);
+        let err = serve(&["--admin-listen", "0.0.0.0:8081"]).admin_addr().unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
+        assert!(
+            Cli::try_parse_from(["kichhoat", "serve", "--demo", "--registry", "r.csv"]).is_err(),
+            "one or the other"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `kichhoat serve | check | simulate | audit`: parses the command line and hands over to the library.
+//! `kichhoat serve | check | simulate | audit | admin | registry`: parses the command line and hands over to the library.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -6,6 +6,7 @@ use std::sync::Arc;
 use clap::Parser;
 use tracing::{error, info, warn};
 
+use kichhoat::admin::api::Endpoint;
 use kichhoat::app::App;
 use kichhoat::audit::Verdict;
 use kichhoat::clock::SystemClock;
@@ -42,6 +43,30 @@ fn main() -> ExitCode {
             run(kichhoat::simulate::run(args))
         }
         Command::Audit(args) => audit(&args),
+        Command::Admin(args) => operator(kichhoat::admin::client::run_admin(&args)),
+        Command::Registry(args) => operator(kichhoat::admin::client::run_registry(&args)),
+    }
+}
+
+/// Runs an operator command and prints its answer (exit 1 with the reason when it failed).
+fn operator(fut: impl std::future::Future<Output = Result<String, kichhoat::admin::client::ClientError>>) -> ExitCode {
+    init_logs(LogFormat::Text, "warn");
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kichhoat: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -128,8 +153,25 @@ fn init_logs(format: LogFormat, default: &str) {
     }
 }
 
+/// Binds the admin listener: the address given, or the default and, when that is taken, a free loopback
+/// port (the CLI reads the address from `<data-dir>/admin.json`).
+async fn admin_listener(args: &ServeArgs) -> Result<Option<tokio::net::TcpListener>, String> {
+    let Some((addr, given)) = args.admin_addr()? else { return Ok(None) };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if !given => {
+            warn!(%addr, error = %e, "the admin API's default address is taken; using a free loopback port");
+            let any = std::net::SocketAddr::new(addr.ip(), 0);
+            tokio::net::TcpListener::bind(any).await.map(Some).map_err(|e| format!("admin listen on {any}: {e}"))
+        }
+        Err(e) => Err(format!("admin listen on {addr}: {e} (choose another with --admin-listen, or --no-admin)")),
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<(), String> {
     args.check_exposure()?;
+    args.check_registry()?;
+    let admin_listener = admin_listener(&args).await?;
     let mut settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), args.store.clone(), &args.common);
     settings.sms_sender = args.sender()?;
     settings.webhook_token = args.webhook_token.clone();
@@ -172,8 +214,45 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         header_read_timeout: std::time::Duration::from_secs(args.header_timeout_secs.max(1)),
         ..Default::default()
     };
-    let served = kichhoat::server::serve(listener, router, limits, shutdown_signal()).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(stop);
+    let signalled = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = signalled.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut endpoint = None;
+    let mut admin_server = None;
+    if let Some(listener) = admin_listener {
+        let admin_addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let e = Endpoint::new(admin_addr);
+        e.write(&settings.data_dir)
+            .map_err(|err| format!("{}: {err}", Endpoint::path(&settings.data_dir).display()))?;
+        let api = Arc::new(kichhoat::admin::api::AdminApi::new(Arc::new(app.admin()), &e));
+        let admin_limits = kichhoat::server::Limits { max_connections: 64, ..Default::default() };
+        let router = kichhoat::admin::api::router(api);
+        admin_server =
+            Some(tokio::spawn(kichhoat::server::serve(listener, router, admin_limits, until_stopped(stopped.clone()))));
+        info!(
+            addr = %admin_addr,
+            endpoint_file = %Endpoint::path(&settings.data_dir).display(),
+            "admin API on http://{admin_addr} (kichhoat admin, kichhoat registry import)"
+        );
+        endpoint = Some(e);
+    }
+    let served = kichhoat::server::serve(listener, router, limits, until_stopped(stopped)).await;
     info!("shutting down");
+    // Whatever ended the carrier server ends the admin API too.
+    let _ = stop.send(true);
+    if let Some(task) = admin_server {
+        let _ = task.await;
+    }
+    if let Some(e) = &endpoint {
+        e.remove(&settings.data_dir);
+    }
     app.shutdown().await;
     info!("stopped");
     served.map_err(|e| e.to_string())

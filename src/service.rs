@@ -333,7 +333,7 @@ mod tests {
     async fn a_turn_whose_audit_line_cannot_be_written_is_a_fault_and_its_retry_writes_it_before_answering() {
         let now = Millis(1_795_996_800_000);
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        crate::registry::import_demo(store.as_ref(), now.year()).await.unwrap();
+        crate::registry::import_demo(store.as_ref(), now, "test").await.unwrap();
         let crypto = Arc::new(Crypto::from_master(&[4; 32], HashCost::DANGER_TEST_ONLY).unwrap());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");

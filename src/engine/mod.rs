@@ -46,6 +46,9 @@ pub struct Citizen {
 pub enum CitizenStatus {
     Approved,
     Pending,
+    /// Missing from the latest registry import: kept (never deleted, an account stays), but the registry
+    /// answers as for an unknown ID number, so no activation or recovery can start.
+    Removed,
 }
 
 /// An activated account: credentials only as argon2id PHC strings.

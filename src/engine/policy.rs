@@ -37,7 +37,7 @@ impl Pool {
             Pool::Other
         }
     }
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Pool::Own => "own",
             Pool::Other => "other",
@@ -122,10 +122,15 @@ impl Policy {
 
     /// Counters one OTP SMS spends: per ID and pool (15 minutes, a day), per registered phone and pool.
     pub fn otp_sends(&self, id: &NationalId, phone: &Msisdn, pool: Pool) -> [Limited; 3] {
+        let [short, day] = self.otp_id(id, pool);
+        [short, day, self.otp_phone(phone, pool)]
+    }
+
+    /// OTP SMS per ID and pool: 15 minutes, and a day.
+    pub fn otp_id(&self, id: &NationalId, pool: Pool) -> [Limited; 2] {
         [
             (key("otp_id_15m", Some(pool), id.as_str()), window(Limit::OtpPerId, self.otp_per_id_15min, 15 * MINUTE)),
             (key("otp_id_day", Some(pool), id.as_str()), window(Limit::OtpPerId, self.otp_per_id_day, DAY)),
-            self.otp_phone(phone, pool),
         ]
     }
 
@@ -150,15 +155,72 @@ impl Policy {
     /// Counters a lookup that ends without a code also spends: per calling phone an hour, per ID and
     /// pool a day.
     pub fn failed_lookups(&self, caller: &Msisdn, id: &NationalId, pool: Pool) -> [Limited; 2] {
-        [
-            (
-                key("nolookup_h", None, caller.as_str()),
-                window(Limit::FailedLookups, self.failed_lookups_per_caller_hour, HOUR),
-            ),
-            (
-                key("nolookup_d", Some(pool), id.as_str()),
-                window(Limit::FailedLookups, self.failed_lookups_per_id_day, DAY),
-            ),
-        ]
+        [self.failed_lookups_of_caller(caller), self.failed_lookups_of_id(id, pool)]
+    }
+
+    /// Lookups without a code from one calling phone, an hour.
+    pub fn failed_lookups_of_caller(&self, caller: &Msisdn) -> Limited {
+        (
+            key("nolookup_h", None, caller.as_str()),
+            window(Limit::FailedLookups, self.failed_lookups_per_caller_hour, HOUR),
+        )
+    }
+
+    /// Lookups without a code for one ID and pool, a day.
+    pub fn failed_lookups_of_id(&self, id: &NationalId, pool: Pool) -> Limited {
+        (key("nolookup_d", Some(pool), id.as_str()), window(Limit::FailedLookups, self.failed_lookups_per_id_day, DAY))
+    }
+}
+
+/// Which lock an operator clears (`kichhoat admin unlock --what`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Group {
+    /// Failed log-ins and their locks.
+    Login,
+    /// OTP sends, wrong codes and lookups: everything that makes activation (or recovery) wait.
+    Otp,
+}
+
+/// One counter an operator sees for an ID number, and may clear.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    pub group: Group,
+    /// A stable name (`login`, `otp_id_15m`, ...), shown with a label by `kichhoat admin show`.
+    pub name: &'static str,
+    /// The pool, for counters kept per ID number or registered phone in pools.
+    pub pool: Option<Pool>,
+    pub key: CounterKey,
+    pub rule: Rule,
+}
+
+impl Policy {
+    /// Every counter that can refuse an ID number's citizen: per ID and pool (log-in, OTP sends, wrong
+    /// codes, lookups without a code), per registered phone and pool (OTP sends), and the registered
+    /// phone's own lookups as a caller. A new limit on an ID belongs here too, so operators see and can
+    /// clear it.
+    pub fn watched(&self, id: &NationalId, registered: Option<&Msisdn>) -> Vec<Watched> {
+        let mut out = Vec::new();
+        let mut add = |group, name, pool, (key, rule): Limited| out.push(Watched { group, name, pool, key, rule });
+        for pool in [Pool::Own, Pool::Other] {
+            add(Group::Login, "login", Some(pool), self.login_failure(id, pool));
+        }
+        for pool in [Pool::Own, Pool::Other] {
+            let [short, day] = self.otp_id(id, pool);
+            add(Group::Otp, "otp_id_15m", Some(pool), short);
+            add(Group::Otp, "otp_id_day", Some(pool), day);
+            add(Group::Otp, "wrong_code", Some(pool), self.wrong_code(id, pool));
+            add(Group::Otp, "nolookup_d", Some(pool), self.failed_lookups_of_id(id, pool));
+        }
+        if let Some(phone) = registered {
+            for pool in [Pool::Own, Pool::Other] {
+                add(Group::Otp, "otp_phone", Some(pool), self.otp_phone(phone, pool));
+            }
+            let [hour, day] = self.lookups(phone);
+            add(Group::Otp, "lookup_h", None, hour);
+            add(Group::Otp, "lookup_d", None, day);
+            add(Group::Otp, "nolookup_h", None, self.failed_lookups_of_caller(phone));
+        }
+        out
     }
 }

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::clock::Millis;
 use crate::domain::{Msisdn, NationalId};
-use crate::engine::{Account, Citizen};
+use crate::engine::{Account, Citizen, CitizenStatus};
 use crate::limits::{self, CounterKey, Tally};
 
 #[derive(Default)]
@@ -213,6 +213,58 @@ impl Store for MemoryStore {
             st.citizens.insert(c.national_id.clone(), c.clone());
         }
         Ok(())
+    }
+
+    async fn citizens_after(&self, after: Option<&NationalId>, n: usize) -> Result<Vec<Citizen>, StoreError> {
+        let st = self.state()?;
+        let mut ids: Vec<&NationalId> =
+            st.citizens.keys().filter(|id| after.is_none_or(|a| id.as_str() > a.as_str())).collect();
+        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(ids.into_iter().take(n).filter_map(|id| st.citizens.get(id).cloned()).collect())
+    }
+
+    async fn remove_citizens(&self, ids: &[NationalId], audit: &[AuditRecord]) -> Result<usize, StoreError> {
+        let mut st = self.state()?;
+        let mut marked = 0;
+        for id in ids {
+            if let Some(c) = st.citizens.get_mut(id).filter(|c| c.status != CitizenStatus::Removed) {
+                c.status = CitizenStatus::Removed;
+                marked += 1;
+            }
+        }
+        for a in audit {
+            let id = self.next();
+            st.add_audit(id, a.clone());
+        }
+        Ok(marked)
+    }
+
+    async fn conversations_of(&self, id: &NationalId) -> Result<Vec<(Msisdn, Conversation, Version)>, StoreError> {
+        let st = self.state()?;
+        let mut out: Vec<(Msisdn, Conversation, Version)> = st
+            .conversations
+            .iter()
+            .filter(|(_, s)| s.conversation.session.slots.national_id.as_ref() == Some(id))
+            .map(|(phone, s)| (phone.clone(), s.conversation.clone(), s.version))
+            .collect();
+        out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        Ok(out)
+    }
+
+    async fn reset_counters(&self, keys: &[CounterKey], audit: &[AuditRecord]) -> Result<usize, StoreError> {
+        let mut st = self.state()?;
+        let mut cleared = 0;
+        for key in keys {
+            if let Some(old) = st.counters.get(key).cloned() {
+                st.set_counter(key.clone(), Some(&old), Tally::default());
+                cleared += 1;
+            }
+        }
+        for a in audit {
+            let id = self.next();
+            st.add_audit(id, a.clone());
+        }
+        Ok(cleared)
     }
 
     async fn claim_outbox(

@@ -30,6 +30,11 @@
 //!   line in the file loses nothing. Audit ids are unique but not given out in commit order (sled draws
 //!   them inside transactions that finish in any order), so "everything after the last id exported" would
 //!   miss records: the mark is what says what is left.
+//! - Citizens are never deleted: a registry import marks the ones its file no longer lists
+//!   ([`Store::remove_citizens`], with their audit records in the same write), and accounts are never
+//!   touched by an import. Operators clear counters ([`Store::reset_counters`]) in one write with its
+//!   audit record, and find the conversations holding an ID number ([`Store::conversations_of`]; a scan is
+//!   acceptable, it is not on a request path).
 //! - Nothing secret is written in plain text: callers pass hashes and sealed SMS bodies only.
 
 pub mod memory;
@@ -243,8 +248,23 @@ pub trait Store: Send + Sync + 'static {
     async fn account(&self, id: &NationalId) -> Result<Option<Account>, StoreError>;
     async fn tally(&self, key: &CounterKey) -> Result<Tally, StoreError>;
 
-    /// Inserts or updates citizens (the registry import); never touches an account.
+    /// Inserts or updates citizens (the registry import); never touches an account. A removed citizen
+    /// upserted again takes the status given (the registry lists them again).
     async fn upsert_citizens(&self, citizens: &[Citizen]) -> Result<(), StoreError>;
+    /// Up to `n` citizens (removed ones included) whose ID numbers sort after `after` (from the first when
+    /// `None`), in ID-number order: how an import compares the registry file with what is stored.
+    async fn citizens_after(&self, after: Option<&NationalId>, n: usize) -> Result<Vec<Citizen>, StoreError>;
+    /// Marks the citizens `ids` removed ([`CitizenStatus::Removed`](crate::engine::CitizenStatus)): never
+    /// deletes them and never touches an account. Appends `audit` in the same transaction. IDs not stored
+    /// or already removed are skipped. Returns how many were marked; durable when it returns.
+    async fn remove_citizens(&self, ids: &[NationalId], audit: &[AuditRecord]) -> Result<usize, StoreError>;
+
+    /// The conversations (with their phones and versions) whose activation or recovery holds the ID number
+    /// `id`, for operators. May walk every conversation: not for request paths.
+    async fn conversations_of(&self, id: &NationalId) -> Result<Vec<(Msisdn, Conversation, Version)>, StoreError>;
+    /// Deletes the counters `keys` (their counts and locks: an operator clearing a lock), with `audit`
+    /// appended in the same transaction. Returns how many of them existed; durable when it returns.
+    async fn reset_counters(&self, keys: &[CounterKey], audit: &[AuditRecord]) -> Result<usize, StoreError>;
 
     /// Claims up to `n` messages that are due at `now` and not claimed by a live lease, oldest due
     /// first, for `owner` until `now + lease`. A message whose lease ends unreported is due again.

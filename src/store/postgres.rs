@@ -44,7 +44,7 @@ use super::{
 };
 use crate::clock::Millis;
 use crate::domain::{Msisdn, NationalId};
-use crate::engine::{Account, Citizen, SmsPurpose};
+use crate::engine::{Account, Citizen, CitizenStatus, SmsPurpose};
 use crate::limits::{self, CounterKey, Tally};
 
 mod migrate;
@@ -529,6 +529,89 @@ impl Store for PgStore {
             client.execute(&st, &[&ids, &bodies]).await.map_err(backend)?;
         }
         Ok(())
+    }
+
+    async fn citizens_after(&self, after: Option<&NationalId>, n: usize) -> Result<Vec<Citizen>, StoreError> {
+        let client = self.client().await?;
+        let after = after.map(|a| a.as_str()).unwrap_or("");
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let st = client
+            .prepare_cached("SELECT body FROM kichhoat_citizens WHERE national_id > $1 ORDER BY national_id LIMIT $2")
+            .await
+            .map_err(backend)?;
+        let rows = client.query(&st, &[&after, &n]).await.map_err(backend)?;
+        rows.iter().map(|r| parse("citizen", r.get(0))).collect()
+    }
+
+    async fn remove_citizens(&self, ids: &[NationalId], audit: &[AuditRecord]) -> Result<usize, StoreError> {
+        let ids: Vec<&str> = ids.iter().map(|i| i.as_str()).collect();
+        let mut client = self.client().await?;
+        let tx = Self::begin(&mut client).await?;
+        let result = async {
+            let st = tx
+                .prepare_cached(
+                    "SELECT national_id, body FROM kichhoat_citizens WHERE national_id = ANY($1) \
+                     ORDER BY national_id FOR UPDATE",
+                )
+                .await?;
+            let mut marked = 0;
+            for row in tx.query(&st, &[&ids]).await? {
+                let mut c: Citizen = parse("citizen", row.get(1))?;
+                if c.status == CitizenStatus::Removed {
+                    continue;
+                }
+                c.status = CitizenStatus::Removed;
+                let st = tx.prepare_cached("UPDATE kichhoat_citizens SET body = $2 WHERE national_id = $1").await?;
+                tx.execute(&st, &[&row.get::<_, &str>(0), &json(&c)?]).await?;
+                marked += 1;
+            }
+            for a in audit {
+                add_audit(&tx, a).await?;
+            }
+            Ok((true, marked))
+        }
+        .await;
+        Ok(finish(tx, result).await?)
+    }
+
+    async fn conversations_of(&self, id: &NationalId) -> Result<Vec<(Msisdn, Conversation, Version)>, StoreError> {
+        // For operators, not request paths: every conversation mentioning the number is read, and those
+        // whose activation or recovery holds it kept. (ID numbers are digits: nothing to escape for LIKE.)
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT phone, version, body FROM kichhoat_conversations WHERE body LIKE $1 ORDER BY phone",
+                &[&format!("%{}%", id.as_str())],
+            )
+            .await
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in &rows {
+            let conversation: Conversation = parse("conversation", row.get(2))?;
+            if conversation.session.slots.national_id.as_ref() != Some(id) {
+                continue;
+            }
+            let phone = Msisdn::try_from(row.get::<_, String>(0))
+                .map_err(|e| StoreError::Corrupt { what: "conversation phone", why: e.to_string() })?;
+            out.push((phone, conversation, small(row.get(1))));
+        }
+        Ok(out)
+    }
+
+    async fn reset_counters(&self, keys: &[CounterKey], audit: &[AuditRecord]) -> Result<usize, StoreError> {
+        let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+        let mut client = self.client().await?;
+        let tx = Self::begin(&mut client).await?;
+        let result = async {
+            let st = tx.prepare_cached("DELETE FROM kichhoat_counters WHERE key = ANY($1)").await?;
+            let cleared = tx.execute(&st, &[&keys]).await?;
+            for a in audit {
+                add_audit(&tx, a).await?;
+            }
+            Ok((true, usize::try_from(cleared).unwrap_or(0)))
+        }
+        .await;
+        Ok(finish(tx, result).await?)
     }
 
     async fn claim_outbox(

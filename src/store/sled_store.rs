@@ -33,7 +33,7 @@ use super::{
 };
 use crate::clock::{Clock, Millis, SystemClock};
 use crate::domain::{Msisdn, NationalId};
-use crate::engine::{Account, Citizen};
+use crate::engine::{Account, Citizen, CitizenStatus};
 use crate::limits::{self, CounterKey, Tally};
 
 mod migrate;
@@ -511,6 +511,87 @@ impl Store for SledStore {
             }
         }
         self.citizens.apply_batch(batch).map_err(backend)
+    }
+
+    async fn citizens_after(&self, after: Option<&NationalId>, n: usize) -> Result<Vec<Citizen>, StoreError> {
+        let range = match after {
+            Some(id) => self
+                .citizens
+                .range::<&[u8], _>((std::ops::Bound::Excluded(id.as_str().as_bytes()), std::ops::Bound::Unbounded)),
+            None => self.citizens.iter(),
+        };
+        let mut out = Vec::new();
+        for (i, entry) in range.take(n).enumerate() {
+            let (_, bytes) = entry.map_err(backend)?;
+            out.push(decode("citizen", &bytes)?);
+            yield_sometimes(i).await;
+        }
+        Ok(out)
+    }
+
+    async fn remove_citizens(&self, ids: &[NationalId], audit: &[AuditRecord]) -> Result<usize, StoreError> {
+        let audit: Vec<Vec<u8>> = audit.iter().map(encode).collect::<Result<_, _>>()?;
+        let trees = (&self.citizens, &self.audit, &self.audit_unexported);
+        let marked = trees.transaction(|(citizens, audit_tree, unexported)| {
+            let mut marked = 0;
+            for id in ids {
+                let key = id.as_str().as_bytes();
+                let Some(bytes) = citizens.get(key)? else { continue };
+                let mut c: Citizen = decode("citizen", &bytes).map_err(abort_store)?;
+                if c.status == CitizenStatus::Removed {
+                    continue;
+                }
+                c.status = CitizenStatus::Removed;
+                citizens.insert(key, encode(&c).map_err(abort_store)?)?;
+                marked += 1;
+            }
+            for a in &audit {
+                add_audit(audit_tree, unexported, a)?;
+            }
+            Ok(marked)
+        });
+        let marked = tx_result(marked)?;
+        self.durable().await?;
+        Ok(marked)
+    }
+
+    async fn conversations_of(&self, id: &NationalId) -> Result<Vec<(Msisdn, Conversation, Version)>, StoreError> {
+        let mut out = Vec::new();
+        for (i, entry) in self.conversations.iter().enumerate() {
+            let (key, bytes) = entry.map_err(backend)?;
+            let r = decode_conv(&bytes)?;
+            if r.conversation.session.slots.national_id.as_ref() == Some(id) {
+                let phone = std::str::from_utf8(&key)
+                    .ok()
+                    .and_then(|p| Msisdn::parse(p).ok())
+                    .ok_or_else(|| StoreError::Corrupt { what: "conversation key", why: "not a phone".into() })?;
+                out.push((phone, r.conversation, r.version));
+            }
+            yield_sometimes(i).await;
+        }
+        Ok(out)
+    }
+
+    async fn reset_counters(&self, keys: &[CounterKey], audit: &[AuditRecord]) -> Result<usize, StoreError> {
+        let audit: Vec<Vec<u8>> = audit.iter().map(encode).collect::<Result<_, _>>()?;
+        let trees = (&self.counters, &self.counter_due, &self.audit, &self.audit_unexported);
+        let cleared = trees.transaction(|(counters, due, audit_tree, unexported)| {
+            let mut cleared = 0;
+            for key in keys {
+                let key = key.as_str().as_bytes();
+                let Some(bytes) = counters.remove(key)? else { continue };
+                let old: Tally = decode("counter", &bytes).map_err(abort_store)?;
+                due.remove(at_key(old.expires_at, key))?;
+                cleared += 1;
+            }
+            for a in &audit {
+                add_audit(audit_tree, unexported, a)?;
+            }
+            Ok(cleared)
+        });
+        let cleared = tx_result(cleared)?;
+        self.durable().await?;
+        Ok(cleared)
     }
 
     async fn claim_outbox(

@@ -10,6 +10,7 @@
 //! kannel_harness), audit_log (the
 //! audit trail file through the binary: one chained line per event, `audit verify`, what a crash leaves).
 
+mod admin;
 mod audit_log;
 mod cli;
 mod concurrency;

@@ -29,7 +29,7 @@ async fn malformed_rows_are_reported_by_line_and_skipped() {
     s.registry = Some(csv.clone());
     let app =
         App::open(&s, Arc::new(ManualClock::new(T0)) as Arc<dyn Clock>, HashCost::DANGER_TEST_ONLY).await.unwrap();
-    let report = import_csv(&csv, app.store.as_ref(), 2026).await.unwrap();
+    let report = import_csv(&csv, app.store.as_ref(), T0, "test").await.unwrap();
     assert_eq!(report.imported, 2);
     let lines: Vec<u64> = report.skipped.iter().map(|(l, _)| *l).collect();
     assert_eq!(lines, [3, 4, 5]);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use kichhoat::clock::Millis;
 use kichhoat::domain::{Msisdn, NationalId};
 use kichhoat::engine::policy::{Policy, Pool};
-use kichhoat::engine::{Account, AuditEvent, Reply, Session, Slots, SmsPurpose};
+use kichhoat::engine::{Account, AuditEvent, Citizen, CitizenStatus, Reply, Session, Slots, SmsPurpose};
 use kichhoat::flow::Lang;
 use kichhoat::limits::{self, Bump, CounterKey, Effect, Limit, Rule, Tally};
 use kichhoat::store::memory::MemoryStore;
@@ -93,6 +93,10 @@ macro_rules! backend {
                 a_second_expiry_at_the_same_time_reclaims_and_rewrites_nothing,
                 the_audit_trail_pages_without_gaps_or_duplicates,
                 every_audit_record_whoever_wrote_it_is_unexported_until_exported,
+                citizens_page_in_id_order_removed_ones_included,
+                removing_citizens_marks_them_keeps_their_account_and_audits_in_the_same_write,
+                the_conversations_of_an_id_are_found_whichever_phone_holds_them,
+                resetting_counters_clears_locks_and_counts_and_audits_in_the_same_write,
                 a_record_with_a_smaller_id_stays_unexported_after_a_larger_one_is_exported,
                 records_committed_while_being_drained_are_each_taken_exactly_once,
             );
@@ -1183,6 +1187,127 @@ async fn records_committed_while_being_drained_are_each_taken_exactly_once(new: 
     assert_eq!(before, taken.len(), "no record taken twice");
     all.sort_unstable();
     assert_eq!(taken, all, "every record committed was taken");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Registry and operators
+
+fn citizen(n: u32, status: CitizenStatus) -> Citizen {
+    Citizen { national_id: national_id(n), phone: phone(n), full_name: format!("Citizen {n}"), status }
+}
+
+async fn all_citizens(store: &dyn Store, page: usize) -> Vec<Citizen> {
+    let mut out: Vec<Citizen> = Vec::new();
+    loop {
+        let next = store.citizens_after(out.last().map(|c| &c.national_id), page).await.unwrap();
+        assert!(next.len() <= page);
+        if next.is_empty() {
+            return out;
+        }
+        out.extend(next);
+    }
+}
+
+async fn citizens_page_in_id_order_removed_ones_included(new: Factory) {
+    let fresh = new();
+    let store = fresh.store.as_ref();
+    assert!(store.citizens_after(None, 10).await.unwrap().is_empty());
+    let mut want: Vec<Citizen> = [7, 3, 11, 5, 1].iter().map(|n| citizen(*n, CitizenStatus::Approved)).collect();
+    store.upsert_citizens(&want).await.unwrap();
+    store.remove_citizens(&[national_id(5)], &[]).await.unwrap();
+    want.sort_by(|a, b| a.national_id.as_str().cmp(b.national_id.as_str()));
+    want[2].status = CitizenStatus::Removed;
+    assert_eq!(all_citizens(store, 2).await, want, "pages of 2, every citizen once, in ID order");
+    assert_eq!(store.citizens_after(Some(&national_id(4)), 2).await.unwrap(), want[2..4], "after an ID not stored");
+}
+
+async fn removing_citizens_marks_them_keeps_their_account_and_audits_in_the_same_write(new: Factory) {
+    let fresh = new();
+    let store = fresh.store.as_ref();
+    store.upsert_citizens(&[citizen(1, CitizenStatus::Approved), citizen(2, CitizenStatus::Pending)]).await.unwrap();
+    let mut c = commit(&phone(1), "done", T0);
+    c.activate = Some(account(&national_id(1), &phone(1), T0));
+    committed(store.commit(None, c).await.unwrap());
+    let record = |n: u32| AuditRecord {
+        at: T0,
+        caller: None,
+        channel: Some("admin".into()),
+        event: AuditEvent {
+            event: "citizen_removed".into(),
+            national_id: Some(national_id(n)),
+            phone: None,
+            detail: Some("operator=test".into()),
+        },
+    };
+    let ids = [national_id(1), national_id(2), national_id(9)];
+    let marked = store.remove_citizens(&ids, &[record(1), record(2)]).await.unwrap();
+    assert_eq!(marked, 2, "an ID not stored is skipped");
+    for n in [1, 2] {
+        let c = store.citizen(&national_id(n)).await.unwrap().expect("kept, not deleted");
+        assert_eq!((c.status, c.phone), (CitizenStatus::Removed, phone(n)));
+    }
+    assert!(store.account(&national_id(1)).await.unwrap().is_some(), "the account stays");
+    let events: Vec<String> = unexported(store).await.into_iter().map(|(_, r)| r.event.event).collect();
+    assert_eq!(events, ["citizen_removed", "citizen_removed"], "audited and unexported");
+    assert_eq!(store.remove_citizens(&ids, &[]).await.unwrap(), 0, "already removed: skipped");
+    store.upsert_citizens(&[citizen(2, CitizenStatus::Approved)]).await.unwrap();
+    assert_eq!(store.citizen(&national_id(2)).await.unwrap().unwrap().status, CitizenStatus::Approved, "restored");
+}
+
+async fn the_conversations_of_an_id_are_found_whichever_phone_holds_them(new: Factory) {
+    let fresh = new();
+    let store = fresh.store.as_ref();
+    assert!(store.conversations_of(&national_id(1)).await.unwrap().is_empty());
+    let with_id = |p: &Msisdn, n: u32| {
+        let mut c = commit(p, "otp", T0);
+        c.conversation.session.slots.national_id = Some(national_id(n));
+        c
+    };
+    let own = committed(store.commit(None, with_id(&phone(1), 1)).await.unwrap());
+    let stranger = committed(store.commit(None, with_id(&phone(2), 1)).await.unwrap());
+    committed(store.commit(None, with_id(&phone(3), 3)).await.unwrap());
+    let mut menu = commit(&phone(4), "menu", T0);
+    menu.conversation.session.slots = Slots::default();
+    committed(store.commit(None, menu).await.unwrap());
+    let mut found: Vec<(String, Version)> = store
+        .conversations_of(&national_id(1))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(p, c, v)| {
+            assert_eq!(c.session.slots.national_id, Some(national_id(1)));
+            (p.as_str().to_string(), v)
+        })
+        .collect();
+    found.sort();
+    assert_eq!(found, [(phone(1).as_str().to_string(), own), (phone(2).as_str().to_string(), stranger)]);
+}
+
+async fn resetting_counters_clears_locks_and_counts_and_audits_in_the_same_write(new: Factory) {
+    let fresh = new();
+    let store = fresh.store.as_ref();
+    let (login, otp) = (login_key(1), otp_key(1));
+    for i in 0..3 {
+        let mut c = commit(&phone(i + 10), "counted", T0);
+        c.bumps.push(bump(&login, failure(3), i == 2));
+        c.bumps.push(bump(&otp, window(10), false));
+        committed(store.commit(None, c).await.unwrap());
+    }
+    assert!(store.tally(&login).await.unwrap().locked_at(T0));
+    let record = audit(&phone(1), "admin_unlock", T0);
+    let cleared = store.reset_counters(&[login.clone(), otp.clone(), login_key(2)], &[record]).await.unwrap();
+    assert_eq!(cleared, 2, "a counter that does not exist is not counted");
+    assert_eq!(store.tally(&login).await.unwrap(), Tally::default());
+    assert_eq!(store.tally(&otp).await.unwrap(), Tally::default());
+    let events: Vec<String> = unexported(store).await.into_iter().map(|(_, r)| r.event.event).collect();
+    assert_eq!(events, ["admin_unlock"]);
+    // A failure after the reset starts a fresh count, and expiry finds nothing left behind.
+    let mut c = commit(&phone(20), "counted", T0);
+    c.bumps.push(bump(&login, failure(3), false));
+    committed(store.commit(None, c).await.unwrap());
+    assert_eq!(store.tally(&login).await.unwrap().consecutive, 1);
+    let e = store.expire(at(3 * 24 * 60 * MIN), &KEEP).await.unwrap();
+    assert_eq!(e.counters, 1, "only the new counter was still indexed");
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ pub(super) fn request_otp(
         Ok(bumps) => bumps,
         Err((limit, until)) => return Ok(limited(out, ctx, limit, until, &id)),
     };
-    let citizen = ctx.directory.citizen(&id)?;
+    // A citizen the registry removed is answered as unknown (the registry says so already; defence in depth).
+    let citizen = ctx.directory.citizen(&id)?.filter(|c| c.status != CitizenStatus::Removed);
     let pool = Pool::of(ctx.caller, citizen.as_ref().map(|c| &c.phone));
     // Unknown ID and mismatched phone take the same path to the same words (OWASP Authentication Cheat
     // Sheet: generic responses, no account enumeration).
