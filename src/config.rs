@@ -276,7 +276,7 @@ impl std::fmt::Display for StoreKind {
     }
 }
 
-fn store_kind(value: &str) -> Result<StoreKind, String> {
+pub fn store_kind(value: &str) -> Result<StoreKind, String> {
     value.parse()
 }
 

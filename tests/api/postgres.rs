@@ -49,6 +49,7 @@ struct Pair {
     b: Proc,
     outboxes: [PathBuf; 2],
     logs: [PathBuf; 2],
+    key: PathBuf,
 }
 
 const AN_ID: &str = "001099012345";
@@ -77,7 +78,7 @@ impl Pair {
             Proc::spawn_with(&data_a, &outbox_a, &log_a, "info", &flags, &[]),
             Proc::spawn_with(&data_b, &outbox_b, &log_b, "info", &flags, &[]),
         );
-        Pair { db: db.clone(), a: Some(a), b, outboxes: [outbox_a, outbox_b], logs: [log_a, log_b], _dir: dir }
+        Pair { db: db.clone(), a: Some(a), b, outboxes: [outbox_a, outbox_b], logs: [log_a, log_b], key, _dir: dir }
     }
 
     fn urls(&self) -> [String; 2] {
@@ -275,6 +276,24 @@ async fn wrong_log_ins_and_code_requests_spread_over_two_instances_at_once_are_h
     let sms = pair.settled_sms(3).await;
     assert_eq!(sms.len(), 3, "{:?}", ids_of(&sms));
     assert_eq!(pair.audited("otp_sent").await, 3);
+
+    // With every instance stopped, an operator clears the lock on the shared database (`admin --store`).
+    let Pair { a, b, db, key, .. } = pair;
+    drop((a, b));
+    let locks = |c: &pg::Cluster| {
+        c.psql(&db, &format!("SELECT count(*) FROM kichhoat_counters WHERE key LIKE 'login%{AN_ID}'"))
+    };
+    assert_ne!(locks(cluster).trim(), "0", "the strangers' lock is stored");
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kichhoat"))
+        .args(["admin", "unlock", AN_ID, "--what", "login", "--operator", "tester", "--store", &db, "--key-file"])
+        .arg(&key)
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(locks(cluster).trim(), "0", "cleared in the database the instances share");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
