@@ -2,7 +2,8 @@
 //! under an advisory lock (instances starting at once migrate once), each in a transaction of its own with
 //! the new version; a database of a newer schema is refused. Also makes the database's instance id.
 
-use tracing::info;
+use tokio_postgres::error::SqlState;
+use tracing::{info, warn};
 
 use super::backend;
 use crate::store::StoreError;
@@ -16,9 +17,21 @@ const MIGRATION_LOCK: i64 = 0x6b69_6368_686f_6174;
 
 /// Brings the database to [`SCHEMA`] under the advisory lock; returns the database's instance id.
 pub(super) async fn to_current(client: &mut tokio_postgres::Client) -> Result<String, StoreError> {
-    client.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).await.map_err(backend)?;
+    let locked = match client.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).await {
+        Ok(()) => true,
+        // A PostgreSQL-compatible server without advisory locks (CockroachDB): migrate unlocked; the README
+        // asks to start one instance alone there for a first start or an upgrade.
+        Err(e) if matches!(e.code(), Some(c) if *c == SqlState::UNDEFINED_FUNCTION || *c == SqlState::FEATURE_NOT_SUPPORTED) =>
+        {
+            warn!(error = %e, "no advisory locks on this database: migrating without one");
+            false
+        }
+        Err(e) => return Err(backend(e)),
+    };
     let done = migrate_locked(client).await;
-    let _ = client.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).await;
+    if locked {
+        let _ = client.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).await;
+    }
     done
 }
 
