@@ -338,8 +338,8 @@ pub struct ServeArgs {
     #[arg(long, env = "KICHHOAT_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
     /// The admin API's address (`kichhoat admin …`, `kichhoat registry import`), loopback only, with a
-    /// token drawn at each start and written to `<data-dir>/admin.json` (0600). Default: 127.0.0.1:8081,
-    /// or a free loopback port when that one is taken (the CLI finds it in admin.json).
+    /// token drawn at each start and written to `<data-dir>/admin.json` (0600). Default: a free port of
+    /// 127.0.0.1 (the CLI finds it in admin.json; a fixed one could take another instance's --listen).
     #[arg(long, env = "KICHHOAT_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// No admin API: operator commands then need the server stopped.
@@ -635,7 +635,7 @@ mod tests {
 
     #[test]
     fn the_admin_api_stays_on_loopback_and_can_be_turned_off() {
-        assert_eq!(serve(&[]).admin_addr().unwrap(), Some(("127.0.0.1:8081".parse().unwrap(), false)));
+        assert_eq!(serve(&[]).admin_addr().unwrap(), Some(("127.0.0.1:0".parse().unwrap(), false)));
         assert_eq!(
             serve(&["--admin-listen", "[::1]:9000"]).admin_addr().unwrap(),
             Some(("[::1]:9000".parse().unwrap(), true))
