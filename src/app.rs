@@ -249,15 +249,29 @@ impl App {
         log_import(&registry_name, &report);
         // Removed citizens are audited: the trail file gets them before the first turn.
         audit_log.drain().await?;
-        let service = Arc::new(Service::new(
-            store.clone(),
-            Arc::new(registry::ImportedRegistry(store.clone())),
-            Arc::new(flow),
-            crypto.clone(),
-            clock.clone(),
-            settings.policy.clone(),
-            audit_log.clone(),
-        ));
+        // One style per conversation: diacritics on every USSD screen, or on none.
+        let ussd_charset = match settings.ussd_charset {
+            Charset::Ucs2 if !flow.fits_ucs2() => {
+                warn!(
+                    "--ussd-charset ucs2: some screens are longer than one UCS-2 message (80 characters); every USSD \
+                     screen is sent without diacritics so a conversation keeps one style"
+                );
+                Charset::Gsm7
+            }
+            c => c,
+        };
+        let service = Arc::new(
+            Service::new(
+                store.clone(),
+                Arc::new(registry::ImportedRegistry(store.clone())),
+                Arc::new(flow),
+                crypto.clone(),
+                clock.clone(),
+                settings.policy.clone(),
+                audit_log.clone(),
+            )
+            .with_site(settings.site.clone()),
+        );
         let gate = Arc::new(Gate::new(
             settings.webhook_token.as_ref(),
             settings.webhook_allow.clone(),
@@ -269,7 +283,7 @@ impl App {
             gate,
             service: service.clone(),
             africastalking: AfricasTalking::new(crypto.clone()),
-            ussd_charset: settings.ussd_charset,
+            ussd_charset,
             kannel: Kannel::new(crypto.clone()),
             sms_charset: settings.sms_charset,
             delivery_reports: DeliveryReports {

@@ -880,8 +880,15 @@ mod tests {
             let caller = Msisdn::parse(phone).unwrap();
             let id = NationalId::parse_shape("001099012345").unwrap();
             let registered = Msisdn::parse("0912345678").unwrap();
-            let session =
-                Session { lang: Lang::Vi, state: "menu".into(), tries: 0, updated_at: T0, slots: Slots::default() };
+            let session = Session {
+                lang: Lang::Vi,
+                state: "menu".into(),
+                tries: 0,
+                updated_at: T0,
+                slots: Slots::default(),
+                leaving: false,
+                parked: None,
+            };
             let audit = events
                 .iter()
                 .map(|e| AuditRecord {
@@ -905,7 +912,7 @@ mod tests {
                 sms: Vec::new(),
                 audit,
                 bumps: Vec::new(),
-                rehash: None,
+                account_update: None,
             };
             assert!(matches!(self.store.commit(version, commit).await.unwrap(), CommitOutcome::Committed(_)));
         }

@@ -89,6 +89,13 @@ pub struct Common {
     /// USSD screen encoding: gsm7 sends Vietnamese without diacritics (carriers' default).
     #[arg(long, env = "KICHHOAT_USSD_CHARSET", value_enum, default_value_t = Charset::Gsm7)]
     pub ussd_charset: Charset,
+    /// The USSD service code citizens dial (the OTP SMS and the screens name it). A fast-dial appends
+    /// menu choices and inputs: with `*384#`, `*384*1#` opens activation and `*384*1*<ID>#` also gives the ID.
+    #[arg(long, env = "KICHHOAT_USSD_CODE", default_value = crate::engine::DEFAULT_USSD_CODE, value_parser = ussd_code)]
+    pub ussd_code: String,
+    /// A hotline shown on the help screen (digits, spaces, + and . ; up to 15 characters), e.g. `1900 0368`.
+    #[arg(long, env = "KICHHOAT_HELP_PHONE", value_parser = help_phone)]
+    pub help_phone: Option<String>,
     /// SMS encoding: gsm7 sends Vietnamese without diacritics (carriers' default); ucs2 keeps the
     /// diacritics of a text that needs them (coding=2 towards Kannel).
     #[arg(long, env = "KICHHOAT_SMS_CHARSET", value_enum, default_value_t = Charset::Gsm7)]
@@ -356,6 +363,29 @@ pub struct ServeArgs {
 
 /// A webhook token: long enough not to be guessed, and safe in a URL as it is (no escaping to get wrong
 /// in a carrier's console, nothing Kannel would read as one of its `%` escapes).
+/// A USSD service code: `*`, digits (groups separated by `*`), `#`; short enough for every screen.
+fn ussd_code(value: &str) -> Result<String, String> {
+    let inner = value.strip_prefix('*').and_then(|v| v.strip_suffix('#'));
+    let ok = inner
+        .is_some_and(|i| !i.is_empty() && i.split('*').all(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit())));
+    if !ok || value.len() > USSD_CODE_MAX {
+        return Err(format!("a USSD code looks like *384# (at most {USSD_CODE_MAX} characters)"));
+    }
+    Ok(value.to_string())
+}
+
+/// The longest USSD code accepted (the screens' budget is checked with this width).
+pub const USSD_CODE_MAX: usize = 10;
+
+fn help_phone(value: &str) -> Result<String, String> {
+    let v = value.trim();
+    let digits = v.bytes().filter(u8::is_ascii_digit).count();
+    if v.is_empty() || v.len() > 15 || digits < 3 || !v.bytes().all(|b| b.is_ascii_digit() || b" +.".contains(&b)) {
+        return Err("a hotline is digits with spaces, + or . (at most 15 characters), e.g. 1900 0368".into());
+    }
+    Ok(v.to_string())
+}
+
 fn webhook_token(value: &str) -> Result<Secret, String> {
     if value.len() < 16 {
         return Err("the webhook token needs at least 16 characters".into());
@@ -506,6 +536,8 @@ pub struct Settings {
     /// The outbox file of the `file` sender (unused with Kannel).
     pub sms_outbox: PathBuf,
     pub ussd_charset: Charset,
+    /// The USSD code and hotline the texts mention.
+    pub site: crate::engine::Site,
     /// How SMS texts are encoded (see [`Common::sms_charset`]).
     pub sms_charset: Charset,
     pub store: StoreKind,
@@ -534,6 +566,7 @@ impl Settings {
             flows: resolve(&common.flows, DEFAULT_FLOWS),
             registry: resolve(&common.registry, DEFAULT_REGISTRY),
             ussd_charset: common.ussd_charset,
+            site: crate::engine::Site { ussd_code: common.ussd_code.clone(), help_phone: common.help_phone.clone() },
             sms_charset: common.sms_charset,
             sms_sender: SenderSettings::File,
             webhook_token: None,

@@ -42,6 +42,8 @@ pub enum Limit {
     Lookups,
     /// Too many lookups that ended without a code (unknown, mismatch, pending, already activated).
     FailedLookups,
+    /// Password recovery of an ID number is locked after too many wrong security answers in a row.
+    RecoveryLocked,
 }
 
 impl fmt::Display for Limit {
@@ -53,6 +55,7 @@ impl fmt::Display for Limit {
             Limit::WrongCodes => "wrong_codes",
             Limit::Lookups => "lookups",
             Limit::FailedLookups => "failed_lookups",
+            Limit::RecoveryLocked => "recovery_locked",
         })
     }
 }
@@ -126,6 +129,9 @@ pub enum Rule {
     /// A success: refused while a lock is in force (the lock applies to right answers too); otherwise
     /// clears the failures in a row and the lock history.
     Success { limit: Limit },
+    /// A proof stronger than what the counter guards (a password reset by code and security answer):
+    /// clears failures and any lock in force. Never refused.
+    Clear,
 }
 
 /// What an accepted event did, beyond counting.
@@ -155,7 +161,9 @@ pub fn next_allowed(rule: &Rule, tally: &Tally, now: Millis) -> Millis {
             let excess = inside.len().saturating_sub(max as usize);
             inside.get(excess).map(|t| t.plus(window)).unwrap_or(now)
         }
-        Rule::Failure { .. } | Rule::Success { .. } => tally.locked_until.filter(|t| *t > now).unwrap_or(now),
+        Rule::Failure { .. } | Rule::Success { .. } | Rule::Clear => {
+            tally.locked_until.filter(|t| *t > now).unwrap_or(now)
+        }
     }
 }
 
@@ -199,6 +207,7 @@ pub fn apply(rule: &Rule, tally: &Tally, now: Millis) -> Result<(Tally, Effect),
             }
             Ok((Tally::default(), Effect::default()))
         }
+        Rule::Clear => Ok((Tally::default(), Effect::default())),
     }
 }
 
@@ -270,6 +279,16 @@ mod tests {
         let (t, e) = apply(&rule, &t, Millis(2)).unwrap();
         assert!(e.locked);
         assert_eq!(apply(&ok, &t, Millis(3)), Err(Limit::LoginLocked));
+    }
+
+    #[test]
+    fn a_clear_lifts_a_lock_in_force_and_is_never_refused() {
+        let rule = failure(2);
+        let (t, _) = apply(&rule, &Tally::default(), Millis(0)).unwrap();
+        let (t, e) = apply(&rule, &t, Millis(1)).unwrap();
+        assert!(e.locked && t.locked_at(Millis(2)));
+        let (cleared, e) = apply(&Rule::Clear, &t, Millis(2)).unwrap();
+        assert_eq!((cleared, e), (Tally::default(), Effect::default()));
     }
 
     #[test]

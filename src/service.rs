@@ -27,6 +27,7 @@ use crate::domain::{Msisdn, NationalId};
 use crate::engine::Policy;
 use crate::engine::{
     self, keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, EngineError, Inbound, Medium, Reply, Session,
+    Site,
 };
 use crate::flow::{Flow, Lang};
 use crate::limits::{CounterKey, Tally};
@@ -77,6 +78,8 @@ pub struct Service {
     pub clock: Arc<dyn Clock>,
     /// The abuse limits in force.
     pub policy: Arc<Policy>,
+    /// The USSD code and hotline the texts mention (see [`Service::with_site`]).
+    pub site: Arc<Site>,
     /// Woken after a commit that queued an SMS.
     pub outbox_ready: Arc<Notify>,
     /// Where a turn's audit records are written before its reply.
@@ -127,11 +130,18 @@ impl Service {
             crypto,
             clock,
             policy: Arc::new(policy),
+            site: Arc::new(Site::default()),
             outbox_ready: Arc::new(Notify::new()),
             audit_log,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             hashing: Arc::new(Semaphore::new(workers)),
         }
+    }
+
+    /// The service with the USSD code and hotline its texts mention.
+    pub fn with_site(mut self, site: Site) -> Service {
+        self.site = Arc::new(site);
+        self
     }
 
     async fn lock(&self, phone: &Msisdn) -> MutexGuard<'_, ()> {
@@ -251,6 +261,7 @@ impl Service {
         let flow = self.flow.clone();
         let crypto = self.crypto.clone();
         let policy = self.policy.clone();
+        let site = self.site.clone();
         let lookups = Lookups {
             store: self.store.clone(),
             registry: self.registry.clone(),
@@ -266,6 +277,7 @@ impl Service {
                 caller: &caller,
                 medium,
                 policy: &policy,
+                site: &site,
             };
             let stepped = engine::step(&ctx, session, inbound, &mut OsRng)?;
             Ok((stepped.session, stepped.reply, stepped.effects, stepped.lookup))
@@ -290,7 +302,7 @@ impl Service {
             sms: Vec::new(),
             audit: Vec::new(),
             bumps: Vec::new(),
-            rehash: None,
+            account_update: None,
         };
         for e in effects {
             match e {
@@ -300,7 +312,7 @@ impl Service {
                 }
                 Effect::Activate(account) => commit.activate = Some(account),
                 Effect::Count(bump) => commit.bumps.push(bump),
-                Effect::Rehash(r) => commit.rehash = Some(r),
+                Effect::UpdateAccount(u) => commit.account_update = Some(u),
                 Effect::Audit(event) => commit.audit.push(AuditRecord {
                     at: now,
                     caller: Some(phone.clone()),
@@ -366,7 +378,7 @@ mod tests {
         // The carrier retries the hop: the stored reply, once the line is on disk.
         log.fail_writes(false);
         let reply = service.turn(&at, hop("2*001099012345*Wrong*pw1")).await.unwrap();
-        assert!(reply.end);
+        assert!(!reply.end, "the password is asked again");
         assert!(std::fs::read_to_string(&path).unwrap().contains("\"event\":\"login_failed\""));
         assert!(store.audit_unexported(10).await.unwrap().is_empty());
     }

@@ -169,7 +169,9 @@ impl Admin {
         }
         let mut activations = Vec::new();
         for (phone, conversation, _) in self.store.conversations_of(id).await? {
-            let s = &conversation.session;
+            // The activation in progress, or one put aside by a fast-dial.
+            let Some(s) = conversation.session.activation_of(id) else { continue };
+            let s = &s;
             if let Some(otp) = &s.slots.otp {
                 let sent =
                     Millis(otp.expires_at.0.saturating_sub(crate::engine::actions::OTP_LIFETIME.as_millis() as u64));
@@ -220,13 +222,27 @@ impl Admin {
     async fn cancel_one(&self, id: &NationalId, phone: &Msisdn, by: &Operator) -> Result<Option<bool>, AdminError> {
         for _ in 0..CANCEL_ATTEMPTS {
             let Some((mut conversation, version)) = self.store.load(phone).await? else { return Ok(None) };
-            if conversation.session.slots.national_id.as_ref() != Some(id) {
-                return Ok(None);
-            }
+            // The activation of `id` in progress, or put aside (a fast-dial, `0` before the code).
+            let Some(old) = conversation.session.activation_of(id) else { return Ok(None) };
             let now = self.clock.now();
             let lang = conversation.session.lang;
-            let fresh = Session { lang, state: String::new(), tries: 0, updated_at: now, slots: Slots::default() };
-            let old = std::mem::replace(&mut conversation.session, fresh);
+            let session = &mut conversation.session;
+            if session.slots.national_id.as_ref() == Some(id) {
+                // What else the phone put aside stays (another ID's activation), unless it is this ID's too.
+                let parked = session.parked.take().filter(|p| p.slots.national_id.as_ref() != Some(id));
+                *session = Session {
+                    lang,
+                    state: String::new(),
+                    tries: 0,
+                    updated_at: now,
+                    slots: Slots::default(),
+                    leaving: false,
+                    parked,
+                };
+            } else {
+                session.parked = None; // only the activation put aside was this ID's
+                session.updated_at = now;
+            }
             let pending = old.slots.otp.is_some();
             let detail = format!("operator={}; state={}", by.as_str(), old.state);
             let mut audit = vec![self.record("admin_cancel", Some(id), Some(phone), detail)];
@@ -241,7 +257,7 @@ impl Admin {
                 sms: Vec::new(),
                 audit,
                 bumps: Vec::new(),
-                rehash: None,
+                account_update: None,
             };
             match self.store.commit(Some(version), commit).await? {
                 CommitOutcome::Committed(_) => return Ok(Some(pending)),

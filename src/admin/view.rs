@@ -74,7 +74,7 @@ impl LimitView {
                 (tally.times.iter().filter(|t| now.since(**t) < window).count() as u32, max)
             }
             Rule::Failure { max, .. } => (tally.consecutive, max),
-            Rule::Success { .. } => (0, 0),
+            Rule::Success { .. } | Rule::Clear => (0, 0),
         };
         LimitView {
             group: format!("{:?}", w.group).to_lowercase(),
@@ -314,6 +314,8 @@ fn limit_label(name: &str, vi: bool) -> &'static str {
     match (name, vi) {
         ("login", true) => "Đăng nhập sai liên tiếp",
         ("login", false) => "Failed log-ins in a row",
+        ("recovery", true) => "Trả lời câu hỏi bảo mật sai liên tiếp (quên mật khẩu)",
+        ("recovery", false) => "Wrong security answers in a row (forgot password)",
         ("otp_id_15m", true) => "Mã OTP đã gửi trong 15 phút",
         ("otp_id_15m", false) => "Codes sent in 15 minutes",
         ("otp_id_day", true) => "Mã OTP đã gửi trong ngày",

@@ -103,11 +103,47 @@ pub struct Session {
     pub updated_at: Millis,
     #[serde(default)]
     pub slots: Slots,
+    /// The citizen chose to leave an activation whose code is verified and is asked to confirm
+    /// ([`keys::LEAVE_CONFIRM`]); the session still stands at the step left.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
+    /// An activation put aside when the citizen went elsewhere (a fast-dial, `0` before the code was
+    /// verified): the next plain dial within [`IDLE_RESET`] of it brings it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<Box<Parked>>,
 }
 
-/// What an activation or log-in has gathered so far. Secrets only as hashes.
+/// An activation put aside: the step it stood at and what it had gathered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parked {
+    pub state: String,
+    pub slots: Slots,
+    /// When it was last worked on: it is kept as long as an activation idle this long would be.
+    pub at: Millis,
+}
+
+/// What a conversation is about: which SMS a code goes out in, and what a verified code opens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    #[default]
+    Activation,
+    /// Forgot password: code, one security answer, a new password.
+    ResetPassword,
+    /// Forgot passcode: the password, a new passcode.
+    ResetPasscode,
+    /// A log-in: the ID number waiting for its password.
+    Login,
+}
+
+/// What an activation, log-in or recovery has gathered so far. Secrets only as hashes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Slots {
+    #[serde(default, skip_serializing_if = "is_activation")]
+    pub purpose: Purpose,
+    /// A recovery's security answer was right.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub answered: bool,
     pub started_at: Option<Millis>,
     pub national_id: Option<NationalId>,
     /// The registered phone the OTP went to.
@@ -133,9 +169,38 @@ pub struct OtpRecord {
     pub wrong: u8,
 }
 
+fn is_activation(p: &Purpose) -> bool {
+    *p == Purpose::Activation
+}
+
 impl Session {
     pub fn new(flow: &Flow, now: Millis) -> Session {
-        Session { lang: Lang::Vi, state: flow.start.clone(), tries: 0, updated_at: now, slots: Slots::default() }
+        Session {
+            lang: Lang::Vi,
+            state: flow.start.clone(),
+            tries: 0,
+            updated_at: now,
+            slots: Slots::default(),
+            leaving: false,
+            parked: None,
+        }
+    }
+
+    /// The activation (or recovery) of `id` this conversation holds, as a session standing at it: the one
+    /// in progress, or the one put aside ([`Session::parked`]). For operators' views.
+    pub fn activation_of(&self, id: &NationalId) -> Option<Session> {
+        if self.slots.national_id.as_ref() == Some(id) && self.slots.purpose != Purpose::Login {
+            return Some(self.clone());
+        }
+        let p = self.parked.as_ref().filter(|p| p.slots.national_id.as_ref() == Some(id))?;
+        Some(Session {
+            state: p.state.clone(),
+            slots: p.slots.clone(),
+            updated_at: p.at,
+            leaving: false,
+            parked: None,
+            ..self.clone()
+        })
     }
 
     /// What is worth keeping of a conversation idle past [`IDLE_RESET`]: only the language choice, at no
@@ -147,6 +212,8 @@ impl Session {
             tries: 0,
             updated_at: self.updated_at,
             slots: Slots::default(),
+            leaving: false,
+            parked: None,
         })
     }
 }
@@ -155,8 +222,9 @@ impl Session {
 #[derive(Debug, Clone)]
 pub enum Inbound {
     /// The citizen opened a new session (dialled the USSD code). With no choices it resumes an activation
-    /// in progress; with choices already in it (a fast-dial `*384*2#`) they are meant for the menu, so it
-    /// starts there and runs each as typed.
+    /// in progress (or one put aside, see [`Session::parked`]); with choices already in it (a fast-dial
+    /// `*384*1*<ID>#`) they are meant for the menu, so an activation in progress is put aside and the
+    /// session starts at the menu and runs each choice as typed.
     Start { choices: Vec<Secret> },
     /// One entry typed at the current prompt. Wrapped: it may be a password.
     Text(Secret),
@@ -181,6 +249,8 @@ pub struct Reply {
 pub enum SmsPurpose {
     Otp,
     Activated,
+    /// The password or passcode was reset: if it was not the citizen, they should say so.
+    CredentialChanged,
 }
 
 impl SmsPurpose {
@@ -189,7 +259,7 @@ impl SmsPurpose {
     pub fn useful_for(self) -> Duration {
         match self {
             SmsPurpose::Otp => actions::OTP_LIFETIME,
-            SmsPurpose::Activated => Duration::from_secs(24 * 60 * 60),
+            SmsPurpose::Activated | SmsPurpose::CredentialChanged => Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -208,16 +278,46 @@ pub enum Effect {
     /// A counted event: the commit applies its rule to the counter and refuses the whole step if the
     /// rule refuses it.
     Count(Bump),
-    /// Replace an account's password hash (an upgrade after a successful log-in).
-    Rehash(Rehash),
+    /// Replace a credential's hash on an account (a reset, or an upgrade after a successful log-in).
+    UpdateAccount(AccountUpdate),
 }
 
-/// A password hash to replace, if the account still holds `old` (nothing changed it meanwhile).
+/// Which credential of an account an update replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    Password,
+    Passcode,
+}
+
+/// A credential hash to replace on an account, if the account still holds `old` (what the step read).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rehash {
+pub struct AccountUpdate {
     pub national_id: NationalId,
+    pub credential: Credential,
     pub old: String,
     pub new: String,
+    /// What the commit does when the account no longer holds `old` (or is gone): a rehash is skipped
+    /// (`false`); a reset the citizen is told about is refused as a conflict, and the step runs again on
+    /// the account as it is now (`true`).
+    pub required: bool,
+}
+
+impl AccountUpdate {
+    /// Applies the update to `account`: `Some(true)` changed, `Some(false)` skipped, `None` refused.
+    pub fn apply(&self, account: Option<&mut Account>) -> Option<bool> {
+        let slot = account.map(|a| match self.credential {
+            Credential::Password => &mut a.password_hash,
+            Credential::Passcode => &mut a.passcode_hash,
+        });
+        match slot {
+            Some(h) if *h == self.old => {
+                *h = self.new.clone();
+                Some(true)
+            }
+            _ if self.required => None,
+            _ => Some(false),
+        }
+    }
 }
 
 /// An authentication or delivery event for the audit trail.
@@ -243,6 +343,34 @@ pub struct Stepped {
     pub lookup: bool,
 }
 
+/// What the screens and SMS say about this deployment: the USSD code citizens dial, and a hotline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    /// The service code, e.g. `*384#` (`--ussd-code`); a fast-dial appends choices: `*384*1#`.
+    pub ussd_code: String,
+    /// A phone number for help, shown on the help screen when set (`--help-phone`).
+    pub help_phone: Option<String>,
+}
+
+impl Default for Site {
+    fn default() -> Site {
+        Site { ussd_code: DEFAULT_USSD_CODE.into(), help_phone: None }
+    }
+}
+
+/// The service code dialled when none is configured.
+pub const DEFAULT_USSD_CODE: &str = "*384#";
+
+impl Site {
+    /// The code that dials straight to menu choice `choice`: `*384#` and 2 make `*384*2#`.
+    pub fn fast_dial(&self, choice: &str) -> String {
+        match self.ussd_code.strip_suffix('#') {
+            Some(base) => format!("{base}*{choice}#"),
+            None => self.ussd_code.clone(),
+        }
+    }
+}
+
 /// Everything a step reads besides the session and the input.
 pub struct Ctx<'a> {
     pub flow: &'a Flow,
@@ -255,6 +383,8 @@ pub struct Ctx<'a> {
     pub medium: Medium,
     /// The abuse limits in force.
     pub policy: &'a Policy,
+    /// The USSD code and hotline the texts mention.
+    pub site: &'a Site,
 }
 
 /// Working state of one step.
@@ -282,18 +412,27 @@ pub fn step(
     let idle = ctx.now.since(s.updated_at) > IDLE_RESET;
     let resumable =
         |s: &Session| flow.state(&s.state).filter(|st| st.resume && matches!(st.kind, Kind::Input { .. })).cloned();
+    if s.parked.as_ref().is_some_and(|p| ctx.now.since(p.at) > IDLE_RESET) {
+        s.parked = None;
+    }
     let reply = match inbound {
         Inbound::Start { choices } if choices.is_empty() => {
+            s.leaving = false;
             match resumable(&s) {
-                Some(st) if !idle => {
-                    s.tries = 0; // a new session: a fresh set of tries at this step
-                    let note = actions::resume_note(&st, &s, ctx.now).unwrap_or(keys::NOTE_RESUME);
-                    screen(ctx, &s, &out, Some(note), &st.name)
-                }
-                _ => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
+                Some(st) if !idle => resume(ctx, &mut s, &out, &st),
+                _ => match unpark(flow, &mut s) {
+                    Some(st) => resume(ctx, &mut s, &out, &st),
+                    None => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
+                },
             }
         }
         Inbound::Start { choices } => {
+            // A fast-dial (`*384*2#`) is meant for the menu; an activation in progress is put aside, and
+            // the next plain dial brings it back.
+            s.leaving = false;
+            if resumable(&s).is_some() && !idle {
+                park(&mut s);
+            }
             let mut reply = go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?;
             for choice in choices {
                 if reply.end {
@@ -304,16 +443,28 @@ pub fn step(
             reply
         }
         Inbound::Text(input) => on_text(ctx, &mut s, &mut out, input, idle, rng)?,
-        // A first message: it answers the step an activation waits at, else it opens the menu.
+        // A first message: it answers the step an activation waits at, else it opens the menu (or the
+        // activation put aside, where it stopped).
         Inbound::Open(input) => match resumable(&s) {
+            Some(_) if !idle && s.leaving => {
+                s.leaving = false;
+                leave_choice(ctx, &mut s, &mut out, input, rng)?
+            }
             Some(st) if !idle => on_input(ctx, &mut s, &mut out, &st, input, rng)?,
-            _ => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
+            _ => {
+                s.leaving = false;
+                match unpark(flow, &mut s) {
+                    Some(st) => resume(ctx, &mut s, &out, &st),
+                    None => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
+                }
+            }
         },
         // At a security-answer prompt `HUY` is an answer: Huy is a common given name (a best friend's,
         // say). MENU still leaves.
         Inbound::Command(Command::Cancel, text) if !idle && waits_for_answer(flow, &s) => {
             on_text(ctx, &mut s, &mut out, text, idle, rng)?
         }
+        Inbound::Command(Command::Menu, _) if !idle => to_menu(ctx, &mut s, &mut out, rng)?,
         Inbound::Command(Command::Menu, _) => go(ctx, &mut s, &mut out, &flow.start.clone(), None, rng)?,
         Inbound::Command(Command::Help, _) => go(ctx, &mut s, &mut out, &flow.help.clone(), None, rng)?,
         Inbound::Command(Command::Cancel, _) => {
@@ -327,6 +478,7 @@ pub fn step(
                 }));
             }
             reset(flow, &mut s);
+            s.parked = None;
             Reply { text: render(ctx, &s, &out, keys::END_CANCELLED), end: true }
         }
     };
@@ -337,8 +489,14 @@ pub fn step(
 
 /// Whether the session stands at a prompt for a free-text security answer.
 fn waits_for_answer(flow: &Flow, s: &Session) -> bool {
-    flow.state(&s.state)
-        .is_some_and(|st| matches!(st.kind, Kind::Input { input: Some((crate::vocab::Validator::Answer, _)), .. }))
+    use crate::vocab::{ActionKind, Validator};
+    flow.state(&s.state).is_some_and(|st| {
+        matches!(
+            st.kind,
+            Kind::Input { input: Some((Validator::Answer, _)), .. }
+                | Kind::Input { input: Some((_, ActionKind::CheckAnswer)), .. }
+        )
+    })
 }
 
 /// What stands around a reply on its medium: over SMS, a reminder to delete a message that carried a
@@ -371,6 +529,13 @@ fn on_text(
     rng: &mut dyn RngCore,
 ) -> Result<Reply, EngineError> {
     let start = ctx.flow.start.clone();
+    if s.leaving {
+        s.leaving = false;
+        if idle {
+            return go(ctx, s, out, &start, Some(keys::NOTE_RESTART), rng);
+        }
+        return leave_choice(ctx, s, out, input, rng);
+    }
     match ctx.flow.state(&s.state).filter(|st| matches!(st.kind, Kind::Input { .. })) {
         Some(_) if idle && s.slots != Slots::default() => go(ctx, s, out, &start, Some(keys::NOTE_RESTART), rng),
         Some(st) => {
@@ -394,6 +559,9 @@ fn on_input(
     };
     if let Some(target) = options.get(input.expose().trim()) {
         let target = target.clone();
+        if target == ctx.flow.start && st.resume {
+            return to_menu(ctx, s, out, rng);
+        }
         return go(ctx, s, out, &target, None, rng);
     }
     let Some((validator, action)) = parse else {
@@ -444,6 +612,7 @@ fn go(
 ) -> Result<Reply, EngineError> {
     let flow = ctx.flow;
     let mut target = target.to_string();
+    s.leaving = false; // wherever it goes, the question whether to leave is answered
     for _ in 0..MAX_HOPS {
         let st = flow.state(&target).ok_or(EngineError::Flow { state: target.clone(), why: "no such state" })?.clone();
         match &st.kind {
@@ -456,7 +625,11 @@ fn go(
                 return Ok(screen(ctx, s, out, notice, &st.name));
             }
             Kind::End { message } => {
-                let text = render(ctx, s, out, message);
+                let mut text = render(ctx, s, out, message);
+                if st.name == flow.help && ctx.site.help_phone.is_some() {
+                    text.push('\n');
+                    text.push_str(&render(ctx, s, out, keys::HELP_HOTLINE));
+                }
                 reset(flow, s);
                 return Ok(Reply { text, end: true });
             }
@@ -472,6 +645,100 @@ fn go(
         }
     }
     Err(EngineError::Flow { state: target, why: "too many automatic states in a row" })
+}
+
+/// Reopens the activation step `st` the session stands at, with one line saying what was kept.
+fn resume(ctx: &Ctx, s: &mut Session, out: &Out, st: &crate::flow::State) -> Reply {
+    s.tries = 0; // a new session: a fresh set of tries at this step
+    let note = actions::resume_note(st, s, ctx.now).unwrap_or_else(|| kept_note(&s.slots));
+    screen(ctx, s, out, Some(note), &st.name)
+}
+
+/// The line above a reopened step saying what the activation kept (one of [`keys::KEPT_NOTES`]).
+fn kept_note(sl: &Slots) -> &'static str {
+    match (sl.verified, &sl.password_hash, &sl.passcode_hash, sl.questions.len()) {
+        (true, _, _, n) if n > 0 => keys::NOTE_KEPT_QUESTION,
+        (true, _, Some(_), _) => keys::NOTE_KEPT_PASSCODE,
+        (true, Some(_), _, _) => keys::NOTE_KEPT_PASSWORD,
+        (true, ..) => keys::NOTE_KEPT_VERIFIED,
+        (false, ..) if sl.otp.is_some() => keys::NOTE_KEPT_CODE,
+        (false, ..) => keys::NOTE_KEPT_ID,
+    }
+}
+
+/// Puts the activation in progress aside (it comes back on the next plain dial).
+fn park(s: &mut Session) {
+    s.parked = Some(Box::new(Parked {
+        state: std::mem::take(&mut s.state),
+        slots: std::mem::take(&mut s.slots),
+        at: s.updated_at,
+    }));
+}
+
+/// Brings back the activation put aside, if there is one (expired ones were dropped already).
+fn unpark(flow: &Flow, s: &mut Session) -> Option<crate::flow::State> {
+    let p = s.parked.take()?;
+    let st = flow.state(&p.state).filter(|st| st.resume && matches!(st.kind, Kind::Input { .. }))?.clone();
+    s.state = p.state;
+    s.slots = p.slots;
+    Some(st)
+}
+
+/// The citizen asked for the menu from an activation step. Once the code is verified, the citizen is
+/// asked to confirm (leaving loses the verified code and what was set); before, the activation is put
+/// aside and comes back on the next plain dial.
+fn to_menu(ctx: &Ctx, s: &mut Session, out: &mut Out, rng: &mut dyn RngCore) -> Result<Reply, EngineError> {
+    let start = ctx.flow.start.clone();
+    let at_step = ctx.flow.state(&s.state).is_some_and(|st| st.resume && matches!(st.kind, Kind::Input { .. }));
+    if at_step && s.slots.verified {
+        s.leaving = true;
+        return Ok(leave_screen(ctx, s, out, None));
+    }
+    if at_step && s.slots != Slots::default() {
+        park(s);
+    }
+    go(ctx, s, out, &start, None, rng)
+}
+
+/// The answer to [`keys::LEAVE_CONFIRM`]: `1` or `0` go back to the step, `2` leaves for the menu.
+fn leave_choice(
+    ctx: &Ctx,
+    s: &mut Session,
+    out: &mut Out,
+    input: Secret,
+    rng: &mut dyn RngCore,
+) -> Result<Reply, EngineError> {
+    match input.expose().trim() {
+        "1" | "0" => match ctx.flow.state(&s.state).cloned() {
+            Some(st) => Ok(resume(ctx, s, out, &st)),
+            None => go(ctx, s, out, &ctx.flow.start.clone(), None, rng),
+        },
+        "2" => {
+            let event =
+                if s.slots.purpose == Purpose::Activation { "activation_abandoned" } else { "recovery_abandoned" };
+            out.effects.push(Effect::Audit(AuditEvent {
+                event: event.into(),
+                national_id: s.slots.national_id.clone(),
+                phone: s.slots.phone.clone().or_else(|| Some(ctx.caller.clone())),
+                detail: None,
+            }));
+            go(ctx, s, out, &ctx.flow.start.clone(), None, rng)
+        }
+        _ => {
+            s.leaving = true;
+            Ok(leave_screen(ctx, s, out, Some(keys::ERR_CHOICE)))
+        }
+    }
+}
+
+fn leave_screen(ctx: &Ctx, s: &Session, out: &Out, above: Option<&str>) -> Reply {
+    let key = if s.slots.purpose == Purpose::Activation { keys::LEAVE_CONFIRM } else { keys::LEAVE_CONFIRM_RECOVERY };
+    let body = render(ctx, s, out, key);
+    let text = match above {
+        Some(k) => format!("{}\n{}", render(ctx, s, out, k), body),
+        None => body,
+    };
+    Reply { text, end: false }
 }
 
 fn reset(flow: &Flow, s: &mut Session) {
@@ -502,6 +769,9 @@ fn render(ctx: &Ctx, s: &Session, out: &Out, key: &str) -> String {
         ("minutes", (actions::OTP_LIFETIME.as_secs() / 60).to_string()),
         ("n", (s.slots.questions.len() + 1).to_string()),
         ("total", actions::QUESTIONS_REQUIRED.to_string()),
+        ("ussd_code", ctx.site.ussd_code.clone()),
+        ("login_code", ctx.site.fast_dial("2")),
+        ("hotline", ctx.site.help_phone.clone().unwrap_or_default()),
     ];
     if template.contains("{questions}") {
         let chosen: Vec<String> = s.slots.questions.iter().map(|a| a.question.clone()).collect();

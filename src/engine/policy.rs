@@ -115,6 +115,31 @@ impl Policy {
         (key("login", Some(pool), id.as_str()), rule)
     }
 
+    /// Wrong security answers of `id` from `pool` while recovering a password: the rule that locks recovery
+    /// (the log-in numbers: an answer is a weaker secret than a password, so it gets no more tries).
+    pub fn recovery_failure(&self, id: &NationalId, pool: Pool) -> Limited {
+        let rule = Rule::Failure {
+            limit: Limit::RecoveryLocked,
+            max: self.login_failures,
+            lock: self.login_lock,
+            max_lock: self.login_lock_max,
+            forget_after: DAY,
+        };
+        (key("recovery", Some(pool), id.as_str()), rule)
+    }
+
+    /// A right security answer of `id` from `pool`: clears that pool's wrong answers (refused during a lock).
+    pub fn recovery_success(&self, id: &NationalId, pool: Pool) -> Limited {
+        (key("recovery", Some(pool), id.as_str()), Rule::Success { limit: Limit::RecoveryLocked })
+    }
+
+    /// A password reset of `id` proven from the registered phone (its code and a security answer): the
+    /// phone's own log-in failures and lock are cleared, so the citizen can log in with the new password
+    /// at once. Strangers' pool keeps its count.
+    pub fn login_cleared(&self, id: &NationalId) -> Limited {
+        (key("login", Some(Pool::Own), id.as_str()), Rule::Clear)
+    }
+
     /// A successful log-in of `id` from `pool`: clears that pool's failures (refused during a lock).
     pub fn login_success(&self, id: &NationalId, pool: Pool) -> Limited {
         (key("login", Some(pool), id.as_str()), Rule::Success { limit: Limit::LoginLocked })
@@ -204,6 +229,10 @@ impl Policy {
         let mut add = |group, name, pool, (key, rule): Limited| out.push(Watched { group, name, pool, key, rule });
         for pool in [Pool::Own, Pool::Other] {
             add(Group::Login, "login", Some(pool), self.login_failure(id, pool));
+        }
+        // Wrong security answers while recovering a password lock like log-in, and are cleared with it.
+        for pool in [Pool::Own, Pool::Other] {
+            add(Group::Login, "recovery", Some(pool), self.recovery_failure(id, pool));
         }
         for pool in [Pool::Own, Pool::Other] {
             let [short, day] = self.otp_id(id, pool);

@@ -34,7 +34,9 @@ pub enum Charset {
     #[default]
     Gsm7,
     /// UCS-2 with diacritics when the text fits (a USSD screen: 80 characters; an SMS reply: 3 parts of
-    /// 67), GSM-7 otherwise.
+    /// 67), GSM-7 otherwise. For USSD a conversation keeps one style: the server keeps the diacritics only
+    /// when every screen of the flow fits 80 UCS-2 characters ([`super::Flow::fits_ucs2`]), and otherwise
+    /// sends every screen in GSM-7 (saying so at start-up), rather than switching from screen to screen.
     Ucs2,
 }
 
@@ -71,7 +73,10 @@ pub const PLACEHOLDERS: &[(&str, usize)] = &[
     ("n", 1),
     ("total", 1),
     ("otp", 6),
-    ("until", 16),    // "HH:MM ngày DD/MM"
+    ("until", 16),      // "HH:MM ngày DD/MM"
+    ("ussd_code", 10),  // config::USSD_CODE_MAX
+    ("login_code", 12), // the USSD code with `*2` added
+    ("hotline", 15),
     ("questions", 0), // measured from the actual question list
     ("question", 0),  // measured: the longest question
 ];

@@ -213,6 +213,9 @@ fn build_state(file: &str, name: &str, sd: &StateDef, p: &mut Problems) -> Optio
                 }
                 (None, None) => None,
             };
+            if !sd.options.contains_key("0") {
+                p.add(file, name, "a prompt must offer 0 (options = { \"0\" = ... }): every screen has a way back");
+            }
             if input.is_none() && sd.options.is_empty() {
                 p.add(file, name, "a prompt needs options or an input, or the citizen is stuck");
                 return None;
@@ -350,7 +353,7 @@ fn check_messages(flow: &Flow, questions_file: &str, report_unused: bool, p: &mu
                     prefixes.push(keys::ERR_CHOICE);
                 }
                 if s.resume {
-                    prefixes.push(keys::NOTE_RESUME);
+                    prefixes.extend(keys::KEPT_NOTES);
                     if let Some((_, a)) = input {
                         prefixes.extend(a.resume_notices());
                     }
@@ -443,6 +446,9 @@ fn check_messages(flow: &Flow, questions_file: &str, report_unused: bool, p: &mu
             };
             for (s, prefixes, body, is_input) in &screens {
                 let body_text = widest(medium, body);
+                if medium == Medium::Ussd {
+                    numbering(&cat.file, s, &body_text, *is_input, p);
+                }
                 let mut candidates = vec![(String::from("prompt"), body_text.clone())];
                 for pre in prefixes {
                     candidates
@@ -454,6 +460,32 @@ fn check_messages(flow: &Flow, questions_file: &str, report_unused: bool, p: &mu
                     }
                 }
             }
+            if let Some(help) = flow.state(&flow.help).and_then(|s| match &s.kind {
+                Kind::End { message } => Some(message),
+                _ => None,
+            }) {
+                let screen = format!("{}\n{}", widest(medium, help), widest(medium, keys::HELP_HOTLINE));
+                if let Some(why) = overflow(&frame(screen, false)) {
+                    p.add(&cat.file, &flow.help, on(format!("with the hotline below: {why}")));
+                }
+            }
+            // The engine's own CON screen, alone or under a refused choice.
+            for (key, above) in [keys::LEAVE_CONFIRM, keys::LEAVE_CONFIRM_RECOVERY]
+                .into_iter()
+                .flat_map(|k| [(k, None), (k, Some(keys::ERR_CHOICE))])
+            {
+                let body = widest(medium, key);
+                let screen = match above {
+                    Some(a) => format!("{}\n{body}", widest(medium, a)),
+                    None => body.clone(),
+                };
+                if let Some(why) = overflow(&frame(screen, true)) {
+                    p.add(&cat.file, key, on(why));
+                }
+                if medium == Medium::Ussd && !body.lines().any(|l| l.starts_with("0. ")) {
+                    p.add(&cat.file, key, "the screen does not show its 0 choice (a line \"0. ...\")");
+                }
+            }
             for k in keys::FIXED_SCREENS {
                 if let Some(why) = overflow(&frame(widest(medium, k), false)) {
                     p.add(&cat.file, k, on(why));
@@ -461,9 +493,37 @@ fn check_messages(flow: &Flow, questions_file: &str, report_unused: bool, p: &mu
             }
         }
         for k in keys::SMS {
-            if let Some(why) = sms_overflow(&widest(Medium::Ussd, k)) {
-                p.add(&cat.file, k, why);
+            for medium in Medium::ALL {
+                if let Some(why) = sms_overflow(&widest(medium, k)) {
+                    p.add(&cat.file, k, on_medium(medium, why));
+                }
             }
         }
+    }
+}
+
+/// One numbering style on every screen, and a way back from every prompt: a numbered choice is written
+/// `1. X` (number, dot, space), and a CON screen offers `0` (its options hold a `0`, and the screen says so
+/// on a line of its own, `0. ...`).
+fn numbering(file: &str, s: &State, screen: &str, is_input: bool, p: &mut Problems) {
+    for line in screen.lines() {
+        let digits = line.bytes().take_while(u8::is_ascii_digit).count();
+        let rest = &line[digits..];
+        if digits > 0 && rest.starts_with('.') && !rest[1..].starts_with(' ') && !rest[1..].is_empty() {
+            p.add(file, &s.name, format!("choice {line:?} needs a space after the dot (\"1. X\")"));
+        }
+    }
+    if !is_input {
+        return;
+    }
+    if !screen.lines().any(|l| l.starts_with("0. ")) {
+        p.add(file, &s.name, "the screen does not show its 0 choice (a line \"0. ...\")");
+    }
+}
+
+fn on_medium(medium: Medium, what: String) -> String {
+    match medium {
+        Medium::Ussd => what,
+        Medium::Sms => format!("over SMS, {what}"),
     }
 }

@@ -162,9 +162,46 @@ impl Flow {
             .iter()
             .enumerate()
             .filter(|(_, q)| !exclude.contains(q))
-            .map(|(i, q)| format!("{}.{}", i + 1, cat.get(q)))
+            .map(|(i, q)| format!("{}. {}", i + 1, cat.get(q)))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Whether every USSD screen of this flow, in every language, fits one UCS-2 message (80 characters)
+    /// with its diacritics: measured generously, as the longest notice above the longest prompt, with every
+    /// placeholder at its widest. `--ussd-charset ucs2` keeps diacritics only when this holds, so a
+    /// conversation never switches style from one screen to the next (see [`Charset::Ucs2`]).
+    pub fn fits_ucs2(&self) -> bool {
+        use crate::domain::text::ucs2_len;
+        self.catalogs.iter().all(|(lang, cat)| {
+            let widest = |text: &str| -> usize {
+                let mut t = text.to_string();
+                for (name, width) in catalog::PLACEHOLDERS {
+                    let v = match *name {
+                        "questions" => self.question_list(*lang, &[]),
+                        "question" => self
+                            .questions
+                            .iter()
+                            .map(|q| cat.get(q).to_string())
+                            .max_by_key(|q| q.chars().count())
+                            .unwrap_or_default(),
+                        _ => "W".repeat(*width),
+                    };
+                    t = t.replace(&format!("{{{name}}}"), &v);
+                }
+                ucs2_len(&t)
+            };
+            // Every text a USSD screen can show (SMS texts and SMS-only wording aside).
+            let screens: Vec<usize> = cat
+                .messages
+                .iter()
+                .filter(|(k, _)| !k.starts_with("sms") && !k.starts_with("for_sms") && !k.starts_with("question."))
+                .map(|(_, t)| widest(t))
+                .collect();
+            let longest = screens.iter().copied().max().unwrap_or(0);
+            // A notice or reason stands above a prompt: the two longest together bound every screen.
+            longest.saturating_mul(2).saturating_add(1) <= catalog::USSD_UCS2_BUDGET
+        })
     }
 
     /// Loads and checks every flow file and catalogue under `dir`.
@@ -196,6 +233,7 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("main.toml", include_str!("../../flows/main.toml")),
     ("activation.toml", include_str!("../../flows/activation.toml")),
     ("login.toml", include_str!("../../flows/login.toml")),
+    ("recovery.toml", include_str!("../../flows/recovery.toml")),
     ("messages/vi.toml", include_str!("../../flows/messages/vi.toml")),
     ("messages/en.toml", include_str!("../../flows/messages/en.toml")),
 ];

@@ -131,8 +131,15 @@ mod tests {
     async fn rig() -> Rig {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let to = Msisdn::parse("0912345678").unwrap();
-        let session =
-            Session { lang: Lang::Vi, state: "otp".into(), tries: 0, updated_at: T0, slots: Default::default() };
+        let session = Session {
+            lang: Lang::Vi,
+            state: "otp".into(),
+            tries: 0,
+            updated_at: T0,
+            slots: Default::default(),
+            leaving: false,
+            parked: None,
+        };
         let sms = NewSms { to: to.clone(), purpose: SmsPurpose::Otp, sealed: b"sealed".to_vec(), give_up_at: T0 };
         let commit = Commit {
             at: T0,
@@ -142,7 +149,7 @@ mod tests {
             sms: vec![sms],
             audit: Vec::new(),
             bumps: Vec::new(),
-            rehash: None,
+            account_update: None,
         };
         assert!(matches!(store.commit(None, commit).await.unwrap(), CommitOutcome::Committed(_)));
         let seq = store.claim_outbox("w", 1, std::time::Duration::from_secs(30), T0).await.unwrap()[0].id;

@@ -422,8 +422,15 @@ mod tests {
         async fn queue_sealed(&self, to: &Msisdn, sealed: Vec<u8>, purpose: SmsPurpose) {
             let now = self.now();
             let version = self.store.load(to).await.unwrap().map(|(_, v)| v);
-            let session =
-                Session { lang: Lang::Vi, state: "otp".into(), tries: 0, updated_at: now, slots: Slots::default() };
+            let session = Session {
+                lang: Lang::Vi,
+                state: "otp".into(),
+                tries: 0,
+                updated_at: now,
+                slots: Slots::default(),
+                leaving: false,
+                parked: None,
+            };
             let sms = NewSms { to: to.clone(), purpose, sealed, give_up_at: now.plus(purpose.useful_for()) };
             let commit = Commit {
                 at: now,
@@ -433,7 +440,7 @@ mod tests {
                 sms: vec![sms],
                 audit: Vec::new(),
                 bumps: Vec::new(),
-                rehash: None,
+                account_update: None,
             };
             let outcome = self.store.commit(version, commit).await.unwrap();
             assert!(matches!(outcome, CommitOutcome::Committed(_)), "{outcome:?}");

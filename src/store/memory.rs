@@ -135,6 +135,12 @@ impl Store for MemoryStore {
                 return Ok(CommitOutcome::AccountExists);
             }
         }
+        if let Some(u) = &c.account_update {
+            let mut probe = st.accounts.get(&u.national_id).cloned();
+            if u.apply(probe.as_mut()).is_none() {
+                return Ok(CommitOutcome::Conflict);
+            }
+        }
         let mut applied: Vec<CounterKey> = Vec::new();
         for (key, old, next) in staged.into_iter().rev() {
             // The last staged value of a key is its final one; `old` is what was stored before the commit.
@@ -147,10 +153,8 @@ impl Store for MemoryStore {
         if let Some(a) = c.activate {
             st.accounts.insert(a.national_id.clone(), a);
         }
-        if let Some(r) = c.rehash {
-            if let Some(a) = st.accounts.get_mut(&r.national_id).filter(|a| a.password_hash == r.old) {
-                a.password_hash = r.new;
-            }
+        if let Some(u) = c.account_update {
+            u.apply(st.accounts.get_mut(&u.national_id));
         }
         if let Some(old) = st.conversations.get(&c.phone) {
             let entry = (old.indexed_at, c.phone.clone());
@@ -244,7 +248,7 @@ impl Store for MemoryStore {
         let mut out: Vec<(Msisdn, Conversation, Version)> = st
             .conversations
             .iter()
-            .filter(|(_, s)| s.conversation.session.slots.national_id.as_ref() == Some(id))
+            .filter(|(_, s)| s.conversation.session.activation_of(id).is_some())
             .map(|(phone, s)| (phone.clone(), s.conversation.clone(), s.version))
             .collect();
         out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));

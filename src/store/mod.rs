@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
 use crate::domain::{Msisdn, NationalId};
-use crate::engine::{Account, AuditEvent, Citizen, Rehash, Reply, Session, SmsPurpose};
+use crate::engine::{Account, AccountUpdate, AuditEvent, Citizen, Reply, Session, SmsPurpose};
 use crate::limits::{Bump, CounterKey, Limit, Tally};
 
 #[derive(Debug, thiserror::Error)]
@@ -168,8 +168,9 @@ pub struct Commit {
     pub audit: Vec<AuditRecord>,
     /// Counted events, applied with their rules inside the transaction.
     pub bumps: Vec<Bump>,
-    /// A password hash upgraded after a log-in: written only if the account still holds the old one.
-    pub rehash: Option<Rehash>,
+    /// A credential replaced (a reset, or a hash upgraded after a log-in): written only if the account still
+    /// holds the old one; otherwise skipped, or the whole commit refused as a conflict when it is required.
+    pub account_update: Option<AccountUpdate>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -344,14 +344,20 @@ async fn write_commit(
             return Ok(CommitOutcome::AccountExists);
         }
     }
-    if let Some(r) = &c.rehash {
+    if let Some(u) = &c.account_update {
         let st = tx.prepare_cached("SELECT body FROM kichhoat_accounts WHERE national_id = $1 FOR UPDATE").await?;
-        if let Some(row) = tx.query_opt(&st, &[&r.national_id.as_str()]).await? {
-            let mut a: Account = parse("account", row.get(0))?;
-            if a.password_hash == r.old {
-                a.password_hash = r.new.clone();
-                let st = tx.prepare_cached("UPDATE kichhoat_accounts SET body = $2 WHERE national_id = $1").await?;
-                tx.execute(&st, &[&r.national_id.as_str(), &json(&a)?]).await?;
+        let mut account: Option<Account> = match tx.query_opt(&st, &[&u.national_id.as_str()]).await? {
+            Some(row) => Some(parse("account", row.get(0))?),
+            None => None,
+        };
+        match u.apply(account.as_mut()) {
+            None => return Ok(CommitOutcome::Conflict),
+            Some(false) => {}
+            Some(true) => {
+                if let Some(a) = &account {
+                    let st = tx.prepare_cached("UPDATE kichhoat_accounts SET body = $2 WHERE national_id = $1").await?;
+                    tx.execute(&st, &[&u.national_id.as_str(), &json(a)?]).await?;
+                }
             }
         }
     }
@@ -588,7 +594,7 @@ impl Store for PgStore {
         let mut out = Vec::new();
         for row in &rows {
             let conversation: Conversation = parse("conversation", row.get(2))?;
-            if conversation.session.slots.national_id.as_ref() != Some(id) {
+            if conversation.session.activation_of(id).is_none() {
                 continue;
             }
             let phone = Msisdn::try_from(row.get::<_, String>(0))

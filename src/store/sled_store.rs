@@ -431,14 +431,20 @@ impl Store for SledStore {
                     }
                     accounts.insert(key.as_slice(), bytes.as_slice())?;
                 }
-                if let Some(r) = &c.rehash {
-                    let key = r.national_id.as_str().as_bytes();
-                    if let Some(bytes) = accounts.get(key)? {
-                        let mut a: Account = decode("account", &bytes).map_err(abort_store)?;
-                        if a.password_hash == r.old {
-                            a.password_hash = r.new.clone();
-                            accounts.insert(key, encode(&a).map_err(abort_store)?)?;
+                if let Some(u) = &c.account_update {
+                    let key = u.national_id.as_str().as_bytes();
+                    let mut account: Option<Account> = match accounts.get(key)? {
+                        Some(bytes) => Some(decode("account", &bytes).map_err(abort_store)?),
+                        None => None,
+                    };
+                    match u.apply(account.as_mut()) {
+                        None => return Err(abort(CommitOutcome::Conflict)),
+                        Some(true) => {
+                            if let Some(a) = &account {
+                                accounts.insert(key, encode(a).map_err(abort_store)?)?;
+                            }
                         }
+                        Some(false) => {}
                     }
                 }
                 if let Some(old) = &current {
@@ -560,7 +566,7 @@ impl Store for SledStore {
         for (i, entry) in self.conversations.iter().enumerate() {
             let (key, bytes) = entry.map_err(backend)?;
             let r = decode_conv(&bytes)?;
-            if r.conversation.session.slots.national_id.as_ref() == Some(id) {
+            if r.conversation.session.activation_of(id).is_some() {
                 let phone = std::str::from_utf8(&key)
                     .ok()
                     .and_then(|p| Msisdn::parse(p).ok())
@@ -870,8 +876,15 @@ mod tests {
     fn commit_of(n: u32) -> Commit {
         let at = Millis(1_795_996_800_000);
         let phone = Msisdn::parse(&format!("+8491{n:07}")).unwrap();
-        let session =
-            Session { lang: Lang::Vi, state: "menu".into(), tries: 0, updated_at: at, slots: Slots::default() };
+        let session = Session {
+            lang: Lang::Vi,
+            state: "menu".into(),
+            tries: 0,
+            updated_at: at,
+            slots: Slots::default(),
+            leaving: false,
+            parked: None,
+        };
         Commit {
             at,
             phone,
@@ -880,7 +893,7 @@ mod tests {
             sms: Vec::new(),
             audit: Vec::new(),
             bumps: Vec::new(),
-            rehash: None,
+            account_update: None,
         }
     }
 

@@ -23,6 +23,14 @@ pub enum ActionKind {
     FinishActivation,
     StartLogin,
     Login,
+    StartPasswordReset,
+    StartPasscodeReset,
+    RequestResetOtp,
+    PickQuestion,
+    CheckAnswer,
+    FinishPasswordReset,
+    CheckPassword,
+    FinishPasscodeReset,
 }
 
 /// What an action declares.
@@ -47,7 +55,7 @@ const fn plain(input: Option<Validator>, outcomes: &'static [&'static str]) -> A
 
 impl ActionKind {
     /// Every action, for looking one up by name.
-    pub const ALL: [ActionKind; 14] = [
+    pub const ALL: [ActionKind; 22] = [
         ActionKind::SwitchLanguage,
         ActionKind::StartActivation,
         ActionKind::RequestOtp,
@@ -62,6 +70,14 @@ impl ActionKind {
         ActionKind::FinishActivation,
         ActionKind::StartLogin,
         ActionKind::Login,
+        ActionKind::StartPasswordReset,
+        ActionKind::StartPasscodeReset,
+        ActionKind::RequestResetOtp,
+        ActionKind::PickQuestion,
+        ActionKind::CheckAnswer,
+        ActionKind::FinishPasswordReset,
+        ActionKind::CheckPassword,
+        ActionKind::FinishPasscodeReset,
     ];
 
     pub fn from_name(name: &str) -> Option<ActionKind> {
@@ -85,6 +101,14 @@ impl ActionKind {
             ActionKind::FinishActivation => "finish_activation",
             ActionKind::StartLogin => "start_login",
             ActionKind::Login => "login",
+            ActionKind::StartPasswordReset => "start_password_reset",
+            ActionKind::StartPasscodeReset => "start_passcode_reset",
+            ActionKind::RequestResetOtp => "request_reset_otp",
+            ActionKind::PickQuestion => "pick_question",
+            ActionKind::CheckAnswer => "check_answer",
+            ActionKind::FinishPasswordReset => "finish_password_reset",
+            ActionKind::CheckPassword => "check_password",
+            ActionKind::FinishPasscodeReset => "finish_passcode_reset",
         }
     }
 
@@ -100,9 +124,9 @@ impl ActionKind {
                 ActionSpec { notices: &[("sent", keys::NOTE_OTP_RESENT)], ..plain(None, &["sent", "limit"]) }
             }
             ActionKind::VerifyOtp => ActionSpec {
-                reasons: &[keys::ERR_OTP_WRONG],
+                reasons: &[keys::ERR_OTP_WRONG, keys::NOTE_OTP_EXPIRED],
                 resume_notices: &[keys::NOTE_OTP_EXPIRED],
-                ..plain(Some(V::Otp), &["ok", "exhausted", "expired", "rate_limited"])
+                ..plain(Some(V::Otp), &["ok", "exhausted", "rate_limited"])
             },
             ActionKind::ChoosePassword => plain(Some(V::NewPassword), &["done"]),
             ActionKind::ConfirmPassword => ActionSpec {
@@ -120,7 +144,24 @@ impl ActionKind {
             }
             ActionKind::FinishActivation => plain(None, &["activated", "already_active", "refused"]),
             ActionKind::StartLogin => plain(Some(V::NationalId), &["done"]),
-            ActionKind::Login => plain(Some(V::Secret), &["ok", "refused", "refused_near_lock", "locked"]),
+            ActionKind::Login => ActionSpec {
+                reasons: &[keys::ERR_LOGIN_REFUSED, keys::ERR_LOGIN_NEAR_LOCK],
+                ..plain(Some(V::Secret), &["ok", "locked"])
+            },
+            ActionKind::StartPasswordReset | ActionKind::StartPasscodeReset => plain(Some(V::NationalId), &["done"]),
+            ActionKind::RequestResetOtp => {
+                plain(Some(V::Phone), &["sent", "no_match", "not_active", "locked", "limit", "rate_limited"])
+            }
+            ActionKind::PickQuestion => plain(None, &["done", "refused"]),
+            ActionKind::CheckAnswer => ActionSpec {
+                reasons: &[keys::ERR_ANSWER_WRONG],
+                ..plain(Some(V::Secret), &["ok", "locked", "refused"])
+            },
+            ActionKind::CheckPassword => ActionSpec {
+                reasons: &[keys::ERR_LOGIN_REFUSED, keys::ERR_LOGIN_NEAR_LOCK],
+                ..plain(Some(V::Secret), &["ok", "locked"])
+            },
+            ActionKind::FinishPasswordReset | ActionKind::FinishPasscodeReset => plain(None, &["done", "refused"]),
         }
     }
 
@@ -179,6 +220,14 @@ mod tests {
             ActionKind::FinishActivation => 11,
             ActionKind::StartLogin => 12,
             ActionKind::Login => 13,
+            ActionKind::StartPasswordReset => 14,
+            ActionKind::StartPasscodeReset => 15,
+            ActionKind::RequestResetOtp => 16,
+            ActionKind::PickQuestion => 17,
+            ActionKind::CheckAnswer => 18,
+            ActionKind::FinishPasswordReset => 19,
+            ActionKind::CheckPassword => 20,
+            ActionKind::FinishPasscodeReset => 21,
         };
         for (i, k) in ActionKind::ALL.into_iter().enumerate() {
             assert_eq!(position(k), i, "{k:?}");

@@ -17,16 +17,18 @@ fn simulate_shows_screens_and_the_sms_for_the_phone_and_dials_again_after_an_end
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // activate → ID → "this number" → (code prompt) ... then help after dialling again.
-    child.stdin.take().unwrap().write_all(b"1\n001099012345\n1\n0\n3\n\n2\n").unwrap();
+    // activate → ID → "this number" → (code prompt) → 0 (menu; the activation put aside) → help; dialling
+    // again brings the code prompt back, 0 → menu → 2 log in.
+    child.stdin.take().unwrap().write_all(b"1\n001099012345\n1\n0\n3\n\n0\n2\n").unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = fold(&String::from_utf8_lossy(&out.stdout));
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("1. Kich hoat tai khoan"), "{stdout}");
     assert!(stdout.contains("[SMS to +84912345678] Ma OTP"), "{stdout}");
-    assert!(stdout.contains("Cong an xa, phuong, thi tran"), "help after the menu: {stdout}");
+    assert!(stdout.contains("Cong an xa, phuong noi cu tru"), "help after the menu: {stdout}");
     assert!(stdout.contains("(session ended; press Enter to dial again)"), "{stdout}");
-    assert!(stdout.contains("Dang nhap. Nhap so dinh danh"), "the new dial reached the menu: {stdout}");
+    assert!(stdout.contains("Tiep tuc: ma OTP da gui con dung"), "the new dial resumed the activation: {stdout}");
+    assert!(stdout.contains("Dang nhap. Nhap so dinh danh"), "then the menu: {stdout}");
     assert!(!stdout.contains("CON ") && !stdout.contains("END "), "screens, not protocol");
 }
 

@@ -107,12 +107,27 @@ struct LoginRun {
 /// On a fresh server with An's account: `n` phones each type `id` and a wrong password, the last hop
 /// at once or one at a time. Checks afterwards that log-in of `id` is locked.
 async fn wrong_log_ins(id: &str, n: usize, concurrent: bool, postgres: bool) -> Option<LoginRun> {
+    wrong_passwords("2", "login", id, n, concurrent, postgres).await
+}
+
+/// As [`wrong_log_ins`], through menu choice `choice` (`2` log in, `5` forgot passcode, which checks the
+/// password toward the same lock), audited as `<event>_failed` / `<event>_locked`; on PostgreSQL when
+/// `postgres` (`None`: PostgreSQL unavailable).
+async fn wrong_passwords(
+    choice: &str,
+    event: &str,
+    id: &str,
+    n: usize,
+    concurrent: bool,
+    postgres: bool,
+) -> Option<LoginRun> {
     let server = TestServer::start_on(postgres).await?;
     activate(&server, AN_PHONE, AN_ID, AN_PASSWORD).await;
-    let phones = prepared(&server, n, &["2", id], "Wrong*pw1").await;
+    let phones = prepared(&server, n, &[choice, id], "Wrong*pw1").await;
     let replies = if concurrent { at_once(phones).await } else { one_at_a_time(phones).await };
     let replies: Vec<String> = replies.iter().map(|r| fold(r)).collect();
-    let refused = replies.iter().filter(|r| r.starts_with("END ") && r.contains("khong dung")).count();
+    // A refused password is asked again (CON); the lock ends the session (END).
+    let refused = replies.iter().filter(|r| r.starts_with("CON ") && r.contains("khong dung")).count();
     let locked = replies.iter().filter(|r| r.starts_with("END ") && r.contains("tam khoa den")).count();
     let other = replies.len() - refused - locked;
     if other > 0 {
@@ -131,8 +146,8 @@ async fn wrong_log_ins(id: &str, n: usize, concurrent: bool, postgres: bool) -> 
         refused,
         locked,
         other,
-        failed_audited: audited(&server, "login_failed").await,
-        locked_audited: audited(&server, "login_locked").await,
+        failed_audited: audited(&server, &format!("{event}_failed")).await,
+        locked_audited: audited(&server, &format!("{event}_locked")).await,
     };
     server.stop().await;
     Some(run)
@@ -161,6 +176,16 @@ async fn sixteen_wrong_passwords_at_once_for_an_account_get_exactly_the_four_ref
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_wrong_passwords_at_once_for_an_id_without_account_get_exactly_the_four_refusals_of_one_at_a_time() {
     wrong_log_ins_at_once_get_no_further_than_one_at_a_time(NO_ACCOUNT_ID, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_wrong_passwords_at_once_to_reset_a_passcode_get_exactly_the_four_refusals_of_one_at_a_time() {
+    const PHONES: usize = 16;
+    let sequential = wrong_passwords("5", "passcode_reset_password", AN_ID, PHONES, false, false).await.unwrap();
+    let concurrent = wrong_passwords("5", "passcode_reset_password", AN_ID, PHONES, true, false).await.unwrap();
+    let expected = LoginRun { refused: 4, locked: PHONES - 4, other: 0, failed_audited: 5, locked_audited: 1 };
+    assert_eq!(sequential, expected, "the baseline: the 5th failure locks and says so");
+    assert_eq!(concurrent, sequential, "at once, exactly as one at a time");
 }
 
 /// What a run of code requests came to.

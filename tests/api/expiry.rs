@@ -158,6 +158,8 @@ async fn conversations_that_request_a_code_and_go_idle_leave_nothing_on_disk_aft
         registry: Some(dir.path().join("registry.csv")),
         key_file: None,
         ussd_charset: Charset::Gsm7,
+        ussd_code: kichhoat::engine::DEFAULT_USSD_CODE.into(),
+        help_phone: None,
         sms_charset: Charset::Gsm7,
         audit_log: None,
         audit_log_max_mb: kichhoat::audit::DEFAULT_MAX_MB,

@@ -94,3 +94,30 @@ fn outside_the_checkout_the_built_in_flows_are_checked() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("flows (built in)"));
 }
+
+#[test]
+fn a_prompt_without_a_way_back_or_a_choice_without_its_space_is_refused() {
+    // No `0` among the options of a prompt.
+    let dir = broken("login.toml", |t| {
+        t.replace("action = \"login\"\noptions = { \"0\" = \"menu\" }\n", "action = \"login\"\n")
+    });
+    let (ok, out) = check(dir.path());
+    assert!(!ok);
+    assert!(out.contains("login.toml: login_password: a prompt must offer 0"), "{out}");
+    // The option is there but the screen does not show it.
+    let dir = broken("messages/en.toml", |t| t.replace("Enter your password:\\n0. Menu", "Enter your password:"));
+    let (ok, out) = check(dir.path());
+    assert!(!ok);
+    assert!(out.contains("en.toml: login_password: the screen does not show its 0 choice"), "{out}");
+    // `1.X` where every other screen writes `1. X`.
+    let dir = broken("messages/vi.toml", |t| t.replace("\\n1. Dùng số đang gọi", "\\n1.Dùng số đang gọi"));
+    let (ok, out) = check(dir.path());
+    assert!(!ok);
+    assert!(out.contains("vi.toml: act_phone: choice \"1.Dùng số đang gọi\" needs a space after the dot"), "{out}");
+}
+
+#[test]
+fn the_shipped_screens_do_not_all_fit_ucs2_so_ucs2_ussd_keeps_one_style_without_diacritics() {
+    let flow = kichhoat::flow::Flow::load(&repo().join("flows")).unwrap();
+    assert!(!flow.fits_ucs2(), "the menu alone is over 80 UCS-2 characters");
+}

@@ -28,6 +28,8 @@ pub fn settings(data_dir: &Path) -> Settings {
         registry: Some(repo().join("fixtures/registry.csv")),
         key_file: None,
         ussd_charset: Charset::Gsm7,
+        ussd_code: kichhoat::engine::DEFAULT_USSD_CODE.into(),
+        help_phone: None,
         sms_charset: Charset::Gsm7,
         audit_log: None,
         audit_log_max_mb: kichhoat::audit::DEFAULT_MAX_MB,
@@ -224,6 +226,23 @@ impl AtPhone {
         let (status, body) = self.hop().await;
         assert_eq!(status, 200, "{body}");
         body
+    }
+
+    /// Dials with inputs in the code (`*384*1*ID#` is `"1*ID"`): a new session whose first hop carries them.
+    pub async fn fast_dial(&mut self, inputs: &str) -> String {
+        self.dial_fresh();
+        self.inputs = inputs.split('*').map(str::to_string).collect();
+        let (status, body) = self.hop().await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    fn dial_fresh(&mut self) {
+        static FAST: AtomicU32 = AtomicU32::new(0);
+        self.dials += 1;
+        let n = FAST.fetch_add(1, Ordering::SeqCst);
+        self.session = format!("ATUid_fast_{}_{n}_{}", self.phone.trim_start_matches('+'), std::process::id());
+        self.inputs.clear();
     }
 
     /// Dials, picks 1 (activate), types the ID and the registered phone (`"1"` = this number): the reply

@@ -219,8 +219,15 @@ impl Rig {
         let now = self.now();
         let sealed = self.crypto.seal(&Secret::new(text), to.as_str().as_bytes(), &mut rand::rngs::OsRng).unwrap();
         let version = self.store.load(&to).await.unwrap().map(|(_, v)| v);
-        let session =
-            Session { lang: Lang::Vi, state: "otp".into(), tries: 0, updated_at: now, slots: Slots::default() };
+        let session = Session {
+            lang: Lang::Vi,
+            state: "otp".into(),
+            tries: 0,
+            updated_at: now,
+            slots: Slots::default(),
+            leaving: false,
+            parked: None,
+        };
         let commit = Commit {
             at: now,
             phone: to.clone(),
@@ -229,7 +236,7 @@ impl Rig {
             sms: vec![NewSms { to: to.clone(), purpose, sealed, give_up_at: now.plus(purpose.useful_for()) }],
             audit: Vec::new(),
             bumps: Vec::new(),
-            rehash: None,
+            account_update: None,
         };
         assert!(matches!(self.store.commit(version, commit).await.unwrap(), CommitOutcome::Committed(_)));
         to

@@ -61,6 +61,27 @@ async fn no_secret_is_stored_or_logged_after_a_full_conversation() {
     assert!(fold(&l.log_in("001099012345", password).await).contains("Xin chao"));
     let mut l = AtPhone::new(&server.url, "+84912345678");
     l.log_in("001099012345", "Wr0ng*pass!").await;
+
+    // Forgot password: a code, a wrong answer, then the right one (whichever question is drawn, the
+    // answer typed is the one stored for it), a new password twice.
+    let new_password = "Kt#5vRn!9p";
+    let mut r = AtPhone::new(&server.url, "+84912345678");
+    r.fast_dial("4*001099012345*1").await;
+    let reset_otp = otp_in(&wait_outbox(&outbox, 3).await[2].text).unwrap();
+    let asked = fold(&r.send(&reset_otp).await);
+    r.send("Sai be").await;
+    let answer = if asked.contains("Ten thu cung") { answers[0] } else { answers[1] };
+    assert!(fold(&r.send(answer).await).contains("Dat mat khau moi"), "{asked}");
+    r.send(new_password).await;
+    assert!(fold(&r.send(new_password).await).contains("thanh cong"));
+    // Forgot passcode: the password (a wrong one first), a new passcode twice.
+    let new_passcode = "815903";
+    let mut c = AtPhone::new(&server.url, "+84912345678");
+    c.fast_dial("5*001099012345").await;
+    c.send("Wr0ng*again!").await;
+    c.send(new_password).await;
+    c.send(new_passcode).await;
+    assert!(fold(&c.send(new_passcode).await).contains("thanh cong"));
     server.terminate();
 
     let mut all = Vec::new();
@@ -77,6 +98,11 @@ async fn no_secret_is_stored_or_logged_after_a_full_conversation() {
         "chuon chuon".into(),
         "ben tre".into(),
         cumulative_with_password,
+        reset_otp,
+        new_password.into(),
+        new_passcode.into(),
+        "Wr0ng*again!".into(),
+        "sai be".into(),
     ];
     let stored = all.iter().any(|f| std::fs::read(f).unwrap().windows(10).any(|w| w == b"$argon2id$"));
     assert!(stored, "the scan saw the stored account");

@@ -11,7 +11,9 @@ use std::time::Duration;
 use kichhoat::clock::Millis;
 use kichhoat::domain::{Msisdn, NationalId};
 use kichhoat::engine::policy::{Policy, Pool};
-use kichhoat::engine::{Account, AuditEvent, Citizen, CitizenStatus, Reply, Session, Slots, SmsPurpose};
+use kichhoat::engine::{
+    Account, AccountUpdate, AuditEvent, Citizen, CitizenStatus, Credential, Reply, Session, Slots, SmsPurpose,
+};
 use kichhoat::flow::Lang;
 use kichhoat::limits::{self, Bump, CounterKey, Effect, Limit, Rule, Tally};
 use kichhoat::store::memory::MemoryStore;
@@ -71,6 +73,7 @@ macro_rules! backend {
                 conflict_when_the_conversation_changed,
                 conflict_when_a_conversation_exists_and_none_was_expected_or_the_other_way_round,
                 a_second_activation_of_one_id_is_refused_whole,
+                an_account_update_applies_only_to_the_hash_it_read_and_a_required_one_refuses_the_commit_otherwise,
                 a_full_window_refuses_the_event_and_frees_up_as_its_window_moves,
                 the_failure_that_reaches_the_max_locks_and_failures_and_successes_are_refused_while_locked,
                 a_bump_whose_expected_effect_differs_is_a_conflict_and_writes_nothing,
@@ -151,6 +154,8 @@ fn session(state: &str, lang: Lang, now: Millis) -> Session {
         tries: 1,
         updated_at: now,
         slots: Slots { started_at: Some(now), national_id: Some(national_id(1)), ..Slots::default() },
+        leaving: false,
+        parked: None,
     }
 }
 
@@ -180,7 +185,7 @@ fn commit_in(phone: &Msisdn, state: &str, lang: Lang, now: Millis) -> Commit {
         sms: Vec::new(),
         audit: Vec::new(),
         bumps: Vec::new(),
-        rehash: None,
+        account_update: None,
     }
 }
 
@@ -371,6 +376,48 @@ async fn a_second_activation_of_one_id_is_refused_whole(new: Factory) {
     assert_eq!(outcome, CommitOutcome::AccountExists);
     assert_eq!(store.load(&third).await.unwrap(), None);
     assert_eq!(snapshot(store, &second, &id, &key).await, before);
+}
+
+async fn an_account_update_applies_only_to_the_hash_it_read_and_a_required_one_refuses_the_commit_otherwise(
+    new: Factory,
+) {
+    let fresh = new();
+    let store = fresh.store.as_ref();
+    let (p, id, key) = (phone(1), national_id(1), otp_key(1));
+    let mut activation = commit(&p, "done", at(SEC));
+    activation.activate = Some(account(&id, &p, at(SEC)));
+    let mut v = committed(store.commit(None, activation).await.unwrap());
+    let update = |credential, old: &str, new: &str, required| AccountUpdate {
+        national_id: id.clone(),
+        credential,
+        old: old.into(),
+        new: new.into(),
+        required,
+    };
+    let password = format!("$argon2id$password-of-{}", p.as_str());
+    // A reset of the passcode, against the hash it read: written with the rest of the commit.
+    let mut c = commit_with_everything(&p, &national_id(2), &key, at(2 * SEC));
+    c.account_update = Some(update(Credential::Passcode, "$argon2id$passcode", "$argon2id$new-passcode", true));
+    v = committed(store.commit(Some(v), c).await.unwrap());
+    let a = store.account(&id).await.unwrap().unwrap();
+    assert_eq!((a.password_hash.as_str(), a.passcode_hash.as_str()), (password.as_str(), "$argon2id$new-passcode"));
+    // A required update read before another changed the hash: the whole commit is refused.
+    let before = snapshot(store, &p, &national_id(3), &key).await;
+    let mut c = commit_with_everything(&p, &national_id(3), &key, at(3 * SEC));
+    c.account_update = Some(update(Credential::Password, "$argon2id$stale", "$argon2id$mine", true));
+    assert_eq!(store.commit(Some(v), c).await.unwrap(), CommitOutcome::Conflict);
+    assert_eq!(snapshot(store, &p, &national_id(3), &key).await, before, "nothing of it is written");
+    assert_eq!(store.account(&id).await.unwrap().unwrap().password_hash, password);
+    // A rehash (not required) on a stale read is skipped; the rest of its commit stands.
+    let mut c = commit(&p, "rehashed", at(4 * SEC));
+    c.account_update = Some(update(Credential::Password, "$argon2id$stale", "$argon2id$rehash", false));
+    committed(store.commit(Some(v), c).await.unwrap());
+    assert_eq!(store.account(&id).await.unwrap().unwrap().password_hash, password);
+    // An update for an account that does not exist: refused when required.
+    let mut c = commit(&p, "gone", at(5 * SEC));
+    c.account_update =
+        Some(AccountUpdate { national_id: national_id(9), ..update(Credential::Password, "a", "b", true) });
+    assert_eq!(store.commit(version(store, &p).await, c).await.unwrap(), CommitOutcome::Conflict);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ use kichhoat::clock::Millis;
 use kichhoat::crypto::{Crypto, HashCost};
 use kichhoat::domain::{Msisdn, NationalId, Secret};
 use kichhoat::engine::{
-    keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Medium, Policy, Session,
+    keys, Account, Citizen, Ctx, Directory, DirectoryError, Effect, Inbound, Medium, Policy, Session, Site,
 };
 use kichhoat::flow::catalog::to_gsm7;
 use kichhoat::flow::{Charset, Flow, Lang};
@@ -44,6 +44,10 @@ struct Transcript {
     /// How the citizen talks to the service: `ussd` (the default) or `sms`.
     #[serde(default)]
     channel: Via,
+    /// `--ussd-code` (default `*384#`).
+    ussd_code: Option<String>,
+    /// `--help-phone` (default: none).
+    help_phone: Option<String>,
     turn: Vec<Turn>,
 }
 
@@ -61,6 +65,8 @@ struct Turn {
     /// Start a new USSD session (empty text). Not over SMS.
     #[serde(default)]
     dial: bool,
+    /// Start a new USSD session with inputs in the code: `"1*001099012345"` for `*384*1*001099012345#`.
+    fast_dial: Option<String>,
     /// Type this at the current prompt. `{otp}` is the last code received, `{otp_prev}` the one before.
     send: Option<String>,
     /// Move the clock forward first, e.g. "4m", "16m".
@@ -107,6 +113,7 @@ pub struct Seen {
 trait Driver {
     async fn advance(&mut self, d: Duration);
     async fn dial(&mut self) -> Seen;
+    async fn fast_dial(&mut self, inputs: &str) -> Seen;
     async fn send(&mut self, input: &str) -> Seen;
 }
 
@@ -118,8 +125,12 @@ async fn run(file: &str, t: &Transcript, driver: &mut impl Driver, via: &str) {
             driver.advance(duration(a)).await;
         }
         let seen = match (&turn.send, turn.dial) {
-            (None, true) if t.channel == Via::Sms => panic!("{at}: an SMS transcript only sends"),
+            (None, true) | (None, false) if t.channel == Via::Sms => panic!("{at}: an SMS transcript only sends"),
             (None, true) => driver.dial().await,
+            (None, false) => match &turn.fast_dial {
+                Some(inputs) => driver.fast_dial(inputs).await,
+                None => panic!("{at}: a turn dials, fast-dials or sends"),
+            },
             (Some(input), false) => {
                 let last = otps.last().cloned().unwrap_or_default();
                 let prev = otps.len().checked_sub(2).and_then(|i| otps.get(i)).cloned().unwrap_or_default();
@@ -208,6 +219,7 @@ pub struct EngineDriver {
     kannel: Kannel,
     cursor: Option<Cursor>,
     policy: Policy,
+    site: Site,
 }
 
 impl EngineDriver {
@@ -237,6 +249,7 @@ impl EngineDriver {
             medium,
             cursor: None,
             policy: Policy::default(),
+            site: Site::default(),
         }
     }
 
@@ -280,6 +293,7 @@ impl EngineDriver {
             caller: &self.caller,
             medium: self.medium,
             policy: &self.policy,
+            site: &self.site,
         };
         let turn = kichhoat::engine::step(&ctx, session, inbound, &mut self.rng).unwrap();
         self.saved = Some(serde_json::to_string(&turn.session).unwrap());
@@ -297,10 +311,12 @@ impl EngineDriver {
                     assert_eq!(effect, bump.expect);
                     self.dir.counters.insert(bump.key, next);
                 }
-                Effect::Rehash(r) => {
-                    if let Some(a) = self.dir.accounts.get_mut(r.national_id.as_str()) {
-                        a.password_hash = r.new;
-                    }
+                Effect::UpdateAccount(u) => {
+                    let account = self.dir.accounts.get_mut(u.national_id.as_str());
+                    assert!(
+                        u.apply(account).is_some(),
+                        "one conversation at a time: the account is as the step read it"
+                    );
                 }
                 Effect::Audit(_) => {}
             }
@@ -315,6 +331,9 @@ impl Driver for EngineDriver {
     }
     async fn dial(&mut self) -> Seen {
         self.step(Inbound::Start { choices: Vec::new() })
+    }
+    async fn fast_dial(&mut self, inputs: &str) -> Seen {
+        self.step(Inbound::Start { choices: inputs.split('*').map(Secret::new).collect() })
     }
     async fn send(&mut self, input: &str) -> Seen {
         match self.medium {
@@ -359,6 +378,13 @@ impl Driver for ServerDriver {
         };
         self.collect(r).await
     }
+    async fn fast_dial(&mut self, inputs: &str) -> Seen {
+        let r = match &mut self.phone {
+            Phone::Ussd(p) => p.fast_dial(inputs).await,
+            Phone::Sms(..) => panic!("an SMS transcript only sends"),
+        };
+        self.collect(r).await
+    }
     async fn send(&mut self, input: &str) -> Seen {
         let r = match &mut self.phone {
             Phone::Ussd(p) => p.send(input).await,
@@ -368,6 +394,15 @@ impl Driver for ServerDriver {
     }
 }
 
+fn site_of(t: &Transcript) -> Site {
+    let mut site = Site::default();
+    if let Some(code) = &t.ussd_code {
+        site.ussd_code = code.clone();
+    }
+    site.help_phone = t.help_phone.clone();
+    site
+}
+
 async fn on_engine(file: &str) {
     let t = load(file);
     let medium = match t.channel {
@@ -375,21 +410,29 @@ async fn on_engine(file: &str) {
         Via::Sms => Medium::Sms,
     };
     let mut d = EngineDriver::on(&t.phone, medium);
+    d.site = site_of(&t);
     run(file, &t, &mut d, "engine").await;
 }
 
 async fn on_http(file: &str) {
-    on_server(file, TestServer::start().await).await;
+    on_server(file, false).await;
 }
 
 /// Against the HTTP server on a fresh PostgreSQL database of the test cluster ([`crate::pg`]).
 async fn on_postgres(file: &str) {
-    let Some(server) = TestServer::start_postgres().await else { return };
-    on_server(file, server).await;
+    on_server(file, true).await;
 }
 
-async fn on_server(file: &str, server: TestServer) {
+async fn on_server(file: &str, postgres: bool) {
     let t = load(file);
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::helpers::settings(dir.path());
+    settings.site = site_of(&t);
+    if postgres {
+        let Some(cluster) = crate::pg::cluster() else { return };
+        settings.store = cluster.new_database().parse().unwrap();
+    }
+    let server = TestServer::start_with(dir, settings).await;
     let e164 = Msisdn::parse(&t.phone).unwrap().e164();
     let phone = match t.channel {
         Via::Ussd => Phone::Ussd(AtPhone::new(&server.url, &e164)),
@@ -459,6 +502,13 @@ transcripts! {
     t15_sms_activation,
     t16_sms_keywords,
     t17_sms_refusals_and_idle,
+    t18_login_retries_and_lock_time,
+    t19_leave_and_come_back,
+    t20_fast_dial_activation,
+    t21_forgot_password,
+    t22_forgot_password_refusals,
+    t23_forgot_passcode,
+    t24_otp_caps_say_until_when,
 }
 
 #[test]

@@ -16,6 +16,10 @@ pub(super) fn switch_language(s: &mut Session) -> Result<Act, EngineError> {
 /// `start_activation`: a fresh activation for the ID number typed; nothing is looked up yet, so the next
 /// step answers alike for numbers the registry has and has not.
 pub(super) fn start_activation(id: NationalId, s: &mut Session, ctx: &Ctx) -> Result<Act, EngineError> {
+    // Starting over for the ID of an activation put aside replaces it.
+    if s.parked.as_ref().is_some_and(|p| p.slots.national_id.as_ref() == Some(&id)) {
+        s.parked = None;
+    }
     s.slots = Slots { started_at: Some(ctx.now), national_id: Some(id), ..Slots::default() };
     Ok(Act::Go("done", None))
 }

@@ -11,6 +11,7 @@ mod activation;
 mod credentials;
 mod login;
 mod otp;
+mod recovery;
 #[cfg(test)]
 mod tests;
 
@@ -22,7 +23,7 @@ pub use otp::resume_note;
 
 use super::policy::Limited;
 use super::validators::Value;
-use super::{AuditEvent, Ctx, Effect, EngineError, Out, Session};
+use super::{AuditEvent, Credential, Ctx, Effect, EngineError, Out, Purpose, Session};
 use crate::clock::Millis;
 use crate::domain::{Msisdn, NationalId, Secret};
 use crate::limits::{self, Bump, Limit};
@@ -87,6 +88,19 @@ fn dispatch(
         (K::FinishActivation, None) => activation::finish_activation(s, ctx, out),
         (K::StartLogin, Some((Value::Id(id), _))) => login::start_login(id, s, ctx),
         (K::Login, Some((Value::Secret(pw), _))) => login::login(pw, s, ctx, out, rng),
+        (K::StartPasswordReset, Some((Value::Id(id), _))) => recovery::start(id, Purpose::ResetPassword, s, ctx),
+        (K::StartPasscodeReset, Some((Value::Id(id), _))) => recovery::start(id, Purpose::ResetPasscode, s, ctx),
+        (K::RequestResetOtp, Some((Value::Phone(phone), _))) => {
+            if s.slots.purpose == Purpose::Activation {
+                return Err(misuse(s, "request_reset_otp outside a recovery"));
+            }
+            otp::request_otp(phone, s, ctx, out, rng)
+        }
+        (K::PickQuestion, None) => recovery::pick_question(s, ctx, rng),
+        (K::CheckAnswer, Some((Value::Secret(answer), _))) => recovery::check_answer(answer, s, ctx, out),
+        (K::FinishPasswordReset, None) => recovery::finish(Credential::Password, s, ctx, out),
+        (K::CheckPassword, Some((Value::Secret(pw), _))) => recovery::check_password(pw, s, ctx, out, rng),
+        (K::FinishPasscodeReset, None) => recovery::finish(Credential::Passcode, s, ctx, out),
         // Every kind is named (no wildcard), so a new action does not compile until it has an arm above.
         (
             K::SwitchLanguage
@@ -102,7 +116,15 @@ fn dispatch(
             | K::SetAnswer
             | K::FinishActivation
             | K::StartLogin
-            | K::Login,
+            | K::Login
+            | K::StartPasswordReset
+            | K::StartPasscodeReset
+            | K::RequestResetOtp
+            | K::PickQuestion
+            | K::CheckAnswer
+            | K::FinishPasswordReset
+            | K::CheckPassword
+            | K::FinishPasscodeReset,
             _,
         ) => Err(misuse(s, "action given a value of the wrong kind")),
     }
@@ -169,8 +191,10 @@ fn misuse(s: &Session, why: &'static str) -> EngineError {
     EngineError::Flow { state: s.state.clone(), why }
 }
 
+/// Credentials are set only once the citizen is proven: the code verified (and, to reset a password, a
+/// security answer right; to reset a passcode, the password right, which sets `verified`).
 fn require_verified(s: &Session) -> Result<(), EngineError> {
-    if s.slots.verified {
+    if s.slots.verified && (s.slots.purpose != Purpose::ResetPassword || s.slots.answered) {
         Ok(())
     } else {
         Err(misuse(s, "credential step before a verified OTP"))

@@ -11,7 +11,8 @@ use crate::clock::Millis;
 use crate::crypto::stored_mac_eq;
 use crate::domain::{Msisdn, NationalId, Otp, Secret};
 use crate::engine::policy::Pool;
-use crate::engine::{CitizenStatus, Ctx, Effect, EngineError, OtpRecord, Out, Session, SmsPurpose};
+use crate::engine::{CitizenStatus, Ctx, Effect, EngineError, OtpRecord, Out, Purpose, Session, SmsPurpose};
+use crate::flow::catalog::fill;
 use crate::flow::{Kind, State};
 use crate::limits::Limit;
 use crate::vocab::{keys, ActionKind};
@@ -38,12 +39,17 @@ pub(super) fn request_otp(
     let citizen = ctx.directory.citizen(&id)?.filter(|c| c.status != CitizenStatus::Removed);
     let pool = Pool::of(ctx.caller, citizen.as_ref().map(|c| &c.phone));
     // Unknown ID and mismatched phone take the same path to the same words (OWASP Authentication Cheat
-    // Sheet: generic responses, no account enumeration).
-    let refusal = match citizen.as_ref().filter(|c| c.phone == phone) {
-        None => Some(("no_match", "activation_no_match")),
-        Some(_) if ctx.directory.account(&id)?.is_some() => Some(("already_active", "activation_already_active")),
-        Some(c) if c.status == CitizenStatus::Pending => Some(("pending", "activation_pending")),
-        Some(_) => None,
+    // Sheet: generic responses, no account enumeration). Both purposes read the citizen and the account.
+    let matched = citizen.as_ref().filter(|c| c.phone == phone);
+    let account = ctx.directory.account(&id)?;
+    let refusal = match (s.slots.purpose, matched) {
+        (Purpose::Activation, None) => Some(("no_match", "activation_no_match")),
+        (Purpose::Activation, Some(_)) if account.is_some() => Some(("already_active", "activation_already_active")),
+        (Purpose::Activation, Some(c)) if c.status == CitizenStatus::Pending => Some(("pending", "activation_pending")),
+        (Purpose::Activation, Some(_)) => None,
+        (_, None) => Some(("no_match", "recovery_no_match")),
+        (_, Some(_)) if account.is_none() => Some(("not_active", "recovery_not_active")),
+        (_, Some(_)) => None,
     };
     if let Some((outcome, event)) = refusal {
         let failed = match spend(ctx, &ctx.policy.failed_lookups(ctx.caller, &id, pool)) {
@@ -55,6 +61,16 @@ pub(super) fn request_otp(
         let who = if outcome == "no_match" { ctx.caller } else { &phone };
         audit(out, event, Some(&id), Some(who));
         return Ok(Act::Go(outcome, None));
+    }
+    // Recovery locked by wrong security answers from this pool: no code is worth sending until it ends.
+    if s.slots.purpose == Purpose::ResetPassword {
+        let (key, _) = ctx.policy.recovery_failure(&id, pool);
+        let tally = ctx.directory.tally(&key)?;
+        if tally.locked_at(ctx.now) {
+            audit(out, "recovery_while_locked", Some(&id), Some(ctx.caller));
+            out.until = tally.locked_until;
+            return Ok(Act::Go("locked", None));
+        }
     }
     // Too many wrong codes for this ID today: activation waits, whatever the phone.
     let wrong = ctx.policy.wrong_code(&id, pool);
@@ -102,8 +118,9 @@ pub(super) fn verify_otp(code: Otp, s: &mut Session, ctx: &Ctx, out: &mut Out) -
     let (Some(id), Some(phone)) = (s.slots.national_id.clone(), s.slots.phone.clone()) else {
         return Err(misuse(s, "verify_otp before request_otp"));
     };
+    // An expired (or voided) code is refused at the prompt, which offers a new one: the activation goes on.
     if s.slots.otp.is_none() {
-        return Ok(Act::Go("expired", None));
+        return Ok(Act::Retry(keys::NOTE_OTP_EXPIRED));
     }
     let wrong = ctx.policy.wrong_code(&id, Pool::of(ctx.caller, Some(&phone)));
     let wrong_bump = match spend(ctx, std::slice::from_ref(&wrong)) {
@@ -114,12 +131,12 @@ pub(super) fn verify_otp(code: Otp, s: &mut Session, ctx: &Ctx, out: &mut Out) -
         }
     };
     let Some(rec) = s.slots.otp.as_mut() else {
-        return Ok(Act::Go("expired", None));
+        return Ok(Act::Retry(keys::NOTE_OTP_EXPIRED));
     };
     if ctx.now > rec.expires_at {
         s.slots.otp = None;
         audit(out, "otp_expired", Some(&id), Some(&phone));
-        return Ok(Act::Go("expired", None));
+        return Ok(Act::Retry(keys::NOTE_OTP_EXPIRED));
     }
     let given = ctx.crypto.otp_mac(id.as_str(), phone.as_str(), &Secret::new(code.expose()));
     if stored_mac_eq(&rec.mac, &given) {
@@ -177,8 +194,10 @@ fn send_otp(s: &mut Session, ctx: &Ctx, out: &mut Out, rng: &mut dyn RngCore) ->
     s.slots.otp = Some(OtpRecord { mac: hex::encode(mac), expires_at: ctx.now.plus(OTP_LIFETIME), wrong: 0 });
     s.slots.otp_sends = s.slots.otp_sends.saturating_add(1);
     let minutes = (OTP_LIFETIME.as_secs() / 60).to_string();
-    let body =
-        ctx.flow.catalog(s.lang).render(keys::SMS_OTP, &[("otp", code.expose().to_string()), ("minutes", minutes)]);
+    // Over USSD the SMS says what to dial to enter the code; over SMS, to reply with it.
+    let args = [("otp", code.expose().to_string()), ("minutes", minutes), ("ussd_code", ctx.site.ussd_code.clone())];
+    let key = if s.slots.purpose == Purpose::Activation { keys::SMS_OTP } else { keys::SMS_OTP_RESET };
+    let body = fill(ctx.flow.catalog(s.lang).get_for(ctx.medium, key), &args);
     out.effects.push(Effect::Sms { to: phone.clone(), body: Secret::new(body), purpose: SmsPurpose::Otp });
     audit(out, "otp_sent", Some(&id), Some(&phone));
     Ok(true)

@@ -163,6 +163,7 @@ impl<'r> Bench<'r> {
             caller: &self.caller,
             medium: Medium::Ussd,
             policy: &self.policy,
+            site: &crate::engine::Site::default(),
         };
         let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None, lookup: false };
         let raw = entry.map(Secret::new);
@@ -202,10 +203,12 @@ impl<'r> Bench<'r> {
                     assert_eq!(effect, bump.expect, "{kind:?}: the engine predicted what the commit does");
                     self.dir.counters.insert(bump.key, next);
                 }
-                Effect::Rehash(r) => {
-                    if let Some(a) = self.dir.accounts.get_mut(r.national_id.as_str()) {
-                        a.password_hash = r.new;
-                    }
+                Effect::UpdateAccount(u) => {
+                    let account = self.dir.accounts.get_mut(u.national_id.as_str());
+                    assert!(
+                        u.apply(account).is_some(),
+                        "one conversation at a time: the account is as the step read it"
+                    );
                 }
                 Effect::Sms { .. } | Effect::Audit(_) => {}
             }
@@ -352,7 +355,7 @@ fn verify(seen: &mut Record) {
 
     assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&bad)), Act::Go("exhausted", None));
     let code = b.last_otp.clone();
-    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Go("expired", None), "voided");
+    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Retry(keys::NOTE_OTP_EXPIRED), "voided");
 
     // The ID's wrong codes for the day are used up: the code is voided, whatever is typed.
     let mut b = Bench::new(b.seen);
@@ -360,7 +363,7 @@ fn verify(seen: &mut Record) {
     let (now, code) = (b.now, b.last_otp.clone());
     b.fill(b.policy.wrong_code(&NationalId::parse(ID, 2026).unwrap(), Pool::Own), now);
     assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Go("rate_limited", None));
-    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Go("expired", None), "voided");
+    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Retry(keys::NOTE_OTP_EXPIRED), "voided");
     let mut s = b.started(ID);
     assert_eq!(b.act(&mut s, ActionKind::RequestOtp, Some(PHONE)), Act::Go("rate_limited", None), "activation waits");
 
@@ -369,7 +372,7 @@ fn verify(seen: &mut Record) {
     b.now = b.now.plus(OTP_LIFETIME + Duration::from_secs(1));
     assert_eq!(b.resume(&s, ActionKind::VerifyOtp), Some(keys::NOTE_OTP_EXPIRED));
     let code = b.last_otp.clone();
-    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Go("expired", None));
+    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Retry(keys::NOTE_OTP_EXPIRED));
 }
 
 fn credentials(seen: &mut Record) {
@@ -417,25 +420,154 @@ fn login(seen: &mut Record) {
     assert_eq!(b.act(&mut s, ActionKind::Login, Some(PASSWORD)), Act::Go("ok", None));
     for n in 1..b.policy.login_failures {
         let mut s = b.login_session(ID);
-        let want = if n >= 3 { "refused_near_lock" } else { "refused" };
-        assert_eq!(b.act(&mut s, ActionKind::Login, Some("Xyz*9876q")), Act::Go(want, None), "failure {n}");
+        let want = if n >= 3 { keys::ERR_LOGIN_NEAR_LOCK } else { keys::ERR_LOGIN_REFUSED };
+        assert_eq!(b.act(&mut s, ActionKind::Login, Some("Xyz*9876q")), Act::Retry(want), "failure {n}");
     }
     let mut s = b.login_session(ID);
     assert_eq!(b.act(&mut s, ActionKind::Login, Some("Xyz*9876q")), Act::Go("locked", None));
     let mut s = b.login_session(ID);
     assert_eq!(b.act(&mut s, ActionKind::Login, Some(PASSWORD)), Act::Go("locked", None), "even the right one");
     let mut s = b.login_session(UNKNOWN_ID);
-    assert_eq!(b.act(&mut s, ActionKind::Login, Some(PASSWORD)), Act::Go("refused", None));
+    assert_eq!(b.act(&mut s, ActionKind::Login, Some(PASSWORD)), Act::Retry(keys::ERR_LOGIN_REFUSED));
     // The citizen's own phone locked its pool; a stranger's pool is another count.
     b.caller = Msisdn::parse(OTHER_PHONE).unwrap();
     let mut s = b.login_session(ID);
     assert_eq!(b.act(&mut s, ActionKind::Login, Some(PASSWORD)), Act::Go("ok", None), "the other pool is open");
 }
 
+impl Bench<'_> {
+    /// A bench where [`ID`] is activated (answers "Mướp" and "Hà Nội").
+    fn activated(seen: &mut Record) -> Bench<'_> {
+        let mut b = Bench::new(seen);
+        let mut s = b.answered();
+        assert_eq!(b.act(&mut s, ActionKind::FinishActivation, None), Act::Go("activated", None));
+        b
+    }
+
+    fn reset(&mut self, kind: ActionKind, id: &str) -> Session {
+        let mut s = self.session();
+        assert_eq!(self.act(&mut s, kind, Some(id)), Act::Go("done", None));
+        s
+    }
+
+    /// Forgot password for [`ID`]: code sent, verified, a question drawn.
+    fn asked(&mut self) -> Session {
+        let mut s = self.reset(ActionKind::StartPasswordReset, ID);
+        assert_eq!(self.act(&mut s, ActionKind::RequestResetOtp, Some(PHONE)), Act::Go("sent", None));
+        let code = self.last_otp.clone();
+        assert_eq!(self.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Go("ok", None));
+        assert_eq!(self.act(&mut s, ActionKind::PickQuestion, None), Act::Go("done", None));
+        s
+    }
+
+    /// The right answer to the question `s` was asked.
+    fn answer_of(&self, s: &Session) -> &'static str {
+        if s.slots.question.as_deref() == self.flow.questions.first().map(String::as_str) {
+            "Mướp"
+        } else {
+            "Hà Nội"
+        }
+    }
+}
+
+fn forgot_password(seen: &mut Record) {
+    let mut b = Bench::activated(seen);
+    let mut s = b.reset(ActionKind::StartPasswordReset, UNKNOWN_ID);
+    assert_eq!(b.act(&mut s, ActionKind::RequestResetOtp, Some(PHONE)), Act::Go("no_match", None));
+    let mut s = b.reset(ActionKind::StartPasswordReset, OTHER_ID);
+    assert_eq!(b.act(&mut s, ActionKind::RequestResetOtp, Some(OTHER_PHONE)), Act::Go("not_active", None));
+
+    // The citizen locked her own log-in, then resets the password: the lock no longer stands.
+    for _ in 0..b.policy.login_failures {
+        let mut l = b.login_session(ID);
+        b.act(&mut l, ActionKind::Login, Some("Xyz*9876q"));
+    }
+    let mut l = b.login_session(ID);
+    assert_eq!(b.act(&mut l, ActionKind::Login, Some(PASSWORD)), Act::Go("locked", None));
+    let mut s = b.asked();
+    assert_eq!(b.act(&mut s, ActionKind::CheckAnswer, Some("Sai")), Act::Retry(keys::ERR_ANSWER_WRONG));
+    let right = b.answer_of(&s);
+    assert_eq!(b.act(&mut s, ActionKind::CheckAnswer, Some(right)), Act::Go("ok", None));
+    assert_eq!(b.act(&mut s, ActionKind::ChoosePassword, Some("New#Pass42")), Act::Go("done", None));
+    assert_eq!(b.act(&mut s, ActionKind::ConfirmPassword, Some("New#Pass42")), Act::Go("ok", None));
+    assert_eq!(b.act(&mut s, ActionKind::FinishPasswordReset, None), Act::Go("done", None));
+    let mut l = b.login_session(ID);
+    assert_eq!(b.act(&mut l, ActionKind::Login, Some("New#Pass42")), Act::Go("ok", None), "the new password");
+
+    // Five wrong answers lock recovery from this pool; no code is sent while it lasts.
+    let mut s = b.asked();
+    for _ in 1..b.policy.login_failures {
+        assert_eq!(b.act(&mut s, ActionKind::CheckAnswer, Some("Sai")), Act::Retry(keys::ERR_ANSWER_WRONG));
+    }
+    assert_eq!(b.act(&mut s, ActionKind::CheckAnswer, Some("Sai")), Act::Go("locked", None));
+    let right = b.answer_of(&s);
+    assert_eq!(b.act(&mut s, ActionKind::CheckAnswer, Some(right)), Act::Go("locked", None), "even the right one");
+    let mut s = b.reset(ActionKind::StartPasswordReset, ID);
+    assert_eq!(b.act(&mut s, ActionKind::RequestResetOtp, Some(PHONE)), Act::Go("locked", None));
+
+    // The activation's caps hold for recovery too.
+    let mut b = Bench::activated(b.seen);
+    let now = b.now;
+    b.fill(b.policy.otp_phone(&Msisdn::parse(PHONE).unwrap(), Pool::Own), now);
+    let mut s = b.reset(ActionKind::StartPasswordReset, ID);
+    assert_eq!(b.act(&mut s, ActionKind::RequestResetOtp, Some(PHONE)), Act::Go("limit", None));
+    let mut b = Bench::activated(b.seen);
+    let (now, caller) = (b.now, b.caller.clone());
+    b.fill(b.policy.lookups(&caller)[0].clone(), now);
+    let mut s = b.reset(ActionKind::StartPasswordReset, ID);
+    assert_eq!(b.act(&mut s, ActionKind::RequestResetOtp, Some(PHONE)), Act::Go("rate_limited", None));
+
+    // The account or the registry entry went away meanwhile.
+    let mut b = Bench::activated(b.seen);
+    let mut s = b.reset(ActionKind::StartPasswordReset, ID);
+    assert_eq!(b.act(&mut s, ActionKind::RequestResetOtp, Some(PHONE)), Act::Go("sent", None));
+    let code = b.last_otp.clone();
+    assert_eq!(b.act(&mut s, ActionKind::VerifyOtp, Some(&code)), Act::Go("ok", None));
+    let account = b.dir.accounts.remove(ID);
+    assert_eq!(b.act(&mut s, ActionKind::PickQuestion, None), Act::Go("refused", None));
+    b.dir.accounts.extend(account.map(|a| (ID.to_string(), a)));
+    let mut s = b.asked();
+    let account = b.dir.accounts.remove(ID);
+    assert_eq!(b.act(&mut s, ActionKind::CheckAnswer, Some("Sai")), Act::Go("refused", None));
+    b.dir.accounts.extend(account.map(|a| (ID.to_string(), a)));
+    let mut s = b.asked();
+    let right = b.answer_of(&s);
+    assert_eq!(b.act(&mut s, ActionKind::CheckAnswer, Some(right)), Act::Go("ok", None));
+    assert_eq!(b.act(&mut s, ActionKind::ChoosePassword, Some("New#Pass42")), Act::Go("done", None));
+    b.dir.citizens.remove(ID);
+    assert_eq!(b.act(&mut s, ActionKind::FinishPasswordReset, None), Act::Go("refused", None));
+}
+
+fn forgot_passcode(seen: &mut Record) {
+    let mut b = Bench::activated(seen);
+    let mut s = b.reset(ActionKind::StartPasscodeReset, ID);
+    for n in 1..b.policy.login_failures {
+        let want = if n >= 3 { keys::ERR_LOGIN_NEAR_LOCK } else { keys::ERR_LOGIN_REFUSED };
+        assert_eq!(b.act(&mut s, ActionKind::CheckPassword, Some("Xyz*9876q")), Act::Retry(want));
+    }
+    assert_eq!(b.act(&mut s, ActionKind::CheckPassword, Some("Xyz*9876q")), Act::Go("locked", None));
+
+    let mut b = Bench::activated(b.seen);
+    let mut s = b.reset(ActionKind::StartPasscodeReset, ID);
+    assert_eq!(b.act(&mut s, ActionKind::CheckPassword, Some(PASSWORD)), Act::Go("ok", None));
+    assert_eq!(b.act(&mut s, ActionKind::ChoosePasscode, Some("369250")), Act::Go("done", None));
+    assert_eq!(b.act(&mut s, ActionKind::ConfirmPasscode, Some("369250")), Act::Go("ok", None));
+    assert_eq!(b.act(&mut s, ActionKind::FinishPasscodeReset, None), Act::Go("done", None));
+    assert!(b.crypto.verify_secret("369250", &b.dir.accounts[ID].passcode_hash), "the account holds the new one");
+
+    let mut s = b.reset(ActionKind::StartPasscodeReset, ID);
+    assert_eq!(b.act(&mut s, ActionKind::CheckPassword, Some(PASSWORD)), Act::Go("ok", None));
+    assert_eq!(b.act(&mut s, ActionKind::ChoosePasscode, Some("369250")), Act::Go("done", None));
+    b.dir.citizens.remove(ID);
+    assert_eq!(b.act(&mut s, ActionKind::FinishPasscodeReset, None), Act::Go("refused", None));
+}
+
 #[test]
 fn every_action_returns_exactly_what_it_declares() {
     let mut seen = Record::new();
-    for situation in [language, request, resend, verify, credentials, answers, finish, login] {
+    for situation in
+        [language, request, resend, verify, credentials, answers, finish, login, forgot_password, forgot_passcode]
+    {
         situation(&mut seen);
     }
     let mut disagree = Vec::new();
@@ -487,6 +619,7 @@ fn an_action_given_the_wrong_kind_of_value_is_a_flow_fault() {
         caller: &b.caller,
         medium: Medium::Ussd,
         policy: &b.policy,
+        site: &crate::engine::Site::default(),
     };
     let mut out = Out { effects: Vec::new(), args: Vec::new(), took_secret: false, until: None, lookup: false };
     let err = run(ActionKind::Login, None, &mut s, &ctx, &mut out, &mut b.rng).unwrap_err();
