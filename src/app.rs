@@ -29,6 +29,7 @@ use crate::sms::kannel::{self, KannelConfig, KannelSender};
 use crate::sms::worker::Worker;
 use crate::sms::SmsSender;
 use crate::store::memory::MemoryStore;
+use crate::store::postgres::PgStore;
 use crate::store::sled_store::SledStore;
 use crate::store::{Expired, Retention, Store, StoreError};
 
@@ -212,12 +213,17 @@ impl App {
                 Arc::new(KannelSender::new(config, crypto.clone())?)
             }
         };
-        let (store, sled): (Arc<dyn Store>, Option<Arc<SledStore>>) = match settings.store {
+        let (store, sled): (Arc<dyn Store>, Option<Arc<SledStore>>) = match &settings.store {
             StoreKind::Sled => {
                 let sled = Arc::new(SledStore::open_at(&settings.db_dir(), clock.now())?);
                 (sled.clone(), Some(sled))
             }
             StoreKind::Memory => (Arc::new(MemoryStore::new()), None),
+            StoreKind::Postgres(url) => {
+                let pg = PgStore::open(url.expose()).await?;
+                pg.check_key(&crypto.key_check()).await?;
+                (Arc::new(pg), None)
+            }
         };
         let audit_log =
             Arc::new(AuditLog::open(&settings.audit_log, settings.audit_log_max_bytes, store.clone(), crypto.clone())?);

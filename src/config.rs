@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load and validate every flow file and message catalogue; print each problem as `file: state: problem`.
     Check(CheckArgs),
     /// A keypad phone in the terminal, running the same engine and store in-process.
@@ -229,13 +229,66 @@ fn secret(value: &str) -> Result<Secret, String> {
     Ok(Secret::new(value))
 }
 
-/// Where conversations, accounts and the outbox are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Where conversations, accounts and the outbox are kept: `sled`, `memory`, or a PostgreSQL URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     /// sled in `<data-dir>/db`: durable, one process per data dir.
     Sled,
     /// In memory: nothing survives the process (demos and tests).
     Memory,
+    /// A PostgreSQL database (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`), shared by any number of
+    /// instances.
+    Postgres(DatabaseUrl),
+}
+
+/// A database URL; `Debug` and `Display` leave out its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::store::postgres::display_url(&self.0))
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::store::postgres::display_url(&self.0))
+    }
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<StoreKind, String> {
+        match s {
+            "sled" => Ok(StoreKind::Sled),
+            "memory" => Ok(StoreKind::Memory),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(StoreKind::Postgres(DatabaseUrl(url.to_string())))
+            }
+            _ => Err("expected sled, memory, or a PostgreSQL URL postgres://USER@HOST:PORT/DB".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreKind::Sled => f.write_str("sled"),
+            StoreKind::Memory => f.write_str("memory"),
+            StoreKind::Postgres(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+pub fn store_kind(value: &str) -> Result<StoreKind, String> {
+    value.parse()
 }
 
 #[derive(Debug, Clone, Args)]
@@ -253,8 +306,10 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "KICHHOAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Storage backend.
-    #[arg(long, env = "KICHHOAT_STORE", value_enum, default_value_t = StoreKind::Sled)]
+    /// Storage backend: `sled` (in --data-dir, one process), `memory` (nothing kept), or a PostgreSQL URL
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` shared by several instances (give every instance the
+    /// same --key-file). Prefer the environment variable when the URL holds a password.
+    #[arg(long, env = "KICHHOAT_STORE", hide_env_values = true, value_parser = store_kind, default_value = "sled")]
     pub store: StoreKind,
     /// Where outgoing SMS go: `file` (the outbox file) or `kannel` (a Kannel smsbox: needs
     /// --kannel-url, --kannel-user and --kannel-password; --sms-outbox is then unused).
@@ -305,8 +360,8 @@ pub struct ServeArgs {
     #[arg(long, env = "KICHHOAT_HASH_THREADS")]
     pub hash_threads: Option<usize>,
     /// The admin API's address (`kichhoat admin …`, `kichhoat registry import`), loopback only, with a
-    /// token drawn at each start and written to `<data-dir>/admin.json` (0600). Default: 127.0.0.1:8081,
-    /// or a free loopback port when that one is taken (the CLI finds it in admin.json).
+    /// token drawn at each start and written to `<data-dir>/admin.json` (0600). Default: a free port of
+    /// 127.0.0.1 (the CLI finds it in admin.json; a fixed one could take another instance's --listen).
     #[arg(long, env = "KICHHOAT_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// No admin API: operator commands then need the server stopped.
@@ -480,8 +535,9 @@ pub struct SimulateArgs {
     /// never disturbs a running server's data.
     #[arg(long, env = "KICHHOAT_SIMULATE_DATA_DIR", default_value = "data-simulate")]
     pub data_dir: PathBuf,
-    /// Storage backend: in memory by default (each run starts afresh); `sled` keeps it in `<data-dir>/db`.
-    #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
+    /// Storage backend: in memory by default (each run starts afresh); `sled` keeps it in `<data-dir>/db`;
+    /// a `postgres://…` URL uses that database.
+    #[arg(long, value_parser = store_kind, default_value = "memory")]
     pub store: StoreKind,
     #[command(flatten)]
     pub common: Common,
@@ -582,7 +638,7 @@ mod tests {
     fn serve(args: &[&str]) -> ServeArgs {
         let argv = [&["kichhoat", "serve"], args].concat();
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Serve(s) => s,
+            Command::Serve(s) => *s,
             other => panic!("{other:?}"),
         }
     }
@@ -625,8 +681,22 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_url_selects_postgres_and_its_password_never_shows() {
+        let s = serve(&["--store", "postgres://kichhoat:pw-Zk3!@db.lan:5432/kichhoat"]);
+        let StoreKind::Postgres(url) = &s.store else { panic!("{:?}", s.store) };
+        assert_eq!(url.expose(), "postgres://kichhoat:pw-Zk3!@db.lan:5432/kichhoat");
+        for shown in [format!("{:?}", s.store), s.store.to_string(), format!("{s:?}")] {
+            assert!(!shown.contains("pw-Zk3!"), "{shown}");
+        }
+        assert_eq!(s.store.to_string(), "postgres://kichhoat@db.lan:5432/kichhoat");
+        assert_eq!(serve(&["--store", "memory"]).store, StoreKind::Memory);
+        let err = Cli::try_parse_from(["kichhoat", "serve", "--store", "mysql://x"]).unwrap_err().to_string();
+        assert!(err.contains("postgres://"), "{err}");
+    }
+
+    #[test]
     fn the_admin_api_stays_on_loopback_and_can_be_turned_off() {
-        assert_eq!(serve(&[]).admin_addr().unwrap(), Some(("127.0.0.1:8081".parse().unwrap(), false)));
+        assert_eq!(serve(&[]).admin_addr().unwrap(), Some(("127.0.0.1:0".parse().unwrap(), false)));
         assert_eq!(
             serve(&["--admin-listen", "[::1]:9000"]).admin_addr().unwrap(),
             Some(("[::1]:9000".parse().unwrap(), true))
@@ -644,6 +714,7 @@ mod tests {
     fn the_file_sender_is_the_default_and_needs_no_kannel_flag() {
         let s = serve(&[]);
         assert!(matches!(s.sender().unwrap(), SenderSettings::File));
+        assert_eq!(s.store, StoreKind::Sled);
         assert_eq!(s.common.sms_charset, Charset::Gsm7);
     }
 

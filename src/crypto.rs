@@ -74,6 +74,8 @@ pub struct Crypto {
     dlr: Key,
     /// Pseudonyms of ID numbers in the audit trail file.
     audit: Key,
+    /// See [`Crypto::key_check`].
+    key_check: Key,
     cost: HashCost,
     dummy_hash: String,
 }
@@ -96,6 +98,7 @@ impl Crypto {
             pepper: derive(master, "kichhoat/pepper/v1"),
             dlr: derive(master, "kichhoat/dlr/v1"),
             audit: derive(master, "kichhoat/audit-subject/v1"),
+            key_check: derive(master, "kichhoat/key-check/v1"),
             cost,
             dummy_hash: String::new(),
         };
@@ -122,14 +125,29 @@ impl Crypto {
                 if let Some(dir) = path.parent() {
                     fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
                 }
+                // Written whole beside it, then linked into place (atomic, and refused if the file exists):
+                // instances started at once on one key file (several on one database) never read half a
+                // key, and all end up with the one that was linked first.
+                let mut tmp = path.as_os_str().to_owned();
+                tmp.push(format!(".{}-{:08x}.tmp", std::process::id(), rand::rngs::OsRng.next_u32()));
+                let tmp = std::path::PathBuf::from(tmp);
                 let mut opts = fs::OpenOptions::new();
-                opts.write(true).create_new(true);
+                opts.write(true).create(true).truncate(true);
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-                let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
-                f.write_all(hex::encode(key).as_bytes()).map_err(|e| err(e.to_string()))?;
-                f.sync_all().map_err(|e| err(e.to_string()))?;
-                key
+                let written = opts.open(&tmp).and_then(|mut f| {
+                    f.write_all(hex::encode(key).as_bytes())?;
+                    f.sync_all()
+                });
+                let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+                let _ = fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => key,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        return Crypto::load_or_create(path, cost)
+                    }
+                    Err(e) => return Err(err(e.to_string())),
+                }
             }
             Err(e) => return Err(err(e.to_string())),
         };
@@ -212,6 +230,13 @@ impl Crypto {
     /// hash, and are to a key kept outside the file.
     pub fn audit_subject(&self, national_id: &str) -> String {
         hex::encode(&mac(&self.audit, &[national_id.as_bytes()])[..16])
+    }
+
+    /// A fingerprint of the master key (a keyed hash of a fixed label, under a key of its own): a database
+    /// shared by several instances keeps it, so an instance started with another key file is refused
+    /// before it writes what the others cannot read. It gives nothing of the key back.
+    pub fn key_check(&self) -> String {
+        hex::encode(&mac(&self.key_check, &[b"kichhoat key check"])[..16])
     }
 
     /// Seals `plain` with ChaCha20-Poly1305 under a random nonce; `aad` binds it to its record.
@@ -395,6 +420,20 @@ mod tests {
         assert!(!sealed.windows(6).any(|w| w == b"123456"));
         assert_eq!(c.open(&sealed, b"42").unwrap().expose(), "Ma OTP 123456");
         assert!(c.open(&sealed, b"43").is_err());
+    }
+
+    #[test]
+    fn instances_creating_one_key_file_at_once_all_get_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.key");
+        let macs: Vec<[u8; 32]> = std::thread::scope(|s| {
+            let opened: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| Crypto::load_or_create(&path, HashCost::DANGER_TEST_ONLY).unwrap()))
+                .collect();
+            opened.into_iter().map(|h| h.join().unwrap().otp_mac("1", "2", &Secret::new("123456"))).collect()
+        });
+        assert!(macs.iter().all(|m| m == &macs[0]), "one key for all");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
     }
 
     #[test]

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         },
         Command::Serve(args) => {
             init_logs(args.log_format, "info");
-            run(serve(args))
+            run(serve(*args))
         }
         Command::Simulate(args) => {
             init_logs(LogFormat::Text, "warn");
@@ -188,7 +188,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     args.check_exposure()?;
     args.check_registry()?;
     let admin_listener = admin_listener(&args).await?;
-    let mut settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), args.store, &args.common);
+    let mut settings = Settings::new(args.data_dir.clone(), args.sms_outbox.clone(), args.store.clone(), &args.common);
     settings.sms_sender = args.sender()?;
     settings.webhook_token = args.webhook_token.clone();
     settings.webhook_allow = args.allow()?;
@@ -217,6 +217,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     info!(
         %addr,
         data_dir = %settings.data_dir.display(),
+        store = %settings.store,
         audit_log = %settings.audit_log.display(),
         flows = %app.service.flow.source,
         "kichhoat listening on http://{addr} (POST /ussd/africastalking, GET|POST /sms/kannel)"

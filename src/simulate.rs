@@ -47,12 +47,12 @@ impl SmsSender for ShowingSender {
 
 pub async fn run(args: SimulateArgs) -> Result<(), String> {
     let phone = Msisdn::parse(&args.phone).map_err(|e| format!("--phone: {e}"))?;
-    let settings = Settings::new(args.data_dir.clone(), None, args.store, &args.common);
+    let settings = Settings::new(args.data_dir.clone(), None, args.store.clone(), &args.common);
     let sender = Arc::new(ShowingSender { phone: phone.clone(), shown: Mutex::new(Vec::new()) });
     let app = App::open_with_sender(&settings, Arc::new(SystemClock), HashCost::OWASP, Some(sender.clone()))
         .await
         .map_err(|e| e.to_string())?;
-    println!("kichhoat simulator: phone {} ({:?} store)", phone.e164(), settings.store);
+    println!("kichhoat simulator: phone {} ({} store)", phone.e164(), settings.store);
     println!("Type your keypad input and press Enter. Ctrl-D hangs up.\n");
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut dial = 0u32;

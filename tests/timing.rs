@@ -14,6 +14,9 @@ use rand::SeedableRng;
 #[path = "api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+#[path = "api/pg.rs"]
+#[allow(dead_code)]
+mod pg;
 
 use helpers::{fold, settings, AtPhone, TestServer};
 

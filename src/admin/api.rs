@@ -1,5 +1,5 @@
 //! The admin API: the operator commands over HTTP on a listener of their own (`--admin-listen`, loopback
-//! only, default `127.0.0.1:8081`), so they work while the server holds the data dir (sled allows one
+//! only, default a free port of `127.0.0.1`), so they work while the server holds the data dir (sled allows one
 //! process per data dir).
 //!
 //! Every route but `/healthz` wants `Authorization: Bearer <token>`. The token is 32 random bytes drawn
@@ -41,8 +41,10 @@ use crate::domain::NationalId;
 use crate::engine::AuditEvent;
 use crate::store::AuditRecord;
 
-/// The admin listener's default address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
+/// The admin listener's default address: a free loopback port, found by the CLI in `admin.json`. A fixed
+/// port would be taken from the next instance on the machine (several on one database), whose `--listen`
+/// could well be it.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:0";
 /// The file, in the data dir, that tells the CLI where the admin API is and its token.
 pub const ENDPOINT_FILE: &str = "admin.json";
 /// The largest registry CSV the API takes (about 2.5 million rows).

@@ -1,7 +1,8 @@
 //! The operator's side: `kichhoat admin show|unlock|cancel` and `kichhoat registry import`. With a server
 //! running on the data dir, the command goes to its admin API (URL and token from
 //! `<data-dir>/admin.json`); with none, it opens the data dir itself (the store, the key file and the
-//! audit trail file) and does the same work in-process, audited the same way.
+//! audit trail file), or with `--store postgres://…` the database several instances share, and does the
+//! same work in-process, audited the same way.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,12 +14,15 @@ use super::api::{Endpoint, ForId, ImportQuery, ENDPOINT_FILE};
 use super::{Admin, AdminError, Cancelled, CitizenView, Operator, Unlocked, What};
 use crate::audit::AuditLog;
 use crate::clock::{Clock, SystemClock};
+use crate::config::StoreKind;
 use crate::config::{db_dir, LimitArgs};
 use crate::crypto::{Crypto, HashCost};
 use crate::domain::NationalId;
 use crate::flow::Lang;
 use crate::registry::ImportReport;
+use crate::store::postgres::PgStore;
 use crate::store::sled_store::SledStore;
+use crate::store::Store;
 
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
@@ -100,6 +104,10 @@ pub struct AdminOpts {
     /// With no server running: the audit trail file (default `<data-dir>/audit.jsonl`).
     #[arg(long, env = "KICHHOAT_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
+    /// With no server running: the store the servers use, as `serve --store` (`sled` in the data dir, or
+    /// the `postgres://…` database several instances share).
+    #[arg(long, env = "KICHHOAT_STORE", hide_env_values = true, value_parser = crate::config::store_kind, default_value = "sled")]
+    pub store: StoreKind,
     /// With no server running, the limits are read from the same settings as `serve` (the
     /// `KICHHOAT_*` environment, e.g. a systemd EnvironmentFile) to show caps and locks.
     #[command(flatten)]
@@ -182,40 +190,61 @@ enum Target {
     Local(Local),
 }
 
-/// The data dir opened in this process (no server holds it).
+/// The data dir (or the shared database) opened in this process (no server holds it).
 struct Local {
     admin: Admin,
-    sled: Arc<SledStore>,
+    /// The sled store, flushed when done; `None` on PostgreSQL (every commit is durable).
+    sled: Option<Arc<SledStore>>,
 }
 
 impl Local {
-    fn open(opts: &AdminOpts) -> Result<Local, ClientError> {
+    async fn open(opts: &AdminOpts) -> Result<Local, ClientError> {
         let dir = &opts.data_dir;
-        if !db_dir(dir).exists() {
-            return Err(ClientError::Local(format!(
-                "no server answers for {} and it holds no database: is --data-dir right?",
-                dir.display()
-            )));
-        }
-        let sled = SledStore::open(&db_dir(dir)).map_err(|e| {
-            ClientError::Local(format!(
-                "{} is in use ({e}) but its admin API was not found ({}): was the server started with \
-                 --no-admin? Run the command while it serves with its admin listener, or stop it first",
-                dir.display(),
-                ENDPOINT_FILE
-            ))
-        })?;
-        let sled = Arc::new(sled);
         let key_file = opts.key_file.clone().unwrap_or_else(|| dir.join("secret.key"));
+        let (store, sled): (Arc<dyn Store>, Option<Arc<SledStore>>) = match &opts.store {
+            StoreKind::Postgres(url) => {
+                // The key must exist: a new one would not open what the servers wrote.
+                if !key_file.exists() {
+                    return Err(ClientError::Local(format!(
+                        "{}: no key file; give the servers' --key-file (KICHHOAT_KEY_FILE)",
+                        key_file.display()
+                    )));
+                }
+                let crypto = Crypto::load_or_create(&key_file, HashCost::OWASP)
+                    .map_err(|e| ClientError::Local(e.to_string()))?;
+                let pg = PgStore::open(url.expose()).await.map_err(|e| ClientError::Local(e.to_string()))?;
+                pg.check_key(&crypto.key_check()).await.map_err(|e| ClientError::Local(e.to_string()))?;
+                (Arc::new(pg), None)
+            }
+            _ => {
+                if !db_dir(dir).exists() {
+                    return Err(ClientError::Local(format!(
+                        "no server answers for {} and it holds no database: is --data-dir right? (several \
+                         instances on PostgreSQL: give --store)",
+                        dir.display()
+                    )));
+                }
+                let sled = SledStore::open(&db_dir(dir)).map_err(|e| {
+                    ClientError::Local(format!(
+                        "{} is in use ({e}) but its admin API was not found ({}): was the server started with \
+                         --no-admin? Run the command while it serves with its admin listener, or stop it first",
+                        dir.display(),
+                        ENDPOINT_FILE
+                    ))
+                })?;
+                let sled = Arc::new(sled);
+                (sled.clone(), Some(sled))
+            }
+        };
         let crypto = Arc::new(
             Crypto::load_or_create(&key_file, HashCost::OWASP).map_err(|e| ClientError::Local(e.to_string()))?,
         );
         let audit_path = opts.audit_log.clone().unwrap_or_else(|| crate::config::audit_log(dir));
         let max = crate::audit::DEFAULT_MAX_MB.saturating_mul(1 << 20);
         let audit_log =
-            AuditLog::open(&audit_path, max, sled.clone(), crypto).map_err(|e| ClientError::Local(e.to_string()))?;
+            AuditLog::open(&audit_path, max, store.clone(), crypto).map_err(|e| ClientError::Local(e.to_string()))?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let admin = Admin::new(sled.clone(), Arc::new(opts.limits.policy()), clock, Arc::new(audit_log));
+        let admin = Admin::new(store, Arc::new(opts.limits.policy()), clock, Arc::new(audit_log));
         Ok(Local { admin, sled })
     }
 }
@@ -238,7 +267,7 @@ async fn target(opts: &AdminOpts) -> Result<Target, ClientError> {
             return Ok(Target::Api(endpoint));
         }
     }
-    Ok(Target::Local(Local::open(opts)?))
+    Ok(Target::Local(Local::open(opts).await?))
 }
 
 async fn post<T: DeserializeOwned>(
@@ -370,7 +399,7 @@ pub async fn run_registry(args: &RegistryArgs) -> Result<String, ClientError> {
 
 fn close(target: Target) {
     if let Target::Local(l) = target {
-        if let Err(e) = l.sled.flush() {
+        if let Some(Err(e)) = l.sled.map(|s| s.flush()) {
             eprintln!("warning: final flush failed: {e}");
         }
     }

@@ -1,8 +1,9 @@
 //! Storage behind one async trait: conversations (per phone, versioned), citizens, accounts, counters,
 //! the SMS outbox and the audit trail. sled is the embedded default ([`sled_store::SledStore`]), an
-//! in-memory store serves tests and `simulate` ([`memory::MemoryStore`]); a SQL database implements the
-//! same trait with the same guarantees (one transaction per commit, row locks for counters,
-//! `FOR UPDATE SKIP LOCKED` for outbox claims).
+//! in-memory store serves tests and `simulate` ([`memory::MemoryStore`]); PostgreSQL implements the same
+//! trait with the same guarantees across several instances on one database ([`postgres::PgStore`]: one
+//! transaction per commit, row locks for conversations and counters, `FOR UPDATE SKIP LOCKED` for outbox
+//! claims).
 //!
 //! The contract every backend keeps (and `tests/api/store_contract.rs` checks against each):
 //! - [`Store::commit`] is one transaction: the conversation, compared and set against the version the
@@ -37,6 +38,7 @@
 //! - Nothing secret is written in plain text: callers pass hashes and sealed SMS bodies only.
 
 pub mod memory;
+pub mod postgres;
 pub mod sled_store;
 
 use std::collections::BTreeMap;
@@ -58,6 +60,8 @@ pub enum StoreError {
     Corrupt { what: &'static str, why: String },
     #[error("the data was written by a newer release (store schema {found}; this build reads up to {supported})")]
     NewerSchema { found: u32, supported: u32 },
+    #[error("the database was written with another master key than --key-file's: every instance on one database needs a copy of the same key file")]
+    KeyMismatch,
 }
 
 /// The version of a stored conversation: changes on every write, never repeats.

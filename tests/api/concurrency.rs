@@ -6,6 +6,9 @@
 //! sixteen wrong passwords at once all read "no failures yet" and got sixteen plain refusals, and sixty
 //! code requests at once sent more SMS than the cap. The caps are the default policy's: strangers' log-in
 //! failures lock their pool after 5 in a row, and strangers get 3 codes per ID in 15 minutes.
+//!
+//! Each test runs on sled and again on PostgreSQL (`…_on_postgres`), where the limits are held by the
+//! database's row locks rather than one process.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,14 +106,22 @@ struct LoginRun {
 
 /// On a fresh server with An's account: `n` phones each type `id` and a wrong password, the last hop
 /// at once or one at a time. Checks afterwards that log-in of `id` is locked.
-async fn wrong_log_ins(id: &str, n: usize, concurrent: bool) -> LoginRun {
-    wrong_passwords("2", "login", id, n, concurrent).await
+async fn wrong_log_ins(id: &str, n: usize, concurrent: bool, postgres: bool) -> Option<LoginRun> {
+    wrong_passwords("2", "login", id, n, concurrent, postgres).await
 }
 
 /// As [`wrong_log_ins`], through menu choice `choice` (`2` log in, `5` forgot passcode, which checks the
-/// password toward the same lock), audited as `<event>_failed` / `<event>_locked`.
-async fn wrong_passwords(choice: &str, event: &str, id: &str, n: usize, concurrent: bool) -> LoginRun {
-    let server = TestServer::start().await;
+/// password toward the same lock), audited as `<event>_failed` / `<event>_locked`; on PostgreSQL when
+/// `postgres` (`None`: PostgreSQL unavailable).
+async fn wrong_passwords(
+    choice: &str,
+    event: &str,
+    id: &str,
+    n: usize,
+    concurrent: bool,
+    postgres: bool,
+) -> Option<LoginRun> {
+    let server = TestServer::start_on(postgres).await?;
     activate(&server, AN_PHONE, AN_ID, AN_PASSWORD).await;
     let phones = prepared(&server, n, &[choice, id], "Wrong*pw1").await;
     let replies = if concurrent { at_once(phones).await } else { one_at_a_time(phones).await };
@@ -139,13 +150,13 @@ async fn wrong_passwords(choice: &str, event: &str, id: &str, n: usize, concurre
         locked_audited: audited(&server, &format!("{event}_locked")).await,
     };
     server.stop().await;
-    run
+    Some(run)
 }
 
-async fn wrong_log_ins_at_once_get_no_further_than_one_at_a_time(id: &str) {
+async fn wrong_log_ins_at_once_get_no_further_than_one_at_a_time(id: &str, postgres: bool) {
     const PHONES: usize = 16;
-    let sequential = wrong_log_ins(id, PHONES, false).await;
-    let concurrent = wrong_log_ins(id, PHONES, true).await;
+    let Some(sequential) = wrong_log_ins(id, PHONES, false, postgres).await else { return };
+    let concurrent = wrong_log_ins(id, PHONES, true, postgres).await.unwrap();
     eprintln!("{id}, {PHONES} wrong passwords: one at a time {sequential:?}; at once {concurrent:?}");
     let expected = LoginRun { refused: 4, locked: PHONES - 4, other: 0, failed_audited: 5, locked_audited: 1 };
     assert_eq!(sequential, expected, "the baseline: the 5th failure locks and says so");
@@ -154,19 +165,24 @@ async fn wrong_log_ins_at_once_get_no_further_than_one_at_a_time(id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_wrong_passwords_at_once_for_an_account_get_exactly_the_four_refusals_of_one_at_a_time() {
-    wrong_log_ins_at_once_get_no_further_than_one_at_a_time(AN_ID).await;
+    wrong_log_ins_at_once_get_no_further_than_one_at_a_time(AN_ID, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_wrong_passwords_at_once_for_an_account_get_exactly_the_four_refusals_of_one_at_a_time_on_postgres() {
+    wrong_log_ins_at_once_get_no_further_than_one_at_a_time(AN_ID, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_wrong_passwords_at_once_for_an_id_without_account_get_exactly_the_four_refusals_of_one_at_a_time() {
-    wrong_log_ins_at_once_get_no_further_than_one_at_a_time(NO_ACCOUNT_ID).await;
+    wrong_log_ins_at_once_get_no_further_than_one_at_a_time(NO_ACCOUNT_ID, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_wrong_passwords_at_once_to_reset_a_passcode_get_exactly_the_four_refusals_of_one_at_a_time() {
     const PHONES: usize = 16;
-    let sequential = wrong_passwords("5", "passcode_reset_password", AN_ID, PHONES, false).await;
-    let concurrent = wrong_passwords("5", "passcode_reset_password", AN_ID, PHONES, true).await;
+    let sequential = wrong_passwords("5", "passcode_reset_password", AN_ID, PHONES, false, false).await.unwrap();
+    let concurrent = wrong_passwords("5", "passcode_reset_password", AN_ID, PHONES, true, false).await.unwrap();
     let expected = LoginRun { refused: 4, locked: PHONES - 4, other: 0, failed_audited: 5, locked_audited: 1 };
     assert_eq!(sequential, expected, "the baseline: the 5th failure locks and says so");
     assert_eq!(concurrent, sequential, "at once, exactly as one at a time");
@@ -184,8 +200,8 @@ struct OtpRun {
 
 /// On a fresh server: `n` callers each type An's ID and An's registered phone, the last hop at once or
 /// one at a time.
-async fn code_requests(n: usize, concurrent: bool) -> OtpRun {
-    let server = TestServer::start().await;
+async fn code_requests(n: usize, concurrent: bool, postgres: bool) -> Option<OtpRun> {
+    let server = TestServer::start_on(postgres).await?;
     let phones = prepared(&server, n, &["1", AN_ID], "0912345678").await;
     let replies = if concurrent { at_once(phones).await } else { one_at_a_time(phones).await };
     let replies: Vec<String> = replies.iter().map(|r| fold(r)).collect();
@@ -199,19 +215,28 @@ async fn code_requests(n: usize, concurrent: bool) -> OtpRun {
     assert!(outbox.iter().all(|l| l.to == AN_PHONE), "every code went to An's registered phone");
     let run = OtpRun { codes, limited, other, sms: outbox.len(), sent_audited: audited(&server, "otp_sent").await };
     server.stop().await;
-    run
+    Some(run)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_code_requests_at_once_for_one_citizen_send_exactly_the_three_codes_of_one_at_a_time() {
+    sixty_code_requests(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_code_requests_at_once_for_one_citizen_send_exactly_the_three_codes_of_one_at_a_time_on_postgres() {
+    sixty_code_requests(true).await;
+}
+
+async fn sixty_code_requests(postgres: bool) {
     const CALLERS: usize = 60;
-    let sequential = code_requests(CALLERS, false).await;
+    let Some(sequential) = code_requests(CALLERS, false, postgres).await else { return };
     eprintln!("{CALLERS} code requests one at a time: {sequential:?}");
     let expected = OtpRun { codes: 3, limited: CALLERS - 3, other: 0, sms: 3, sent_audited: 3 };
     assert_eq!(sequential, expected, "the baseline: strangers get 3 codes per ID in 15 minutes");
     // A race shows up only sometimes: several fresh servers.
     for round in 1..=3 {
-        let concurrent = code_requests(CALLERS, true).await;
+        let concurrent = code_requests(CALLERS, true, postgres).await.unwrap();
         eprintln!("{CALLERS} code requests at once, round {round}: {concurrent:?}");
         assert_eq!(concurrent, sequential, "round {round}: at once, exactly as one at a time");
     }
@@ -238,6 +263,15 @@ async fn duplicates(p: &Arc<AtPhone>, n: usize) -> Vec<(u16, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_of_the_code_hop_straddling_a_fresh_dial_send_one_code_and_all_get_the_same_reply() {
+    duplicates_straddling_a_fresh_dial(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_of_the_code_hop_straddling_a_fresh_dial_send_one_code_and_all_get_the_same_reply_on_postgres() {
+    duplicates_straddling_a_fresh_dial(true).await;
+}
+
+async fn duplicates_straddling_a_fresh_dial(postgres: bool) {
     // Eight carrier duplicates of the hop that sends the code, split around a fresh dial of the same
     // phone: the first `before` of them at once, then the dial, then the rest at once. With the dial
     // after the code went out, the late duplicates belong to a session that is no longer the phone's:
@@ -245,7 +279,7 @@ async fn duplicates_of_the_code_hop_straddling_a_fresh_dial_send_one_code_and_al
     // With the dial first, the duplicates run as a dial with their choices: one code all the same.
     const DUPLICATES: usize = 8;
     for before in [0, 1, 4] {
-        let server = TestServer::start().await;
+        let Some(server) = TestServer::start_on(postgres).await else { return };
         let mut p = AtPhone::new(&server.url, AN_PHONE);
         p.dial().await;
         p.send("1").await;

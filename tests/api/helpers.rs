@@ -98,6 +98,24 @@ impl TestServer {
         TestServer { url, clock, app: Some(app), outbox: settings.sms_outbox.clone(), dir, server }
     }
 
+    /// A server on a fresh database of the tests' PostgreSQL cluster; `None` when PostgreSQL is not
+    /// installed (and not required, see [`crate::pg::cluster`]).
+    pub async fn start_postgres() -> Option<TestServer> {
+        let cluster = crate::pg::cluster()?;
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = settings(dir.path());
+        settings.store = cluster.new_database().parse().unwrap();
+        Some(Self::start_with(dir, settings).await)
+    }
+
+    /// A fresh server on sled, or on PostgreSQL when `postgres` (`None`: PostgreSQL unavailable).
+    pub async fn start_on(postgres: bool) -> Option<TestServer> {
+        match postgres {
+            true => Self::start_postgres().await,
+            false => Some(Self::start().await),
+        }
+    }
+
     pub fn app(&self) -> &App {
         self.app.as_ref().unwrap()
     }

@@ -24,6 +24,8 @@ mod kannel_harness;
 mod kannel_sender;
 mod migration;
 mod operations;
+mod pg;
+mod postgres;
 mod registry;
 mod restart;
 mod secrets;

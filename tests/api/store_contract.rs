@@ -17,6 +17,7 @@ use kichhoat::engine::{
 use kichhoat::flow::Lang;
 use kichhoat::limits::{self, Bump, CounterKey, Effect, Limit, Rule, Tally};
 use kichhoat::store::memory::MemoryStore;
+use kichhoat::store::postgres::PgStore;
 use kichhoat::store::sled_store::SledStore;
 use kichhoat::store::{
     AuditRecord, Commit, CommitOutcome, Conversation, Cursor, Expired, FailedSms, NewSms, QueuedSms, RecentReply,
@@ -46,6 +47,20 @@ fn sled_store() -> Fresh {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(&dir.path().join("db")).unwrap();
     Fresh { store: Arc::new(store), _dir: Some(dir) }
+}
+
+/// A fresh database in the test binary's PostgreSQL cluster ([`crate::pg`]), migrated by the store.
+fn postgres_store() -> Fresh {
+    let cluster = crate::pg::cluster().expect("a PostgreSQL case runs only with a cluster");
+    let url = cluster.new_database();
+    let open = PgStore::open(&url);
+    let store = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(open)).unwrap();
+    Fresh { store: Arc::new(store), _dir: None }
+}
+
+/// Whether the backend of `$factory` cannot run here (PostgreSQL not installed, and not required).
+fn unavailable(factory: &str) -> bool {
+    factory.contains("postgres") && crate::pg::cluster().is_none()
 }
 
 /// One test per case for the backend made by `$factory`, in `mod $name`.
@@ -97,6 +112,9 @@ macro_rules! contract_cases {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
+                if super::unavailable(stringify!($factory)) {
+                    return;
+                }
                 super::$case($factory).await;
             }
         )*
@@ -1344,3 +1362,4 @@ async fn resetting_counters_clears_locks_and_counts_and_audits_in_the_same_write
 
 backend!(memory, super::memory_store);
 backend!(sled, super::sled_store);
+backend!(postgres, super::postgres_store);

@@ -3,12 +3,13 @@
 //! must (and must not) go out. A transcript is over USSD unless it says `channel = "sms"`: then every
 //! turn is an SMS the citizen sends (`send`, never `dial`), and CON/END say whether the reply SMS waits
 //! for an answer or ends the exchange, read from what it says can be texted next. Every transcript runs
-//! twice, as two tests named after its file (see `transcripts!`):
+//! three times, as three tests named after its file (see `transcripts!`):
 //! - against the pure engine, writing the session out as JSON and reading it back between every turn
 //!   (over SMS, the engine input is derived by the Kannel channel's own logic, its cursor kept between
 //!   turns as the service keeps it);
 //! - against the real HTTP server on a random port, driven as Africa's Talking (USSD) or Kannel (SMS)
-//!   drives it.
+//!   drives it, on sled;
+//! - the same on PostgreSQL (a fresh database of the tests' throwaway cluster, [`crate::pg`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -414,10 +415,23 @@ async fn on_engine(file: &str) {
 }
 
 async fn on_http(file: &str) {
+    on_server(file, false).await;
+}
+
+/// Against the HTTP server on a fresh PostgreSQL database of the test cluster ([`crate::pg`]).
+async fn on_postgres(file: &str) {
+    on_server(file, true).await;
+}
+
+async fn on_server(file: &str, postgres: bool) {
     let t = load(file);
     let dir = tempfile::tempdir().unwrap();
     let mut settings = crate::helpers::settings(dir.path());
     settings.site = site_of(&t);
+    if postgres {
+        let Some(cluster) = crate::pg::cluster() else { return };
+        settings.store = cluster.new_database().parse().unwrap();
+    }
     let server = TestServer::start_with(dir, settings).await;
     let e164 = Msisdn::parse(&t.phone).unwrap().e164();
     let phone = match t.channel {
@@ -430,7 +444,8 @@ async fn on_http(file: &str) {
 }
 
 /// One test per transcript and driver, so a failing transcript hides none of the others:
-/// `transcripts::engine::t01_activation_happy_path` and `transcripts::http::t01_activation_happy_path`.
+/// `transcripts::engine::t01_activation_happy_path`, `transcripts::http::t01_activation_happy_path` and
+/// `transcripts::postgres::t01_activation_happy_path` (the server on PostgreSQL).
 /// Each name is the file's, see [`file_of`].
 macro_rules! transcripts {
     ($($test:ident),* $(,)?) => {
@@ -453,6 +468,16 @@ macro_rules! transcripts {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::on_http(&super::file_of(stringify!($test))).await;
+                }
+            )*
+        }
+
+        /// The same against the server on PostgreSQL instead of sled.
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::on_postgres(&super::file_of(stringify!($test))).await;
                 }
             )*
         }
