@@ -362,6 +362,8 @@ pub fn fold(s: &str) -> String {
 pub struct Proc {
     pub child: std::process::Child,
     pub url: String,
+    /// The server's log file, shown when it does not stop cleanly.
+    pub log: Option<PathBuf>,
 }
 
 impl Proc {
@@ -380,6 +382,7 @@ impl Proc {
     ) -> Proc {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
+        let log_path = log.to_path_buf();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_kichhoat"))
             .arg("serve")
@@ -399,12 +402,14 @@ impl Proc {
             .stderr(log)
             .spawn()
             .unwrap();
-        Proc::adopt(child, format!("http://{addr}")).await
+        let mut proc = Proc::adopt(child, format!("http://{addr}")).await;
+        proc.log = Some(log_path);
+        proc
     }
 
     /// Waits for a started server to answer its health check.
     pub async fn adopt(child: std::process::Child, url: String) -> Proc {
-        let proc = Proc { child, url };
+        let proc = Proc { child, url, log: None };
         for _ in 0..200 {
             if let Ok(r) = reqwest::get(format!("{}/healthz", proc.url)).await {
                 if r.status() == 200 {
@@ -427,7 +432,12 @@ impl Proc {
         let pid = self.child.id().to_string();
         std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "clean shutdown on SIGTERM: {status:?}");
+        if !status.success() {
+            let log = self.log.as_ref().and_then(|l| std::fs::read_to_string(l).ok()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!("clean shutdown on SIGTERM: {status:?}; the server's last log lines:\n{}", tail.join("\n"));
+        }
     }
 }
 

@@ -754,7 +754,7 @@ impl Rig {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut proc = crate::helpers::Proc { child, url: self.url.clone() };
+        let mut proc = crate::helpers::Proc { child, url: self.url.clone(), log: None };
         let start = Instant::now();
         loop {
             if let Ok(r) = reqwest::get(format!("{}/healthz", self.url)).await {
