@@ -257,6 +257,57 @@ impl SledStore {
         rx
     }
 
+    /// A commit that writes only the conversation: one compare-and-swap on its stored bytes instead of a
+    /// multi-tree transaction. sled runs transactions one at a time under a global write lock that every
+    /// other operation (each hop's load included) waits for; single-key operations only share it, and
+    /// stay ordered against transactions (expiry's among them).
+    ///
+    /// The time index: the new entry is written before the swap (a crash after the swap still finds it)
+    /// and checked again after it (expiry removes an entry whose record does not match yet, which it may
+    /// have seen between the two). The old entry is removed after the swap and the record read again: if
+    /// a later commit filed itself under the same key meanwhile (a clock that went back), it is put back.
+    /// An entry left over is harmless: expiry drops entries whose record does not match them.
+    fn commit_conversation_only(&self, expect: Option<Version>, c: &Commit) -> Result<CommitOutcome, StoreError> {
+        let phone = c.phone.as_str().as_bytes();
+        let old_bytes = self.conversations.get(phone).map_err(backend)?;
+        let old = match &old_bytes {
+            Some(bytes) => Some(decode_conv(bytes)?),
+            None => None,
+        };
+        if old.as_ref().map(|r| r.version) != expect {
+            return Ok(CommitOutcome::Conflict);
+        }
+        let new_key = at_key(c.at, phone);
+        self.conv_fresh.insert(&new_key, &[]).map_err(backend)?;
+        // The same counter as a transaction's `generate_id`: versions never repeat, across restarts too.
+        let version = self.db.generate_id().map_err(backend)? + 1;
+        let record = ConvRecord { version, indexed_at: c.at, swept: false, conversation: c.conversation.clone() };
+        let swapped = self
+            .conversations
+            .compare_and_swap(phone, old_bytes.as_ref(), Some(encode_conv(record)?))
+            .map_err(backend)?;
+        if swapped.is_err() {
+            return Ok(CommitOutcome::Conflict);
+        }
+        if !self.conv_fresh.contains_key(&new_key).map_err(backend)? {
+            self.conv_fresh.insert(&new_key, &[]).map_err(backend)?;
+        }
+        if let Some(old) = old.filter(|o| !(o.swept && o.indexed_at == Millis(0))) {
+            let old_key = at_key(old.indexed_at, phone);
+            let index = if old.swept { &self.conv_idle } else { &self.conv_fresh };
+            if old_key != new_key || old.swept {
+                index.remove(&old_key).map_err(backend)?;
+                if let Some(bytes) = self.conversations.get(phone).map_err(backend)? {
+                    let now = decode_conv(&bytes)?;
+                    if now.indexed_at == old.indexed_at && now.swept == old.swept {
+                        index.insert(&old_key, &[]).map_err(backend)?;
+                    }
+                }
+            }
+        }
+        Ok(CommitOutcome::Committed(version))
+    }
+
     /// Sweeps or compacts the conversation filed at `index_key` in `index` (one expiry step).
     fn expire_conversation(&self, index_key: &[u8], sweep: bool) -> Result<bool, StoreError> {
         let Some((at, phone)) = split_at_key(index_key) else { return Ok(false) };
@@ -406,6 +457,22 @@ impl Store for SledStore {
     }
 
     async fn commit(&self, expect: Option<Version>, c: Commit) -> Result<CommitOutcome, StoreError> {
+        if c.activate.is_none()
+            && c.account_update.is_none()
+            && c.sms.is_empty()
+            && c.audit.is_empty()
+            && c.bumps.is_empty()
+        {
+            let tx_started = std::time::Instant::now();
+            let result = self.commit_conversation_only(expect, &c);
+            crate::metrics::METRICS.transaction_seconds.observe(tx_started.elapsed().as_secs_f64());
+            let version = match result? {
+                CommitOutcome::Committed(v) => v,
+                other => return Ok(other),
+            };
+            self.durable().await?;
+            return Ok(CommitOutcome::Committed(version));
+        }
         let account = match &c.activate {
             Some(a) => Some((a.national_id.as_str().as_bytes().to_vec(), encode(a)?)),
             None => None,
