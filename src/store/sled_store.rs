@@ -1,5 +1,6 @@
 //! The embedded store: sled 0.34, one tree per record kind plus time indexes, one multi-tree transaction
-//! per commit, and a group-commit flusher thread.
+//! per commit (one compare-and-swap when it writes only the conversation), and a group-commit flusher
+//! thread.
 //!
 //! Trees: `conversations` (phone → version, conversation), `conv_fresh` and `conv_idle` (time indexes for
 //! [`Store::expire`]: conversations whose retry replies are still kept, and those already swept),
