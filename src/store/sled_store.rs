@@ -1,5 +1,6 @@
 //! The embedded store: sled 0.34, one tree per record kind plus time indexes, one multi-tree transaction
-//! per commit, and a group-commit flusher thread.
+//! per commit (one compare-and-swap when it writes only the conversation), and a group-commit flusher
+//! thread.
 //!
 //! Trees: `conversations` (phone → version, conversation), `conv_fresh` and `conv_idle` (time indexes for
 //! [`Store::expire`]: conversations whose retry replies are still kept, and those already swept),
@@ -64,15 +65,13 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, St
 }
 
 /// A conversation as stored: `{"v":"2", ...}` (schema 1 wrote `{"v":"1", session, hop}`).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "v")]
-enum StoredConv {
-    #[serde(rename = "2")]
-    V2(ConvRecord),
-}
-
+///
+/// The tag is a plain first field, not serde's internally tagged enum: the bytes are the same, but reading
+/// such an enum first copies the whole record into serde's buffered `Content` tree (allocations per hop
+/// seen in a profile, BENCHMARKS.md).
 #[derive(Debug, Serialize, Deserialize)]
 struct ConvRecord {
+    v: V2,
     version: Version,
     /// The time it is filed under in `conv_fresh` (or `conv_idle` once `swept`).
     indexed_at: Millis,
@@ -81,15 +80,43 @@ struct ConvRecord {
     conversation: Conversation,
 }
 
+/// The tag `"2"`: anything else is not a conversation this build can read.
+#[derive(Debug, Clone, Copy)]
+struct V2;
+
+impl Serialize for V2 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("2")
+    }
+}
+
+impl<'de> Deserialize<'de> for V2 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<V2, D::Error> {
+        struct Tag;
+        impl serde::de::Visitor<'_> for Tag {
+            type Value = V2;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the conversation tag \"2\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<V2, E> {
+                if v == "2" {
+                    Ok(V2)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+        }
+        d.deserialize_str(Tag)
+    }
+}
+
 fn encode_conv(r: ConvRecord) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(&StoredConv::V2(r)).map_err(|e| StoreError::Backend(e.to_string()))
+    serde_json::to_vec(&r).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
 fn decode_conv(bytes: &[u8]) -> Result<ConvRecord, StoreError> {
-    match serde_json::from_slice::<StoredConv>(bytes) {
-        Ok(StoredConv::V2(r)) => Ok(r),
-        Err(e) => Err(StoreError::Corrupt { what: "conversation", why: e.to_string() }),
-    }
+    serde_json::from_slice::<ConvRecord>(bytes)
+        .map_err(|e| StoreError::Corrupt { what: "conversation", why: e.to_string() })
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -257,6 +284,58 @@ impl SledStore {
         rx
     }
 
+    /// A commit that writes only the conversation: one compare-and-swap on its stored bytes instead of a
+    /// multi-tree transaction. sled runs transactions one at a time under a global write lock that every
+    /// other operation (each hop's load included) waits for; single-key operations only share it, and
+    /// stay ordered against transactions (expiry's among them).
+    ///
+    /// The time index: the new entry is written before the swap (a crash after the swap still finds it)
+    /// and checked again after it (expiry removes an entry whose record does not match yet, which it may
+    /// have seen between the two). The old entry is removed after the swap and the record read again: if
+    /// a later commit filed itself under the same key meanwhile (a clock that went back), it is put back.
+    /// An entry left over is harmless: expiry drops entries whose record does not match them.
+    fn commit_conversation_only(&self, expect: Option<Version>, c: &Commit) -> Result<CommitOutcome, StoreError> {
+        let phone = c.phone.as_str().as_bytes();
+        let old_bytes = self.conversations.get(phone).map_err(backend)?;
+        let old = match &old_bytes {
+            Some(bytes) => Some(decode_conv(bytes)?),
+            None => None,
+        };
+        if old.as_ref().map(|r| r.version) != expect {
+            return Ok(CommitOutcome::Conflict);
+        }
+        let new_key = at_key(c.at, phone);
+        self.conv_fresh.insert(&new_key, &[]).map_err(backend)?;
+        // The same counter as a transaction's `generate_id`: versions never repeat, across restarts too.
+        let version = self.db.generate_id().map_err(backend)? + 1;
+        let record =
+            ConvRecord { v: V2, version, indexed_at: c.at, swept: false, conversation: c.conversation.clone() };
+        let swapped = self
+            .conversations
+            .compare_and_swap(phone, old_bytes.as_ref(), Some(encode_conv(record)?))
+            .map_err(backend)?;
+        if swapped.is_err() {
+            return Ok(CommitOutcome::Conflict);
+        }
+        if !self.conv_fresh.contains_key(&new_key).map_err(backend)? {
+            self.conv_fresh.insert(&new_key, &[]).map_err(backend)?;
+        }
+        if let Some(old) = old.filter(|o| !(o.swept && o.indexed_at == Millis(0))) {
+            let old_key = at_key(old.indexed_at, phone);
+            let index = if old.swept { &self.conv_idle } else { &self.conv_fresh };
+            if old_key != new_key || old.swept {
+                index.remove(&old_key).map_err(backend)?;
+                if let Some(bytes) = self.conversations.get(phone).map_err(backend)? {
+                    let now = decode_conv(&bytes)?;
+                    if now.indexed_at == old.indexed_at && now.swept == old.swept {
+                        index.insert(&old_key, &[]).map_err(backend)?;
+                    }
+                }
+            }
+        }
+        Ok(CommitOutcome::Committed(version))
+    }
+
     /// Sweeps or compacts the conversation filed at `index_key` in `index` (one expiry step).
     fn expire_conversation(&self, index_key: &[u8], sweep: bool) -> Result<bool, StoreError> {
         let Some((at, phone)) = split_at_key(index_key) else { return Ok(false) };
@@ -406,6 +485,22 @@ impl Store for SledStore {
     }
 
     async fn commit(&self, expect: Option<Version>, c: Commit) -> Result<CommitOutcome, StoreError> {
+        if c.activate.is_none()
+            && c.account_update.is_none()
+            && c.sms.is_empty()
+            && c.audit.is_empty()
+            && c.bumps.is_empty()
+        {
+            let tx_started = std::time::Instant::now();
+            let result = self.commit_conversation_only(expect, &c);
+            crate::metrics::METRICS.transaction_seconds.observe(tx_started.elapsed().as_secs_f64());
+            let version = match result? {
+                CommitOutcome::Committed(v) => v,
+                other => return Ok(other),
+            };
+            self.durable().await?;
+            return Ok(CommitOutcome::Committed(version));
+        }
         let account = match &c.activate {
             Some(a) => Some((a.national_id.as_str().as_bytes().to_vec(), encode(a)?)),
             None => None,
@@ -465,7 +560,7 @@ impl Store for SledStore {
                 }
                 let version = conv.generate_id()? + 1;
                 let record =
-                    ConvRecord { version, indexed_at: c.at, swept: false, conversation: c.conversation.clone() };
+                    ConvRecord { v: V2, version, indexed_at: c.at, swept: false, conversation: c.conversation.clone() };
                 conv.insert(phone.as_slice(), encode_conv(record).map_err(abort_store)?)?;
                 fresh.insert(at_key(c.at, &phone), &[])?;
                 for sms in &c.sms {
@@ -949,6 +1044,31 @@ mod tests {
         let again = reopened.claim_outbox("next", 10, Duration::from_secs(30), at).await.unwrap();
         assert_eq!(again.len(), 1, "the dead process's claim is released at open");
         assert!(again[0].in_flight, "the mark survived the crash");
+    }
+
+    /// The tag is a plain field now, but the bytes are those the internally tagged enum wrote and read: a
+    /// store written before reads, and one written now reads in a build from before.
+    #[test]
+    fn a_stored_conversation_keeps_the_bytes_of_the_tagged_envelope_and_refuses_another_tag() {
+        #[derive(Serialize, Deserialize)]
+        #[serde(tag = "v")]
+        enum Before {
+            #[serde(rename = "2")]
+            V2 { version: Version, indexed_at: Millis, swept: bool, conversation: Conversation },
+        }
+        let c = commit_of(1).conversation;
+        let record = ConvRecord { v: V2, version: 7, indexed_at: Millis(5), swept: true, conversation: c.clone() };
+        let now = encode_conv(record).unwrap();
+        let before =
+            serde_json::to_vec(&Before::V2 { version: 7, indexed_at: Millis(5), swept: true, conversation: c.clone() })
+                .unwrap();
+        assert_eq!(String::from_utf8_lossy(&now), String::from_utf8_lossy(&before));
+        let back = decode_conv(&before).unwrap();
+        assert_eq!((back.version, back.indexed_at, back.swept, back.conversation), (7, Millis(5), true, c));
+        let Before::V2 { version, .. } = serde_json::from_slice::<Before>(&now).unwrap();
+        assert_eq!(version, 7);
+        let other = String::from_utf8_lossy(&now).replacen(r#""v":"2""#, r#""v":"3""#, 1);
+        assert!(matches!(decode_conv(other.as_bytes()), Err(StoreError::Corrupt { .. })));
     }
 
     /// Commits answer only once durable, and concurrent ones wait for the same flush: with one flush per

@@ -71,6 +71,7 @@ macro_rules! backend {
                 $factory;
                 a_commit_round_trips_and_every_commit_changes_the_version,
                 conflict_when_the_conversation_changed,
+                turns_racing_on_one_version_commit_exactly_once_each_round,
                 conflict_when_a_conversation_exists_and_none_was_expected_or_the_other_way_round,
                 a_second_activation_of_one_id_is_refused_whole,
                 an_account_update_applies_only_to_the_hash_it_read_and_a_required_one_refuses_the_commit_otherwise,
@@ -340,6 +341,55 @@ async fn conflict_when_the_conversation_changed(new: Factory) {
     committed(store.commit(Some(v2), commit_with_everything(&p, &id, &key, at(4 * SEC))).await.unwrap());
     assert!(store.account(&id).await.unwrap().is_some());
     assert_eq!(store.outbox_len().await.unwrap(), 1);
+}
+
+/// Sixteen turns of one phone racing on one loaded version (a new conversation, then an existing one,
+/// then one an expiry swept): exactly one commits each round, the others are refused as conflicts, no
+/// version repeats, and the winner's conversation is the one stored and expired on its own schedule.
+async fn turns_racing_on_one_version_commit_exactly_once_each_round(new: Factory) {
+    let fresh = new();
+    let store = fresh.store.clone();
+    let p = phone(1);
+    let mut expect: Option<Version> = None;
+    let mut seen: Vec<Version> = Vec::new();
+    for round in 0..3u32 {
+        if round == 2 {
+            let t = at(3 * SEC + KEEP.replies + SEC);
+            assert_eq!(store.expire(t, &KEEP).await.unwrap().swept, 1, "the last winner is filed for its sweep");
+            expect = version(store.as_ref(), &p).await;
+        }
+        let now = at((round + 1) * SEC + if round == 2 { KEEP.replies + 2 * SEC } else { Duration::ZERO });
+        let start = Arc::new(tokio::sync::Barrier::new(16));
+        let turns: Vec<_> = (0..16)
+            .map(|i| {
+                let (store, start, p) = (store.clone(), start.clone(), p.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    let c = commit(&p, &format!("s{i}"), now);
+                    let written = c.conversation.clone();
+                    (store.commit(expect, c).await.unwrap(), written)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for t in turns {
+            match t.await.unwrap() {
+                (CommitOutcome::Committed(v), written) => winners.push((v, written)),
+                (CommitOutcome::Conflict, _) => {}
+                (other, _) => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {} of 16 racing turns committed", winners.len());
+        let (v, written) = winners.remove(0);
+        assert!(!seen.contains(&v), "version {v} repeats one of {seen:?}");
+        assert_eq!(store.load(&p).await.unwrap(), Some((written, v)));
+        seen.push(v);
+        expect = Some(v);
+    }
+    // The last winner is swept once its replies' retention has passed, and not before.
+    let last = at(3 * SEC + KEEP.replies + 2 * SEC);
+    assert_eq!(store.expire(last.plus(KEEP.replies - SEC), &KEEP).await.unwrap().swept, 0);
+    assert_eq!(store.expire(last.plus(KEEP.replies + SEC), &KEEP).await.unwrap().swept, 1);
 }
 
 async fn conflict_when_a_conversation_exists_and_none_was_expected_or_the_other_way_round(new: Factory) {
