@@ -13,7 +13,12 @@
 //!   six argon2id hashes or verifications, two SMS), reading the OTP from the server's outbox file.
 //!
 //! `--prefill` first gives every phone a stored conversation (one first hop each), so hops run against
-//! `--phones` stored conversations. The k-th load (from 0) dials from phones `k×N … (k+1)×N−1` (except
+//! `--phones` stored conversations.
+//!
+//! Several instances (on one shared store): `--url` lists them separated by commas and each connection
+//! sends its successive hops to the next one in turn, as a load balancer without session affinity would,
+//! so one phone's hops alternate between the instances; `--outbox` lists their outbox files likewise (the
+//! OTP may land in any of them). The /healthz ceiling and the RSS are the first instance's. The k-th load (from 0) dials from phones `k×N … (k+1)×N−1` (except
 //! `activate`, which dials from each citizen's own phone), so loads never share a caller. Loops are bounded by `--duration` (and the prefill by its count);
 //! targets other than loopback are refused.
 
@@ -44,9 +49,10 @@ pub enum BenchAction {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// The server (loopback only).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// The server (loopback only); several instances of one store: URLs separated by commas, each
+    /// connection's hops going to the next one in turn (the /healthz ceiling is the first one's).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+    pub url: Vec<String>,
     /// Loads as NAME:CONNECTIONS (first, menu, lookup, login, activate); repeat to run several at once.
     #[arg(long = "load", default_value = "first:32")]
     pub loads: Vec<String>,
@@ -62,9 +68,10 @@ pub struct RunArgs {
     /// First give every phone a stored conversation (one first hop each), with this many connections.
     #[arg(long)]
     pub prefill: Option<usize>,
-    /// The server's SMS outbox file (`activate` reads OTPs from it).
-    #[arg(long)]
-    pub outbox: Option<std::path::PathBuf>,
+    /// The server's SMS outbox file (`activate` reads OTPs from it); several instances: their files
+    /// separated by commas.
+    #[arg(long, value_delimiter = ',')]
+    pub outbox: Vec<std::path::PathBuf>,
     /// The server's webhook token, if it has one.
     #[arg(long, env = "KICHHOAT_WEBHOOK_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -278,9 +285,37 @@ impl Conn {
     }
 }
 
+/// One kept-alive connection per instance; each request goes to the next instance in turn.
+struct Conns {
+    conns: Vec<Conn>,
+    next: usize,
+}
+
+impl Conns {
+    /// `start`: the instance the first request goes to (spread over a run's connections).
+    fn new(addrs: &[String], start: usize) -> Conns {
+        Conns { conns: addrs.iter().map(|a| Conn::new(a)).collect(), next: start }
+    }
+
+    /// The index of the instance the next request goes to, moving the turn on.
+    fn turn(&mut self) -> usize {
+        let i = self.next % self.conns.len().max(1);
+        self.next = i + 1;
+        i
+    }
+
+    async fn request(&mut self, method: &str, path: &str, body: &str) -> Result<Answer, String> {
+        let i = self.turn();
+        match self.conns.get_mut(i) {
+            Some(c) => c.request(method, path, body).await,
+            None => Err("no server".into()),
+        }
+    }
+}
+
 /// One virtual phone's USSD dialogue on a connection.
 struct Dialer<'a> {
-    conn: &'a mut Conn,
+    conn: &'a mut Conns,
     path: &'a str,
     record: &'a mut Record,
     shared: &'a Shared,
@@ -403,8 +438,11 @@ async fn run_once(load: Load, d: &mut Dialer<'_>, i: usize, rng: &mut rand::rngs
                 return;
             }
             let Some(otp) = otp_for(d.shared, &d.phone, Instant::now() + Duration::from_secs(10)).await else {
-                *d.record.errors.entry(Kind::Otp).or_default() += 1;
-                d.shared.errors.fetch_add(1, Ordering::Relaxed);
+                // A wait cut by the end of the run is no error: its code may be on its way.
+                if !d.shared.stop.load(Ordering::Relaxed) {
+                    *d.record.errors.entry(Kind::Otp).or_default() += 1;
+                    d.shared.errors.fetch_add(1, Ordering::Relaxed);
+                }
                 return;
             };
             d.session.push_str("-2");
@@ -429,25 +467,47 @@ async fn run_once(load: Load, d: &mut Dialer<'_>, i: usize, rng: &mut rand::rngs
     }
 }
 
+/// The instances a run drives (one or more, all loopback) and the paths it requests.
 struct Target {
-    addr: String,
+    addrs: Vec<String>,
     ussd: String,
     healthz: String,
     metrics: String,
 }
 
-fn target(url: &str, token: Option<&str>) -> Result<Target, String> {
-    let rest = url.trim_end_matches('/').strip_prefix("http://").ok_or("--url must be http://HOST:PORT")?;
-    let loopback = rest.starts_with("127.") || rest.starts_with("localhost") || rest.starts_with("[::1]");
-    if !loopback || rest.contains('/') {
-        return Err("only loopback targets (127.0.0.0/8, localhost, [::1]) as http://HOST:PORT".into());
+impl Target {
+    /// The first instance: the /healthz ceiling's and the RSS's.
+    fn first(&self) -> &str {
+        self.addrs.first().map(String::as_str).unwrap_or("127.0.0.1:8080")
     }
-    let addr = if rest.starts_with("localhost") { rest.replacen("localhost", "127.0.0.1", 1) } else { rest.into() };
+}
+
+/// One `http://HOST:PORT` URL as a socket address, refused unless it is a loopback address (a literal
+/// address, or `localhost`: no name is resolved, so no name can lead off the machine).
+fn loopback_addr(url: &str) -> Result<String, String> {
+    let refused = || format!("--url {url}: only loopback targets (127.0.0.0/8, localhost, [::1]) as http://HOST:PORT");
+    let rest = url.trim().trim_end_matches('/').strip_prefix("http://").ok_or_else(refused)?;
+    let rest = match rest.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => rest.to_string(),
+    };
+    match rest.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => Ok(a.to_string()),
+        _ => Err(refused()),
+    }
+}
+
+fn target(urls: &[String], token: Option<&str>) -> Result<Target, String> {
+    let addrs =
+        urls.iter().filter(|u| !u.trim().is_empty()).map(|u| loopback_addr(u)).collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err("--url: no server given".into());
+    }
     let ussd = match token {
         Some(t) => format!("/ussd/africastalking?token={t}"),
         None => "/ussd/africastalking".to_string(),
     };
-    Ok(Target { addr, ussd, healthz: "/healthz".into(), metrics: "/metrics".into() })
+    Ok(Target { addrs, ussd, healthz: "/healthz".into(), metrics: "/metrics".into() })
 }
 
 /// `offset`: where this load's callers start, so two loads never dial from one phone at once (a phone's
@@ -462,7 +522,7 @@ async fn worker(
     offset: usize,
 ) -> Record {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut conn = Conn::new(&t.addr);
+    let mut conn = Conns::new(&t.addrs, seed as usize);
     let mut record = Record::default();
     let mut seq = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -489,7 +549,7 @@ async fn worker(
 }
 
 async fn healthz_worker(t: Arc<Target>, shared: Arc<Shared>) -> Record {
-    let mut conn = Conn::new(&t.addr);
+    let mut conn = Conn::new(t.first());
     let mut record = Record::default();
     while !shared.stop.load(Ordering::Relaxed) {
         let start = Instant::now();
@@ -519,7 +579,7 @@ fn shared() -> Arc<Shared> {
 
 /// The server's resident memory from its /metrics, in MiB (when it serves them).
 async fn server_rss(t: &Target) -> Option<f64> {
-    let mut conn = Conn::new(&t.addr);
+    let mut conn = Conn::new(t.first());
     let a = conn.request("GET", &t.metrics, "").await.ok()?;
     a.body
         .lines()
@@ -627,17 +687,18 @@ fn report(record: &mut Record, secs: f64) -> (f64, f64) {
 async fn run_loads(args: RunArgs) -> Result<(), String> {
     let t = Arc::new(target(&args.url, args.token.as_deref())?);
     let loads: Vec<(Load, usize)> = args.loads.iter().map(|s| Load::parse(s)).collect::<Result<_, _>>()?;
-    if loads.iter().any(|(l, _)| *l == Load::Activate) && args.outbox.is_none() {
-        return Err("--load activate needs --outbox (the server's SMS outbox file)".into());
+    if loads.iter().any(|(l, _)| *l == Load::Activate) && args.outbox.is_empty() {
+        return Err("--load activate needs --outbox (the servers' SMS outbox files)".into());
     }
     let first_conns = loads.first().map(|(_, n)| *n).unwrap_or(32);
     println!(
-        "kichhoat bench: {} loads [{}], {} phones, {} s; server {}",
+        "kichhoat bench: {} loads [{}], {} phones, {} s; {} {}",
         loads.len(),
         args.loads.join(" "),
         args.phones,
         args.duration,
-        args.url
+        if t.addrs.len() > 1 { "servers (hops in turn)" } else { "server" },
+        t.addrs.join(", ")
     );
 
     if let Some(conns) = args.prefill {
@@ -647,7 +708,7 @@ async fn run_loads(args: RunArgs) -> Result<(), String> {
             .map(|w| {
                 let (t, shared, phones) = (t.clone(), shared.clone(), args.phones);
                 tokio::spawn(async move {
-                    let mut conn = Conn::new(&t.addr);
+                    let mut conn = Conns::new(&t.addrs, w);
                     let mut record = Record::default();
                     loop {
                         let i = shared.next.fetch_add(1, Ordering::Relaxed);
@@ -681,13 +742,13 @@ async fn run_loads(args: RunArgs) -> Result<(), String> {
         let shared = shared();
         let tasks = (0..first_conns).map(|_| tokio::spawn(healthz_worker(t.clone(), shared.clone()))).collect();
         let (mut r, secs, _) = phase("healthz", args.healthz, &t, shared, tasks).await;
-        println!("ceiling: GET /healthz, {first_conns} connections, {secs:.1} s");
+        println!("ceiling: GET /healthz of {}, {first_conns} connections, {secs:.1} s", t.first());
         report(&mut r, secs);
         ceiling = Some(r.hops.get(&Kind::Healthz).map(|v| v.len()).unwrap_or(0) as f64 / secs);
     }
 
     let shared = shared();
-    let tail = args.outbox.clone().map(|p| tokio::spawn(tail_outbox(p, shared.clone())));
+    let tails: Vec<_> = args.outbox.iter().map(|p| tokio::spawn(tail_outbox(p.clone(), shared.clone()))).collect();
     let mut tasks = Vec::new();
     let mut seed = 1u64;
     for (k, (load, n)) in loads.iter().enumerate() {
@@ -699,7 +760,7 @@ async fn run_loads(args: RunArgs) -> Result<(), String> {
         }
     }
     let (mut r, secs, peak) = phase("load", args.duration, &t, shared, tasks).await;
-    if let Some(tail) = tail {
+    for tail in tails {
         tail.abort();
     }
     println!("load: [{}], {secs:.1} s", args.loads.join(" "));
@@ -708,7 +769,7 @@ async fn run_loads(args: RunArgs) -> Result<(), String> {
         println!("  busy/unavailable replies: {}", r.busy);
     }
     if let Some(p) = peak {
-        println!("  server peak RSS: {p:.0} MiB");
+        println!("  server peak RSS: {p:.0} MiB{}", if t.addrs.len() > 1 { " (the first instance)" } else { "" });
     }
     if let Some(c) = ceiling.filter(|c| *c > 0.0) {
         println!(
@@ -733,12 +794,65 @@ mod tests {
         assert!(crate::domain::NationalId::parse(&unknown_id(5), 2026).is_ok());
     }
 
+    fn urls(s: &[&str]) -> Vec<String> {
+        s.iter().map(|u| u.to_string()).collect()
+    }
+
     #[test]
     fn only_loopback_targets() {
-        assert!(target("http://127.0.0.1:8080", None).is_ok());
-        assert!(target("http://localhost:8080/", Some("t")).unwrap().ussd.ends_with("?token=t"));
-        assert!(target("http://10.0.0.1:8080", None).is_err());
-        assert!(target("http://example.com", None).is_err());
+        assert!(target(&urls(&["http://127.0.0.1:8080"]), None).is_ok());
+        assert!(target(&urls(&["http://localhost:8080/"]), Some("t")).unwrap().ussd.ends_with("?token=t"));
+        assert_eq!(target(&urls(&["http://[::1]:8080"]), None).unwrap().addrs, ["[::1]:8080"]);
+        for bad in [
+            "http://10.0.0.1:8080",
+            "http://example.com",
+            "http://127.evil.example:80",
+            "http://localhost.evil.example:80",
+            "http://127.0.0.1:8080/ussd",
+            "https://127.0.0.1:8080",
+            "http://127.0.0.1",
+        ] {
+            assert!(target(&urls(&[bad]), None).is_err(), "{bad}");
+        }
+        assert!(target(&urls(&[]), None).is_err());
+        // One URL off the machine refuses the whole list.
+        assert!(target(&urls(&["http://127.0.0.1:1", "http://10.0.0.1:2"]), None).is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn several_urls_and_outboxes_split_on_commas() {
+        use clap::Parser;
+        let cli = Cli::parse_from([
+            "bench",
+            "--url",
+            "http://127.0.0.1:27183,http://localhost:27184/",
+            "--outbox",
+            "/tmp/b-a/outbox.jsonl,/tmp/b-b/outbox.jsonl",
+        ]);
+        let t = target(&cli.run.url, None).unwrap();
+        assert_eq!(t.addrs, ["127.0.0.1:27183", "127.0.0.1:27184"]);
+        assert_eq!(t.first(), "127.0.0.1:27183");
+        assert_eq!(cli.run.outbox.len(), 2);
+        let one = Cli::parse_from(["bench"]);
+        assert_eq!(target(&one.run.url, None).unwrap().addrs, ["127.0.0.1:8080"]);
+        assert!(one.run.outbox.is_empty());
+    }
+
+    #[test]
+    fn successive_hops_go_to_the_next_instance_in_turn() {
+        let addrs = urls(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+        let mut c = Conns::new(&addrs, 4);
+        let turns: Vec<usize> = (0..7).map(|_| c.turn()).collect();
+        assert_eq!(turns, [1, 2, 0, 1, 2, 0, 1]);
+        // One instance: every hop to it.
+        let mut one = Conns::new(&addrs[..1], 9);
+        assert!((0..5).all(|_| one.turn() == 0));
     }
 
     #[test]
