@@ -225,13 +225,25 @@ impl App {
                 (Arc::new(pg), None)
             }
         };
-        let audit_log =
-            Arc::new(AuditLog::open(&settings.audit_log, settings.audit_log_max_bytes, store.clone(), crypto.clone())?);
+        let max = settings.audit_log_max_bytes;
+        let opened = AuditLog::open(&settings.audit_log, max, store.clone(), crypto.clone());
+        let (audit_log, audit_path) = match (opened, &settings.audit_log_fallback) {
+            (Err(AuditLogError::Locked { .. }), Some(fallback)) => {
+                warn!(
+                    audit_log = %settings.audit_log.display(),
+                    instead = %fallback.display(),
+                    "another instance writes the data dir's audit trail; this one writes a file of its own"
+                );
+                (AuditLog::open(fallback, max, store.clone(), crypto.clone())?, fallback.clone())
+            }
+            (opened, _) => (opened?, settings.audit_log.clone()),
+        };
+        let audit_log = Arc::new(audit_log);
         // Records committed before a crash (or an upgrade: a data dir's earlier trail) go in first.
         let recovered = audit_log.drain().await?;
         let (seq, head) = audit_log.head();
         info!(
-            audit_log = %settings.audit_log.display(),
+            audit_log = %audit_path.display(),
             written_at_start = recovered,
             last_seq = seq,
             head = %head,

@@ -97,6 +97,12 @@ pub struct AuditLine {
 pub enum AuditLogError {
     #[error("audit trail {path}: {why}")]
     Io { path: String, why: String },
+    /// Another process writes this file (one writer per file keeps the chain whole).
+    #[error(
+        "audit trail {path}: another process is writing this audit trail ({lock} is locked); give each instance \
+         a file of its own"
+    )]
+    Locked { path: String, lock: String },
     /// The file is not what this writer left: it will not guess how to continue the chain.
     #[error(
         "audit trail {path}: {why}. Check it with `kichhoat audit verify`; to go on, move the file aside \
@@ -196,13 +202,9 @@ fn lock(path: &Path) -> Result<File, AuditLogError> {
     let file = opts.open(&lock_path).map_err(io_error(&lock_path))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(AuditLogError::Io {
-            path: path.display().to_string(),
-            why: format!(
-                "another process is writing this audit trail ({} is locked); give each instance a file of its own",
-                lock_path.display()
-            ),
-        }),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(AuditLogError::Locked { path: path.display().to_string(), lock: lock_path.display().to_string() })
+        }
         Err(std::fs::TryLockError::Error(e)) => Err(io_error(&lock_path)(e)),
     }
 }

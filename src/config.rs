@@ -575,6 +575,9 @@ pub struct Settings {
     pub sms_sender: SenderSettings,
     /// The audit trail file (the active one).
     pub audit_log: PathBuf,
+    /// The file to write instead when [`Settings::audit_log`] (the default one) is another running
+    /// instance's: instances on one shared database may share a data dir. `None`: refuse to start then.
+    pub audit_log_fallback: Option<PathBuf>,
     /// The active audit trail file is rotated before a line would take it past this.
     pub audit_log_max_bytes: u64,
     /// Bounds on queued work (overload answers "busy" past them).
@@ -589,6 +592,7 @@ impl Settings {
             key_file: common.key_file.clone().unwrap_or_else(|| data_dir.join("secret.key")),
             sms_outbox: sms_outbox.unwrap_or_else(|| data_dir.join("outbox.jsonl")),
             audit_log: common.audit_log.clone().unwrap_or_else(|| audit_log(&data_dir)),
+            audit_log_fallback: None,
             audit_log_max_bytes: common.audit_log_max_mb.max(1).saturating_mul(1 << 20),
             flows: resolve(&common.flows, DEFAULT_FLOWS),
             registry: resolve(&common.registry, DEFAULT_REGISTRY),
@@ -622,6 +626,12 @@ pub fn resolve(given: &Option<PathBuf>, default: &str) -> Option<PathBuf> {
 /// The audit trail file's default place.
 pub fn audit_log(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("audit.jsonl")
+}
+
+/// The audit trail file of an instance listening on `port` whose data dir's default file is another
+/// instance's (several instances on one database, one data dir).
+pub fn instance_audit_log(data_dir: &std::path::Path, port: u16) -> PathBuf {
+    data_dir.join(format!("audit-{port}.jsonl"))
 }
 
 /// The sled database lives in its own folder inside the data directory.

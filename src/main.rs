@@ -193,6 +193,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     settings.webhook_token = args.webhook_token.clone();
     settings.webhook_allow = args.allow()?;
     settings.bounds = args.bounds();
+    // Instances on one shared database may be started on one data dir: the second writes its own trail.
+    if args.common.audit_log.is_none() && !matches!(settings.store, kichhoat::config::StoreKind::Sled) {
+        settings.audit_log_fallback =
+            Some(kichhoat::config::instance_audit_log(&settings.data_dir, args.listen.port()));
+    }
     let app = App::open(&settings, Arc::new(SystemClock), HashCost::OWASP).await.map_err(|e| e.to_string())?;
     match &settings.sms_sender {
         SenderSettings::File => info!(
@@ -218,7 +223,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         %addr,
         data_dir = %settings.data_dir.display(),
         store = %settings.store,
-        audit_log = %settings.audit_log.display(),
+        audit_log = %app.audit_log.path().display(),
         flows = %app.service.flow.source,
         "kichhoat listening on http://{addr} (POST /ussd/africastalking, GET|POST /sms/kannel)"
     );
@@ -258,7 +263,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(listener) = admin_listener {
         let admin_addr = listener.local_addr().map_err(|e| e.to_string())?;
         let e = Endpoint::new(admin_addr);
-        e.write(&settings.data_dir)
+        let endpoint_file = e
+            .write(&settings.data_dir, kichhoat::admin::client::process_alive)
             .map_err(|err| format!("{}: {err}", Endpoint::path(&settings.data_dir).display()))?;
         let api = Arc::new(kichhoat::admin::api::AdminApi::new(Arc::new(app.admin()), &e));
         let admin_limits = kichhoat::server::Limits { max_connections: 64, ..Default::default() };
@@ -267,10 +273,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             Some(tokio::spawn(kichhoat::server::serve(listener, router, admin_limits, until_stopped(stopped.clone()))));
         info!(
             addr = %admin_addr,
-            endpoint_file = %Endpoint::path(&settings.data_dir).display(),
+            endpoint_file = %endpoint_file.display(),
             "admin API on http://{admin_addr} (kichhoat admin, kichhoat registry import)"
         );
-        endpoint = Some(e);
+        endpoint = Some((e, endpoint_file));
     }
     let served = kichhoat::server::serve(listener, router, limits, until_stopped(stopped)).await;
     info!("shutting down");
@@ -279,8 +285,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(task) = admin_server {
         let _ = task.await;
     }
-    if let Some(e) = &endpoint {
-        e.remove(&settings.data_dir);
+    if let Some((e, file)) = &endpoint {
+        e.remove(file);
     }
     app.shutdown().await;
     info!("stopped");

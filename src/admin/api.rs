@@ -78,10 +78,18 @@ impl Endpoint {
         data_dir.join(ENDPOINT_FILE)
     }
 
-    /// Writes the file (0600, replaced whole).
-    pub fn write(&self, data_dir: &Path) -> std::io::Result<()> {
-        let path = Endpoint::path(data_dir);
-        let tmp = data_dir.join(format!("{ENDPOINT_FILE}.tmp"));
+    /// The file of an instance that found `admin.json` held by another live server (several instances on
+    /// one database may share a data dir): `admin-<pid>.json`.
+    fn own_path(data_dir: &Path) -> PathBuf {
+        data_dir.join(format!("admin-{}.json", std::process::id()))
+    }
+
+    /// Writes the file (0600, replaced whole): `admin.json`, or `admin-<pid>.json` when `admin.json` is
+    /// another running server's (`alive` tells whether a pid runs). Returns the path written.
+    pub fn write(&self, data_dir: &Path, alive: impl Fn(u32) -> bool) -> std::io::Result<PathBuf> {
+        let taken = Endpoint::read_at(&Endpoint::path(data_dir)).is_some_and(|e| e.pid != self.pid && alive(e.pid));
+        let path = if taken { Endpoint::own_path(data_dir) } else { Endpoint::path(data_dir) };
+        let tmp = data_dir.join(format!("{ENDPOINT_FILE}.{}.tmp", std::process::id()));
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]
@@ -89,18 +97,40 @@ impl Endpoint {
         let mut file = options.open(&tmp)?;
         std::io::Write::write_all(&mut file, &serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
     }
 
-    pub fn read(data_dir: &Path) -> Option<Endpoint> {
-        let bytes = std::fs::read(Endpoint::path(data_dir)).ok()?;
+    fn read_at(path: &Path) -> Option<Endpoint> {
+        let bytes = std::fs::read(path).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Removes the file if it is still this one (a newer server may have replaced it).
-    pub fn remove(&self, data_dir: &Path) {
-        if Endpoint::read(data_dir).is_some_and(|e| e.token == self.token) {
-            let _ = std::fs::remove_file(Endpoint::path(data_dir));
+    /// The endpoints of the servers on this data dir whose process runs: `admin.json` first, then the
+    /// `admin-<pid>.json` of further instances (oldest pid first).
+    pub fn find(data_dir: &Path, alive: impl Fn(u32) -> bool) -> Vec<Endpoint> {
+        let mut others: Vec<(u32, PathBuf)> = std::fs::read_dir(data_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let pid = name.strip_prefix("admin-")?.strip_suffix(".json")?.parse().ok()?;
+                Some((pid, entry.path()))
+            })
+            .collect();
+        others.sort();
+        std::iter::once(Endpoint::path(data_dir))
+            .chain(others.into_iter().map(|(_, p)| p))
+            .filter_map(|p| Endpoint::read_at(&p))
+            .filter(|e| alive(e.pid))
+            .collect()
+    }
+
+    /// Removes the file at `path` if it is still this one (a newer server may have replaced it).
+    pub fn remove(&self, path: &Path) {
+        if Endpoint::read_at(path).is_some_and(|e| e.token == self.token) {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -330,20 +360,42 @@ mod tests {
     fn the_endpoint_file_is_private_and_its_debug_hides_the_token() {
         let dir = tempfile::tempdir().unwrap();
         let e = Endpoint::new("127.0.0.1:8081".parse().unwrap());
-        e.write(dir.path()).unwrap();
+        let file = e.write(dir.path(), |_| true).unwrap();
+        assert_eq!(file, Endpoint::path(dir.path()));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(Endpoint::path(dir.path())).unwrap().permissions().mode();
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        assert_eq!(Endpoint::read(dir.path()).unwrap().token, e.token);
+        assert_eq!(Endpoint::find(dir.path(), |_| true)[0].token, e.token);
         assert!(!format!("{e:?}").contains(&e.token));
         let newer = Endpoint::new("127.0.0.1:8082".parse().unwrap());
-        newer.write(dir.path()).unwrap();
-        e.remove(dir.path());
-        assert!(Endpoint::read(dir.path()).is_some(), "an older server leaves a newer one's file alone");
-        newer.remove(dir.path());
-        assert!(Endpoint::read(dir.path()).is_none());
+        assert_eq!(newer.write(dir.path(), |_| true).unwrap(), file, "a restarted server takes the file back");
+        e.remove(&file);
+        assert_eq!(Endpoint::find(dir.path(), |_| true).len(), 1, "an older server leaves a newer one's file alone");
+        newer.remove(&file);
+        assert!(Endpoint::find(dir.path(), |_| true).is_empty());
+    }
+
+    #[test]
+    fn a_second_instance_on_one_data_dir_writes_a_file_of_its_own_and_the_cli_finds_whichever_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Endpoint { pid: 1_000_001, ..Endpoint::new("127.0.0.1:8081".parse().unwrap()) };
+        first.write(dir.path(), |_| true).unwrap();
+        let second = Endpoint::new("127.0.0.1:8082".parse().unwrap());
+        let own = second.write(dir.path(), |pid| pid == 1_000_001).unwrap();
+        assert_eq!(own, dir.path().join(format!("admin-{}.json", std::process::id())));
+        let urls = |alive: &dyn Fn(u32) -> bool| -> Vec<String> {
+            Endpoint::find(dir.path(), alive).into_iter().map(|e| e.url).collect()
+        };
+        assert_eq!(urls(&|_| true), ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]);
+        // The first killed (its file stays): the CLI goes to the second.
+        assert_eq!(urls(&|pid| pid != 1_000_001), ["http://127.0.0.1:8082"]);
+        // A third starting after the first died takes admin.json over.
+        let third = Endpoint::new("127.0.0.1:8083".parse().unwrap());
+        assert_eq!(third.write(dir.path(), |pid| pid != 1_000_001).unwrap(), Endpoint::path(dir.path()));
+        second.remove(&own);
+        assert!(!own.exists());
     }
 }

@@ -169,7 +169,7 @@ fn login_name() -> Option<String> {
 
 /// Whether the process that wrote `admin.json` still runs (a file a killed server left is ignored, so the
 /// ID number is not sent to whatever listens on its old port now).
-fn process_alive(pid: u32) -> bool {
+pub fn process_alive(pid: u32) -> bool {
     #[cfg(unix)]
     {
         let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
@@ -260,7 +260,7 @@ async fn target(opts: &AdminOpts) -> Result<Target, ClientError> {
             )));
         }
     }
-    if let Some(endpoint) = Endpoint::read(&opts.data_dir).filter(|e| process_alive(e.pid)) {
+    for endpoint in Endpoint::find(&opts.data_dir, process_alive) {
         // A file left by a server that died: nothing listens, or something else does.
         let alive = reqwest::get(format!("{}/healthz", endpoint.url)).await.is_ok_and(|r| r.status().is_success());
         if alive {

@@ -50,6 +50,9 @@ struct Pair {
     outboxes: [PathBuf; 2],
     logs: [PathBuf; 2],
     key: PathBuf,
+    /// The data dir both share (as when an operator gives neither a --data-dir): each writes an audit
+    /// trail and an admin endpoint file of its own there.
+    data: PathBuf,
 }
 
 const AN_ID: &str = "001099012345";
@@ -68,17 +71,25 @@ impl Pair {
         let db = cluster.new_database();
         let key = dir.path().join("shared.key");
         write_key(&key, &[7; 32]);
-        let paths = |n: &str| {
-            (dir.path().join(n), dir.path().join(format!("{n}-outbox.jsonl")), dir.path().join(format!("{n}.log")))
-        };
-        let (data_a, outbox_a, log_a) = paths("a");
-        let (data_b, outbox_b, log_b) = paths("b");
+        let data = dir.path().join("data");
+        let paths = |n: &str| (dir.path().join(format!("{n}-outbox.jsonl")), dir.path().join(format!("{n}.log")));
+        let (outbox_a, log_a) = paths("a");
+        let (outbox_b, log_b) = paths("b");
         let flags = flags(&db, &key);
         let (a, b) = tokio::join!(
-            Proc::spawn_with(&data_a, &outbox_a, &log_a, "info", &flags, &[]),
-            Proc::spawn_with(&data_b, &outbox_b, &log_b, "info", &flags, &[]),
+            Proc::spawn_with(&data, &outbox_a, &log_a, "info", &flags, &[]),
+            Proc::spawn_with(&data, &outbox_b, &log_b, "info", &flags, &[]),
         );
-        Pair { db: db.clone(), a: Some(a), b, outboxes: [outbox_a, outbox_b], logs: [log_a, log_b], key, _dir: dir }
+        Pair {
+            db: db.clone(),
+            a: Some(a),
+            b,
+            outboxes: [outbox_a, outbox_b],
+            logs: [log_a, log_b],
+            key,
+            data,
+            _dir: dir,
+        }
     }
 
     fn urls(&self) -> [String; 2] {
@@ -214,6 +225,29 @@ async fn two_instances_share_one_activation_its_retries_and_duplicates_and_one_f
     let ids: HashSet<&str> = sms.iter().map(|l| l.id.as_str()).collect();
     assert_eq!((sms.len(), ids.len()), (4, 4), "two codes, two confirmations, none twice: {:?}", ids_of(&sms));
     assert_eq!(pair.audited("otp_sent").await, 2);
+    // The operator's CLI on the shared data dir reaches the instance still running.
+    let show = std::process::Command::new(env!("CARGO_BIN_EXE_kichhoat"))
+        .args(["admin", "show", BINH_ID, "--json", "--operator", "officer.lan", "--data-dir"])
+        .arg(&pair.data)
+        .output()
+        .unwrap();
+    let view: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap_or_default();
+    assert!(view["account"].is_object(), "{}", String::from_utf8_lossy(&show.stderr));
+    // Each instance kept a whole hash chain of its own in the shared data dir.
+    let trails: Vec<PathBuf> = std::fs::read_dir(&pair.data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    assert_eq!(trails.len(), 2, "{trails:?}");
+    for trail in &trails {
+        let verify = std::process::Command::new(env!("CARGO_BIN_EXE_kichhoat"))
+            .args(["audit", "verify"])
+            .arg(trail)
+            .output()
+            .unwrap();
+        assert!(verify.status.success(), "{}: {}", trail.display(), String::from_utf8_lossy(&verify.stdout));
+    }
 
     // 3. Nothing secret in the database: a dump of it, searched.
     pair.b.child.kill().ok();
