@@ -181,6 +181,9 @@ impl App {
         cost: HashCost,
         sender: Option<Arc<dyn SmsSender>>,
     ) -> Result<App, StartError> {
+        // The metrics are built here, not by the first hop: their definitions are constants, and nothing
+        // that could fail runs on a request path.
+        std::sync::LazyLock::force(&crate::metrics::METRICS);
         let flow = Flow::load_from(settings.flows.as_deref()).map_err(|problems| {
             let dir =
                 settings.flows.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "built-in flows".into());
