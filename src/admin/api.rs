@@ -87,6 +87,12 @@ impl Endpoint {
     /// Writes the file (0600, replaced whole): `admin.json`, or `admin-<pid>.json` when `admin.json` is
     /// another running server's (`alive` tells whether a pid runs). Returns the path written.
     pub fn write(&self, data_dir: &Path, alive: impl Fn(u32) -> bool) -> std::io::Result<PathBuf> {
+        // The files of further instances that died (killed: nothing removed them) go first.
+        for (pid, stale) in Endpoint::instance_files(data_dir) {
+            if pid != self.pid && !alive(pid) {
+                let _ = std::fs::remove_file(stale);
+            }
+        }
         let taken = Endpoint::read_at(&Endpoint::path(data_dir)).is_some_and(|e| e.pid != self.pid && alive(e.pid));
         let path = if taken { Endpoint::own_path(data_dir) } else { Endpoint::path(data_dir) };
         let tmp = data_dir.join(format!("{ENDPOINT_FILE}.{}.tmp", std::process::id()));
@@ -106,10 +112,9 @@ impl Endpoint {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// The endpoints of the servers on this data dir whose process runs: `admin.json` first, then the
-    /// `admin-<pid>.json` of further instances (oldest pid first).
-    pub fn find(data_dir: &Path, alive: impl Fn(u32) -> bool) -> Vec<Endpoint> {
-        let mut others: Vec<(u32, PathBuf)> = std::fs::read_dir(data_dir)
+    /// The `admin-<pid>.json` files of further instances, oldest pid first.
+    fn instance_files(data_dir: &Path) -> Vec<(u32, PathBuf)> {
+        let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(data_dir)
             .into_iter()
             .flatten()
             .flatten()
@@ -119,9 +124,15 @@ impl Endpoint {
                 Some((pid, entry.path()))
             })
             .collect();
-        others.sort();
+        files.sort();
+        files
+    }
+
+    /// The endpoints of the servers on this data dir whose process runs: `admin.json` first, then the
+    /// `admin-<pid>.json` of further instances (oldest pid first).
+    pub fn find(data_dir: &Path, alive: impl Fn(u32) -> bool) -> Vec<Endpoint> {
         std::iter::once(Endpoint::path(data_dir))
-            .chain(others.into_iter().map(|(_, p)| p))
+            .chain(Endpoint::instance_files(data_dir).into_iter().map(|(_, p)| p))
             .filter_map(|p| Endpoint::read_at(&p))
             .filter(|e| alive(e.pid))
             .collect()
@@ -397,5 +408,10 @@ mod tests {
         assert_eq!(third.write(dir.path(), |pid| pid != 1_000_001).unwrap(), Endpoint::path(dir.path()));
         second.remove(&own);
         assert!(!own.exists());
+        // A killed instance's file is cleared by the next server that starts.
+        let dead = dir.path().join("admin-1000002.json");
+        std::fs::copy(Endpoint::path(dir.path()), &dead).unwrap();
+        third.write(dir.path(), |pid| pid != 1_000_002).unwrap();
+        assert!(!dead.exists());
     }
 }
