@@ -7,15 +7,17 @@
 //! (`--key-file`), so a copy of the database alone reveals no OTP, hop text or queued SMS.
 //!
 //! Argon2id parameters are OWASP's Password Storage Cheat Sheet minimum, m = 19 MiB, t = 2, p = 1
-//! (the `argon2` 0.5 defaults). Hashing is pure CPU work: callers run it
-//! on a bounded blocking pool (see `service`).
+//! (the `argon2` 0.5 defaults). Hashing is pure CPU work: callers run it on the hashing pool
+//! (`hashing`), whose threads keep their 19 MiB of argon2 working memory from one hash to the next
+//! ([`keep_hash_memory`]) instead of allocating, zeroing and page-faulting it in for every hash.
 
+use std::cell::RefCell;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, KeyId, Params, ParamsBuilder, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, KeyId, Params, ParamsBuilder, Version};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use hmac::{Hmac, Mac};
@@ -35,6 +37,37 @@ pub enum CryptoError {
     Hash,
     #[error("sealed data could not be opened")]
     Open,
+}
+
+thread_local! {
+    /// The argon2 working memory a hashing thread keeps between hashes; `None` on other threads, which
+    /// allocate it per hash as usual.
+    static KEPT_BLOCKS: RefCell<Option<Vec<Block>>> = const { RefCell::new(None) };
+}
+
+/// Makes this thread keep argon2's working memory between hashes (the hashing pool's threads: a bounded
+/// number, so the memory kept is bounded too: one block set of the current cost each).
+pub fn keep_hash_memory() {
+    KEPT_BLOCKS.with(|k| {
+        if let Ok(mut k) = k.try_borrow_mut() {
+            k.get_or_insert_with(Vec::new);
+        }
+    });
+}
+
+/// argon2 of `pwd` and `salt` into `out`, in this thread's kept memory when it keeps some.
+fn argon_into(argon: &Argon2<'_>, pwd: &[u8], salt: &[u8], out: &mut [u8]) -> Result<(), argon2::Error> {
+    KEPT_BLOCKS.with(|k| match k.try_borrow_mut() {
+        Ok(mut kept) => match kept.as_mut() {
+            Some(blocks) => {
+                // Every block is written before it is read, so what an earlier hash left needs no clearing.
+                blocks.resize(argon.params().block_count(), Block::default());
+                argon.hash_password_into_with_memory(pwd, salt, out, &mut blocks[..])
+            }
+            None => argon.hash_password_into(pwd, salt, out),
+        },
+        Err(_) => argon.hash_password_into(pwd, salt, out),
+    })
 }
 
 /// Argon2id cost settings.
@@ -178,8 +211,17 @@ impl Crypto {
     pub fn hash_secret(&self, secret: &str, rng: &mut dyn RngCore) -> Result<String, CryptoError> {
         let mut salt = [0u8; 16];
         rng.fill_bytes(&mut salt);
-        let salt = SaltString::encode_b64(&salt).map_err(|_| CryptoError::Hash)?;
-        let hash = self.argon()?.hash_password(secret.as_bytes(), &salt).map_err(|_| CryptoError::Hash)?;
+        let argon = self.argon()?;
+        let salt_b64 = SaltString::encode_b64(&salt).map_err(|_| CryptoError::Hash)?;
+        let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+        argon_into(&argon, secret.as_bytes(), &salt, &mut out).map_err(|_| CryptoError::Hash)?;
+        let hash = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(argon.params()).map_err(|_| CryptoError::Hash)?,
+            salt: Some(salt_b64.as_salt()),
+            hash: Some(Output::new(&out).map_err(|_| CryptoError::Hash)?),
+        };
         Ok(hash.to_string())
     }
 
@@ -189,16 +231,36 @@ impl Crypto {
         let Ok(parsed) = PasswordHash::new(phc) else {
             return false;
         };
-        let peppered = Params::try_from(&parsed).is_ok_and(|p| p.keyid() == PEPPER_KEYID);
-        if peppered {
+        let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+            return false;
+        };
+        let (Ok(algorithm), Ok(params)) = (Algorithm::try_from(parsed.algorithm), Params::try_from(&parsed)) else {
+            return false;
+        };
+        let version = match parsed.version.map(Version::try_from) {
+            None => Version::default(),
+            Some(Ok(v)) => v,
+            Some(Err(_)) => return false,
+        };
+        let argon = if params.keyid() == PEPPER_KEYID {
             // The hash's own parameters are used; only the secret comes from here.
-            match Argon2::new_with_secret(&self.pepper.0, Algorithm::Argon2id, Version::V0x13, Params::default()) {
-                Ok(a) => a.verify_password(secret.as_bytes(), &parsed).is_ok(),
-                Err(_) => false,
+            match Argon2::new_with_secret(&self.pepper.0, algorithm, version, params) {
+                Ok(a) => a,
+                Err(_) => return false,
             }
         } else {
-            Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok()
+            Argon2::new(algorithm, version, params)
+        };
+        let mut salt_buf = [0u8; 64];
+        let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+            return false;
+        };
+        let mut out = vec![0u8; expected.len()];
+        if argon_into(&argon, secret.as_bytes(), salt, &mut out).is_err() {
+            return false;
         }
+        // `Output`'s equality is constant-time.
+        Output::new(&out).is_ok_and(|computed| computed == expected)
     }
 
     /// Spends the time of one verification against a hash that matches nothing.
@@ -313,6 +375,7 @@ fn mac(key: &Key, parts: &[&[u8]]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::password_hash::{PasswordHasher, PasswordVerifier};
     use rand::SeedableRng;
 
     fn crypto() -> Crypto {
@@ -328,6 +391,44 @@ mod tests {
         assert!(!phc.contains("Abc*1234x"));
         assert!(c.verify_secret("Abc*1234x", &phc));
         assert!(!c.verify_secret("Abc*1234y", &phc));
+    }
+
+    #[test]
+    fn hashes_agree_with_the_argon2_crates_own_phc_hashing_and_verifying() {
+        let c = crypto();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let ours = c.hash_secret("Abc*1234x", &mut rng).unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        let theirs = c.argon().unwrap();
+        assert!(theirs.verify_password(b"Abc*1234x", &parsed).is_ok());
+        assert!(theirs.verify_password(b"Abc*1234y", &parsed).is_err());
+        // The same salt and secret give the very same PHC string through the crate's hasher.
+        assert_eq!(theirs.hash_password(b"Abc*1234x", parsed.salt.unwrap()).unwrap().to_string(), ours);
+        let salt = SaltString::encode_b64(&[9u8; 16]).unwrap();
+        let made_there = theirs.hash_password(b"258147", &salt).unwrap();
+        assert!(c.verify_secret("258147", &made_there.to_string()));
+        assert!(!c.verify_secret("258148", &made_there.to_string()));
+    }
+
+    #[test]
+    fn a_hashing_thread_reuses_its_memory_across_hashes_of_any_cost() {
+        std::thread::spawn(|| {
+            keep_hash_memory();
+            let small = crypto();
+            let big = Crypto::from_master(&[7u8; 32], HashCost { m_kib: 256, t: 1, p: 1 }).unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+            let a = small.hash_secret("Abc*1234x", &mut rng).unwrap();
+            let b = big.hash_secret("Abc*1234x", &mut rng).unwrap();
+            for _ in 0..2 {
+                assert!(small.verify_secret("Abc*1234x", &a) && big.verify_secret("Abc*1234x", &a));
+                assert!(small.verify_secret("Abc*1234x", &b) && !small.verify_secret("Abc*1234y", &b));
+            }
+            let kept = KEPT_BLOCKS.with(|k| k.borrow().as_ref().map(|b| b.len()));
+            // Sized for the last hash (b's own cost, 256 KiB of 1 KiB blocks).
+            assert_eq!(kept, Some(256));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

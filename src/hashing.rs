@@ -7,8 +7,9 @@
 //! - **Cancelled with its hop**: a job whose caller stopped waiting (the hop's deadline passed, the
 //!   connection went away) is skipped when its turn comes; one already running finishes (argon2 cannot be
 //!   interrupted) and its result is dropped.
-//! - **Bounded memory**: `threads` threads, each reusing its own allocator arena (see
-//!   [`crate::alloc`]), rather than a blocking pool that grows to hundreds of threads and arenas.
+//! - **Bounded memory**: `threads` threads, each holding one argon2id block at a time, rather than a
+//!   blocking pool that grows to hundreds of threads; the allocator returns freed blocks to the system at
+//!   once (mimalloc's purge delay set to 0 at start, in `main.rs`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -55,6 +56,7 @@ impl HashPool {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new().name(format!("hashing-{i}")).spawn(move || {
                 lower_priority();
+                crate::crypto::keep_hash_memory();
                 loop {
                     let job = match rx.lock() {
                         Ok(rx) => rx.recv(),
