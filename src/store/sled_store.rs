@@ -75,10 +75,41 @@ struct ConvRecord {
     version: Version,
     /// The time it is filed under in `conv_fresh` (or `conv_idle` once `swept`).
     indexed_at: Millis,
+    /// The time of its last commit: later than `indexed_at` when commits within [`REFILE_AFTER`] of it
+    /// left it where it was filed (expiry files it again under this time when it finds it early). Records
+    /// written before this field read it as 0: their `indexed_at` is their last commit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    at: Millis,
     #[serde(default)]
     swept: bool,
     conversation: Conversation,
 }
+
+fn is_zero(m: &Millis) -> bool {
+    m.0 == 0
+}
+
+impl ConvRecord {
+    /// When it was last committed.
+    fn last_at(&self) -> Millis {
+        self.at.max(self.indexed_at)
+    }
+
+    /// Where a commit at `at` files the conversation that was `old`: where it already is, when that is a
+    /// fresh entry at most [`REFILE_AFTER`] older (no index write at all), or else under `at`.
+    fn filing(old: Option<&ConvRecord>, at: Millis) -> Millis {
+        match old {
+            Some(o) if !o.swept && o.indexed_at <= at && at.since(o.indexed_at) < REFILE_AFTER => o.indexed_at,
+            _ => at,
+        }
+    }
+}
+
+/// How long a conversation's commits leave it filed where it is in `conv_fresh`. Re-filing it on every
+/// commit took two of a hop's three writes (a new entry, the old one removed): without them durable first
+/// hops ran a third faster (BENCHMARKS.md). Expiry, finding an entry before the record's last commit, files
+/// it again under that time, so replies are swept exactly when due, never early.
+const REFILE_AFTER: Duration = Duration::from_secs(60);
 
 /// The tag `"2"`: anything else is not a conversation this build can read.
 #[derive(Debug, Clone, Copy)]
@@ -305,12 +336,22 @@ impl SledStore {
         if old.as_ref().map(|r| r.version) != expect {
             return Ok(CommitOutcome::Conflict);
         }
-        let new_key = at_key(c.at, phone);
-        self.conv_fresh.insert(&new_key, &[]).map_err(backend)?;
+        let filed = ConvRecord::filing(old.as_ref(), c.at);
+        let new_key = at_key(filed, phone);
+        let refiled = old.as_ref().is_none_or(|o| o.swept || o.indexed_at != filed);
+        if refiled {
+            self.conv_fresh.insert(&new_key, &[]).map_err(backend)?;
+        }
         // The same counter as a transaction's `generate_id`: versions never repeat, across restarts too.
         let version = self.db.generate_id().map_err(backend)? + 1;
-        let record =
-            ConvRecord { v: V2, version, indexed_at: c.at, swept: false, conversation: c.conversation.clone() };
+        let record = ConvRecord {
+            v: V2,
+            version,
+            indexed_at: filed,
+            at: c.at,
+            swept: false,
+            conversation: c.conversation.clone(),
+        };
         let swapped = self
             .conversations
             .compare_and_swap(phone, old_bytes.as_ref(), Some(encode_conv(record)?))
@@ -320,6 +361,9 @@ impl SledStore {
         }
         if !self.conv_fresh.contains_key(&new_key).map_err(backend)? {
             self.conv_fresh.insert(&new_key, &[]).map_err(backend)?;
+        }
+        if !refiled {
+            return Ok(CommitOutcome::Committed(version));
         }
         if let Some(old) = old.filter(|o| !(o.swept && o.indexed_at == Millis(0))) {
             let old_key = at_key(old.indexed_at, phone);
@@ -337,8 +381,9 @@ impl SledStore {
         Ok(CommitOutcome::Committed(version))
     }
 
-    /// Sweeps or compacts the conversation filed at `index_key` in `index` (one expiry step).
-    fn expire_conversation(&self, index_key: &[u8], sweep: bool) -> Result<bool, StoreError> {
+    /// Sweeps or compacts the conversation filed at `index_key` in `index` (one expiry step), or files it
+    /// again under its last commit when that is not yet before `due` (it was left filed earlier).
+    fn expire_conversation(&self, index_key: &[u8], sweep: bool, due: Millis) -> Result<bool, StoreError> {
         let Some((at, phone)) = split_at_key(index_key) else { return Ok(false) };
         let phone = phone.to_vec();
         let trees = (&self.conversations, &self.conv_fresh, &self.conv_idle);
@@ -350,11 +395,21 @@ impl SledStore {
             if r.indexed_at != at || r.swept == sweep {
                 return Ok(false); // a stale index entry: the record was rewritten since
             }
+            let last = r.last_at();
+            if sweep && last >= due {
+                // Filed early (later commits left it where it was): filed again, not yet swept.
+                r.indexed_at = last;
+                fresh.insert(at_key(last, &phone), &[])?;
+                r.version = conv.generate_id()? + 1;
+                conv.insert(phone.as_slice(), encode_conv(r).map_err(abort_store)?)?;
+                return Ok(false);
+            }
             if sweep {
                 r.conversation.recent.clear();
                 r.conversation.cursors.clear();
                 r.swept = true;
-                idle.insert(at_key(at, &phone), &[])?;
+                r.indexed_at = last;
+                idle.insert(at_key(last, &phone), &[])?;
             } else {
                 match r.conversation.session.idle_form() {
                     None => {
@@ -555,15 +610,24 @@ impl Store for SledStore {
                         Some(false) => {}
                     }
                 }
-                if let Some(old) = &current {
+                let filed = ConvRecord::filing(current.as_ref(), c.at);
+                let refiled = current.as_ref().is_none_or(|o| o.swept || o.indexed_at != filed);
+                if let Some(old) = current.as_ref().filter(|_| refiled) {
                     let index = if old.swept { idle } else { fresh };
                     index.remove(at_key(old.indexed_at, &phone))?;
                 }
                 let version = conv.generate_id()? + 1;
-                let record =
-                    ConvRecord { v: V2, version, indexed_at: c.at, swept: false, conversation: c.conversation.clone() };
+                let record = ConvRecord {
+                    v: V2,
+                    version,
+                    indexed_at: filed,
+                    at: c.at,
+                    swept: false,
+                    conversation: c.conversation.clone(),
+                };
                 conv.insert(phone.as_slice(), encode_conv(record).map_err(abort_store)?)?;
-                fresh.insert(at_key(c.at, &phone), &[])?;
+                // Written even when not re-filed: expiry may have taken the entry away meanwhile.
+                fresh.insert(at_key(filed, &phone), &[])?;
                 for sms in &c.sms {
                     let id = outbox.generate_id()?;
                     let record = QueuedSms {
@@ -879,11 +943,14 @@ impl Store for SledStore {
         let mut out = Expired::default();
         let cutoff = |d: Duration| at_key(Millis(now.0.saturating_sub(d.as_millis() as u64)), &[]);
         for (index, sweep) in [(&self.conv_fresh, true), (&self.conv_idle, false)] {
-            let end = cutoff(if sweep { keep.replies } else { keep.conversations });
+            let due = Millis(
+                now.0.saturating_sub((if sweep { keep.replies } else { keep.conversations }).as_millis() as u64),
+            );
+            let end = at_key(due, &[]);
             let keys: Vec<sled::IVec> = index.range(..end).keys().collect::<Result<_, _>>().map_err(backend)?;
             for (i, k) in keys.into_iter().enumerate() {
                 yield_sometimes(i).await;
-                if self.expire_conversation(&k, sweep)? {
+                if self.expire_conversation(&k, sweep, due)? {
                     if sweep {
                         out.swept += 1;
                     } else {
@@ -1058,7 +1125,14 @@ mod tests {
             V2 { version: Version, indexed_at: Millis, swept: bool, conversation: Conversation },
         }
         let c = commit_of(1).conversation;
-        let record = ConvRecord { v: V2, version: 7, indexed_at: Millis(5), swept: true, conversation: c.clone() };
+        let record = ConvRecord {
+            v: V2,
+            version: 7,
+            indexed_at: Millis(5),
+            at: Millis(0),
+            swept: true,
+            conversation: c.clone(),
+        };
         let now = encode_conv(record).unwrap();
         let before =
             serde_json::to_vec(&Before::V2 { version: 7, indexed_at: Millis(5), swept: true, conversation: c.clone() })

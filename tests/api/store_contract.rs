@@ -91,6 +91,7 @@ macro_rules! backend {
                 replies_and_cursors_are_swept_after_their_retention_and_the_conversation_kept,
                 an_idle_conversation_is_deleted_or_in_english_reduced_to_its_language,
                 a_conversation_written_after_its_sweep_is_not_expired_on_the_old_schedule,
+                replies_of_a_conversation_committed_every_few_seconds_are_swept_when_its_last_ones_are_due,
                 a_version_loaded_before_an_expiry_rewrote_or_deleted_the_conversation_never_matches_again,
                 counters_are_removed_once_their_expiry_has_passed_and_not_on_an_old_schedule,
                 failed_sms_are_removed_after_their_retention,
@@ -1012,6 +1013,39 @@ async fn a_conversation_written_after_its_sweep_is_not_expired_on_the_old_schedu
     let new_schedule = t2.plus(KEEP.conversations + MS);
     assert_eq!(store.expire(new_schedule, &KEEP).await.unwrap().conversations, 1);
     assert_eq!(store.load(&p).await.unwrap(), None);
+}
+
+/// A citizen typing every 15 s for over two minutes, through both kinds of commit (one with an audit record):
+/// whatever a store does to avoid re-filing the conversation on every commit, its replies are swept when
+/// the last commit's are due, not when the first one's were.
+async fn replies_of_a_conversation_committed_every_few_seconds_are_swept_when_its_last_ones_are_due(new: Factory) {
+    let fresh = new();
+    let store = fresh.store.as_ref();
+    let p = phone(1);
+    let first = at(SEC);
+    let mut last = first;
+    for i in 0..10u32 {
+        last = first.plus(15 * SEC * i);
+        let mut c = commit(&p, &format!("step{i}"), last);
+        if i % 4 == 3 {
+            c.audit.push(audit(&p, "step", last));
+        }
+        committed(store.commit(version(store, &p).await, c).await.unwrap());
+    }
+    // Past the first commit's due time (and most others'), before the last one's.
+    for now in [first.plus(KEEP.replies + MS), minus_1ms(last.plus(KEEP.replies))] {
+        assert_eq!(store.expire(now, &KEEP).await.unwrap(), Expired::default(), "at {now:?}");
+        let kept = store.load(&p).await.unwrap().unwrap().0;
+        assert_eq!((kept.session.state.as_str(), kept.recent.len()), ("step9", 1));
+    }
+    // One more commit is not refused for the expiry's own rewrites, and moves the due time again.
+    last = last.plus(SEC);
+    committed(store.commit(version(store, &p).await, commit(&p, "step10", last)).await.unwrap());
+    assert_eq!(store.expire(minus_1ms(last.plus(KEEP.replies)), &KEEP).await.unwrap(), Expired::default());
+    assert_eq!(store.expire(last.plus(KEEP.replies + MS), &KEEP).await.unwrap().swept, 1);
+    let swept = store.load(&p).await.unwrap().unwrap().0;
+    assert_eq!((swept.session.state.as_str(), swept.recent.len()), ("step10", 0));
+    assert_eq!(store.expire(last.plus(KEEP.conversations + MS), &KEEP).await.unwrap().conversations, 1);
 }
 
 async fn a_version_loaded_before_an_expiry_rewrote_or_deleted_the_conversation_never_matches_again(new: Factory) {

@@ -129,7 +129,7 @@ fn from_v1(db: &sled::Db, now: Millis) -> Result<(), StoreError> {
         }
         let at = conversation.session.updated_at;
         let version = db.generate_id().map_err(backend)? + 1;
-        let record = ConvRecord { v: V2, version, indexed_at: at, swept: false, conversation };
+        let record = ConvRecord { v: V2, version, indexed_at: at, at, swept: false, conversation };
         conversations.insert(&phone, encode_conv(record)?).map_err(backend)?;
         fresh.insert(at_key(at, &phone), &[]).map_err(backend)?;
     }
