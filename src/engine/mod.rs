@@ -101,7 +101,7 @@ pub struct Session {
     /// Refused entries at this state.
     pub tries: u8,
     pub updated_at: Millis,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Slots::is_empty")]
     pub slots: Slots,
     /// The citizen chose to leave an activation whose code is verified and is asked to confirm
     /// ([`keys::LEAVE_CONFIRM`]); the session still stands at the step left.
@@ -137,6 +137,9 @@ pub enum Purpose {
 }
 
 /// What an activation, log-in or recovery has gathered so far. Secrets only as hashes.
+///
+/// Empty fields are left out of the stored form (every stored conversation carries its slots, most of
+/// them empty: about 150 bytes each, BENCHMARKS.md) and read back as empty.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Slots {
     #[serde(default, skip_serializing_if = "is_activation")]
@@ -144,21 +147,39 @@ pub struct Slots {
     /// A recovery's security answer was right.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub answered: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub national_id: Option<NationalId>,
     /// The registered phone the OTP went to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<Msisdn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otp: Option<OtpRecord>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub otp_sends: u8,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub verified: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passcode_hash: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub questions: Vec<Answered>,
     /// A question chosen and waiting for its answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub question: Option<String>,
+}
+
+impl Slots {
+    /// Nothing gathered (the menu, a fresh dial).
+    pub fn is_empty(&self) -> bool {
+        *self == Slots::default()
+    }
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 /// An issued OTP: only its keyed hash is kept.
@@ -796,5 +817,35 @@ fn local_time(t: Millis, now: Millis, lang: Lang) -> String {
         (true, _) => format!("{hh:02}:{mm:02}"),
         (false, Lang::Vi) => format!("{hh:02}:{mm:02} ngày {d:02}/{m:02}"),
         (false, Lang::En) => format!("{hh:02}:{mm:02} on {d:02}/{m:02}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_slots_are_left_out_of_the_stored_form_and_old_records_with_every_field_still_read() {
+        let mut session = Session {
+            lang: Lang::Vi,
+            state: "menu".into(),
+            tries: 0,
+            updated_at: Millis(5),
+            slots: Slots::default(),
+            leaving: false,
+            parked: None,
+        };
+        let json = serde_json::to_string(&session).unwrap();
+        assert_eq!(json, r#"{"lang":"vi","state":"menu","tries":0,"updated_at":5}"#);
+        assert_eq!(serde_json::from_str::<Session>(&json).unwrap(), session);
+        let old = r#"{"lang":"vi","state":"menu","tries":0,"updated_at":5,"slots":{"started_at":null,
+            "national_id":null,"phone":null,"otp":null,"otp_sends":0,"verified":false,"password_hash":null,
+            "passcode_hash":null,"questions":[],"question":null}}"#;
+        assert_eq!(serde_json::from_str::<Session>(old).unwrap(), session);
+        session.slots.otp_sends = 2;
+        session.slots.started_at = Some(Millis(4));
+        let json = serde_json::to_string(&session).unwrap();
+        assert!(json.ends_with(r#""slots":{"started_at":4,"otp_sends":2}}"#), "{json}");
+        assert_eq!(serde_json::from_str::<Session>(&json).unwrap(), session);
     }
 }
