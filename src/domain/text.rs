@@ -17,7 +17,35 @@ const GSM7_EXTENSION: &str = "\u{0C}^{}\\[~]|€";
 
 /// Vietnamese to plain letters: NFD, drop combining marks U+0300–U+036F, đ→d, Đ→D, then NFC.
 /// Other characters are left as they are.
+///
+/// Every USSD screen goes through this (GSM-7 is the default charset), so text made only of ASCII and
+/// precomposed Latin letters (Vietnamese is) takes a path with the same result and no intermediate
+/// strings: each letter becomes the first character of its canonical decomposition, which is what
+/// dropping the marks and composing again leaves of it. Anything else takes the full path.
 pub fn fold_diacritics(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii() || matches!(c, '\u{00C0}'..='\u{024F}' | '\u{1E00}'..='\u{1EFF}')) {
+        return s.chars().map(fold_latin).collect();
+    }
+    fold_any(s)
+}
+
+/// One precomposed Latin letter without its marks.
+fn fold_latin(c: char) -> char {
+    match c {
+        'đ' => 'd',
+        'Đ' => 'D',
+        c if c.is_ascii() => c,
+        c => {
+            let mut base = None;
+            unicode_normalization::char::decompose_canonical(c, |d| {
+                base.get_or_insert(d);
+            });
+            base.unwrap_or(c)
+        }
+    }
+}
+
+fn fold_any(s: &str) -> String {
     let stripped: String = s
         .nfd()
         .filter(|c| !('\u{0300}'..='\u{036F}').contains(c))
@@ -32,15 +60,18 @@ pub fn fold_diacritics(s: &str) -> String {
 
 /// Length in GSM-7 septets, or `None` if some character is in neither GSM 03.38 table.
 pub fn gsm7_len(s: &str) -> Option<usize> {
-    s.chars().try_fold(0usize, |n, c| {
-        if GSM7_BASIC.contains(c) {
-            Some(n + 1)
-        } else if GSM7_EXTENSION.contains(c) {
-            Some(n + 2)
-        } else {
-            None
-        }
-    })
+    s.chars().try_fold(0usize, |n, c| gsm7_septets(c).map(|k| n + k))
+}
+
+/// Septets one character takes in GSM-7 (2 for the extension table), or `None` if it has none.
+pub fn gsm7_septets(c: char) -> Option<usize> {
+    if GSM7_BASIC.contains(c) {
+        Some(1)
+    } else if GSM7_EXTENSION.contains(c) {
+        Some(2)
+    } else {
+        None
+    }
 }
 
 /// Length in UCS-2 / UTF-16 code units (what an SMS in `coding=2` counts).
@@ -129,6 +160,16 @@ mod tests {
             let text: String = parts.concat();
             let folded = fold_diacritics(&text);
             prop_assert_eq!(gsm7_len(&folded), Some(folded.chars().count()));
+        }
+
+        #[test]
+        fn the_latin_fast_path_folds_exactly_as_the_full_one(
+            s in "[ -~\u{00C0}-\u{024F}\u{1E00}-\u{1EFF}]{0,40}",
+            parts in prop::collection::vec(vietnamese_char(), 0..30),
+        ) {
+            prop_assert_eq!(fold_diacritics(&s), fold_any(&s));
+            let text: String = parts.concat();
+            prop_assert_eq!(fold_diacritics(&text), fold_any(&text));
         }
 
         #[test]

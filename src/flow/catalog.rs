@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::domain::text::{fold_diacritics, gsm7_len, ucs2_len};
+use crate::domain::text::{fold_diacritics, gsm7_len, gsm7_septets, ucs2_len};
 use crate::vocab::Medium;
 
 /// Characters in one USSD screen, GSM-7 (182 septets in 160 octets).
@@ -61,7 +61,7 @@ pub fn for_sms(text: &str, charset: Charset) -> (String, bool) {
 
 /// Folds diacritics and replaces anything still outside GSM-7 (a stray symbol in a name) with `?`.
 pub fn to_gsm7(text: &str) -> String {
-    fold_diacritics(text).chars().map(|c| if gsm7_len(&c.to_string()).is_some() { c } else { '?' }).collect()
+    fold_diacritics(text).chars().map(|c| if gsm7_septets(c).is_some() { c } else { '?' }).collect()
 }
 
 /// Placeholders a message may use, with the most characters each can take (for budget checks).
