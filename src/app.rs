@@ -218,7 +218,7 @@ impl App {
         };
         let (store, sled): (Arc<dyn Store>, Option<Arc<SledStore>>) = match &settings.store {
             StoreKind::Sled => {
-                let sled = Arc::new(SledStore::open_at(&settings.db_dir(), clock.now())?);
+                let sled = Arc::new(SledStore::open_with(&settings.db_dir(), clock.now(), settings.sled_cache_bytes)?);
                 (sled.clone(), Some(sled))
             }
             StoreKind::Memory => (Arc::new(MemoryStore::new()), None),

@@ -356,6 +356,10 @@ pub struct ServeArgs {
     /// past it they are answered "busy" at once. Steps that hash nothing never wait for them.
     #[arg(long, env = "KICHHOAT_HASH_QUEUE", default_value_t = 256)]
     pub hash_queue: usize,
+    /// sled's page cache in MiB (resident memory). More keeps more conversations in memory when a million
+    /// or more are stored (96: first hops' p99 11.9 -> 9.0 ms at 1M) at the cost of RSS (BENCHMARKS.md).
+    #[arg(long, env = "KICHHOAT_SLED_CACHE_MB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=65536))]
+    pub sled_cache_mb: u64,
     /// Hashing threads (argon2id: one core and 19 MiB each while it runs). Default: the cores.
     #[arg(long, env = "KICHHOAT_HASH_THREADS")]
     pub hash_threads: Option<usize>,
@@ -582,6 +586,8 @@ pub struct Settings {
     pub audit_log_max_bytes: u64,
     /// Bounds on queued work (overload answers "busy" past them).
     pub bounds: crate::service::LoadBounds,
+    /// sled's page cache (resident memory).
+    pub sled_cache_bytes: u64,
 }
 
 impl Settings {
@@ -603,6 +609,7 @@ impl Settings {
             webhook_token: None,
             webhook_allow: Vec::new(),
             bounds: crate::service::LoadBounds::default(),
+            sled_cache_bytes: crate::store::sled_store::CACHE_BYTES,
             data_dir,
         }
     }

@@ -203,6 +203,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     settings.webhook_token = args.webhook_token.clone();
     settings.webhook_allow = args.allow()?;
     settings.bounds = args.bounds();
+    settings.sled_cache_bytes = args.sled_cache_mb << 20;
     // Instances on one shared database may be started on one data dir: the second writes its own trail.
     if args.common.audit_log.is_none() && !matches!(settings.store, kichhoat::config::StoreKind::Sled) {
         settings.audit_log_fallback =

@@ -173,9 +173,10 @@ fn id_of(bytes: &[u8]) -> Option<u64> {
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
-/// sled's own cache of pages (resident memory; measured in BENCHMARKS.md: 64 MiB instead of 128 takes
-/// 45 MB off the server's RSS during a burst of 200 log-ins, with no hop rate lost that the runs could show).
-const CACHE_BYTES: u64 = 64 << 20;
+/// sled's own cache of pages by default (resident memory; measured in BENCHMARKS.md: 64 MiB instead of 128
+/// takes 45 MB off the server's RSS during a burst of 200 log-ins; 96 MiB brings the p99 of first hops at
+/// 1M stored conversations from 11.9 to 9.0 ms but takes that burst past 250 MiB). `--sled-cache-mb`.
+pub const CACHE_BYTES: u64 = 64 << 20;
 
 pub struct SledStore {
     db: sled::Db,
@@ -238,11 +239,17 @@ impl SledStore {
     /// As [`SledStore::open`], with the time a migration dates what it converts by (the service's clock:
     /// migrated counters must not be forgotten, nor kept, on another clock than the one that reads them).
     pub fn open_at(dir: &Path, now: Millis) -> Result<SledStore, StoreError> {
+        Self::open_with(dir, now, CACHE_BYTES)
+    }
+
+    /// As [`SledStore::open_at`], with a page cache of `cache_bytes` (resident memory) instead of the
+    /// default [`CACHE_BYTES`].
+    pub fn open_with(dir: &Path, now: Millis, cache_bytes: u64) -> Result<SledStore, StoreError> {
         // sled's page cache defaults to 1 GiB and is resident memory; the OS page cache keeps what falls out.
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
-            .cache_capacity(CACHE_BYTES)
+            .cache_capacity(cache_bytes)
             .open()
             .map_err(backend)?;
         migrate::to_current(&db, now)?;
