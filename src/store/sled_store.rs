@@ -95,6 +95,11 @@ impl ConvRecord {
         self.at.max(self.indexed_at)
     }
 
+    /// What commit `c` stores, as `version`, filed under `filed` (see [`ConvRecord::filing`]).
+    fn committed(version: Version, filed: Millis, c: &Commit) -> ConvRecord {
+        ConvRecord { v: V2, version, indexed_at: filed, at: c.at, swept: false, conversation: c.conversation.clone() }
+    }
+
     /// Where a commit at `at` files the conversation that was `old`: where it already is, when that is a
     /// fresh entry at most [`REFILE_AFTER`] older (no index write at all), or else under `at`.
     fn filing(old: Option<&ConvRecord>, at: Millis) -> Millis {
@@ -351,14 +356,7 @@ impl SledStore {
         }
         // The same counter as a transaction's `generate_id`: versions never repeat, across restarts too.
         let version = self.db.generate_id().map_err(backend)? + 1;
-        let record = ConvRecord {
-            v: V2,
-            version,
-            indexed_at: filed,
-            at: c.at,
-            swept: false,
-            conversation: c.conversation.clone(),
-        };
+        let record = ConvRecord::committed(version, filed, c);
         let swapped = self
             .conversations
             .compare_and_swap(phone, old_bytes.as_ref(), Some(encode_conv(record)?))
@@ -624,14 +622,7 @@ impl Store for SledStore {
                     index.remove(at_key(old.indexed_at, &phone))?;
                 }
                 let version = conv.generate_id()? + 1;
-                let record = ConvRecord {
-                    v: V2,
-                    version,
-                    indexed_at: filed,
-                    at: c.at,
-                    swept: false,
-                    conversation: c.conversation.clone(),
-                };
+                let record = ConvRecord::committed(version, filed, &c);
                 conv.insert(phone.as_slice(), encode_conv(record).map_err(abort_store)?)?;
                 // Written even when not re-filed: expiry may have taken the entry away meanwhile.
                 fresh.insert(at_key(filed, &phone), &[])?;
