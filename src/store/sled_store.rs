@@ -183,6 +183,9 @@ type Waiter = oneshot::Sender<Result<(), String>>;
 /// 1M stored conversations from 11.9 to 9.0 ms but takes that burst past 250 MiB). `--sled-cache-mb`.
 pub const CACHE_BYTES: u64 = 64 << 20;
 
+/// Citizens written per sled batch (see `upsert_citizens`).
+const CITIZEN_BATCH: usize = 500;
+
 pub struct SledStore {
     db: sled::Db,
     conversations: sled::Tree,
@@ -678,16 +681,24 @@ impl Store for SledStore {
     }
 
     async fn upsert_citizens(&self, citizens: &[Citizen]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for citizen in citizens {
-            let bytes = encode(citizen)?;
-            let key = citizen.national_id.as_str().as_bytes();
-            // Unchanged rows are not rewritten: a restart re-imports the registry.
-            if self.citizens.get(key).map_err(backend)?.as_deref() != Some(&bytes[..]) {
-                batch.insert(key, bytes);
+        // sled applies a batch under its global write lock, which every hop's read and swap waits for: the
+        // rows go in batches of [`CITIZEN_BATCH`] so a registry import never holds up hops for long.
+        for (i, chunk) in citizens.chunks(CITIZEN_BATCH).enumerate() {
+            if i > 0 {
+                tokio::task::yield_now().await;
             }
+            let mut batch = sled::Batch::default();
+            for citizen in chunk {
+                let bytes = encode(citizen)?;
+                let key = citizen.national_id.as_str().as_bytes();
+                // Unchanged rows are not rewritten: a restart re-imports the registry.
+                if self.citizens.get(key).map_err(backend)?.as_deref() != Some(&bytes[..]) {
+                    batch.insert(key, bytes);
+                }
+            }
+            self.citizens.apply_batch(batch).map_err(backend)?;
         }
-        self.citizens.apply_batch(batch).map_err(backend)
+        Ok(())
     }
 
     async fn citizens_after(&self, after: Option<&NationalId>, n: usize) -> Result<Vec<Citizen>, StoreError> {
