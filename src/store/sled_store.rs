@@ -100,12 +100,13 @@ impl ConvRecord {
         ConvRecord { v: V2, version, indexed_at: filed, at: c.at, swept: false, conversation: c.conversation.clone() }
     }
 
-    /// Where a commit at `at` files the conversation that was `old`: where it already is, when that is a
-    /// fresh entry at most [`REFILE_AFTER`] older (no index write at all), or else under `at`.
-    fn filing(old: Option<&ConvRecord>, at: Millis) -> Millis {
+    /// Where a commit at `at` files the conversation that was `old`, and whether that is a new entry:
+    /// where it already is, when that is a fresh entry at most [`REFILE_AFTER`] older (no index write at
+    /// all), or else a new entry under `at`.
+    fn filing(old: Option<&ConvRecord>, at: Millis) -> (Millis, bool) {
         match old {
-            Some(o) if !o.swept && o.indexed_at <= at && at.since(o.indexed_at) < REFILE_AFTER => o.indexed_at,
-            _ => at,
+            Some(o) if !o.swept && o.indexed_at <= at && at.since(o.indexed_at) < REFILE_AFTER => (o.indexed_at, false),
+            _ => (at, true),
         }
     }
 }
@@ -351,9 +352,8 @@ impl SledStore {
         if old.as_ref().map(|r| r.version) != expect {
             return Ok(CommitOutcome::Conflict);
         }
-        let filed = ConvRecord::filing(old.as_ref(), c.at);
+        let (filed, refiled) = ConvRecord::filing(old.as_ref(), c.at);
         let new_key = at_key(filed, phone);
-        let refiled = old.as_ref().is_none_or(|o| o.swept || o.indexed_at != filed);
         if refiled {
             self.conv_fresh.insert(&new_key, &[]).map_err(backend)?;
         }
@@ -618,8 +618,7 @@ impl Store for SledStore {
                         Some(false) => {}
                     }
                 }
-                let filed = ConvRecord::filing(current.as_ref(), c.at);
-                let refiled = current.as_ref().is_none_or(|o| o.swept || o.indexed_at != filed);
+                let (filed, refiled) = ConvRecord::filing(current.as_ref(), c.at);
                 if let Some(old) = current.as_ref().filter(|_| refiled) {
                     let index = if old.swept { idle } else { fresh };
                     index.remove(at_key(old.indexed_at, &phone))?;
@@ -950,11 +949,9 @@ impl Store for SledStore {
 
     async fn expire(&self, now: Millis, keep: &Retention) -> Result<Expired, StoreError> {
         let mut out = Expired::default();
-        let cutoff = |d: Duration| at_key(Millis(now.0.saturating_sub(d.as_millis() as u64)), &[]);
+        let before = |d: Duration| Millis(now.0.saturating_sub(d.as_millis() as u64));
         for (index, sweep) in [(&self.conv_fresh, true), (&self.conv_idle, false)] {
-            let due = Millis(
-                now.0.saturating_sub((if sweep { keep.replies } else { keep.conversations }).as_millis() as u64),
-            );
+            let due = before(if sweep { keep.replies } else { keep.conversations });
             let end = at_key(due, &[]);
             let keys: Vec<sled::IVec> = index.range(..end).keys().collect::<Result<_, _>>().map_err(backend)?;
             for (i, k) in keys.into_iter().enumerate() {
@@ -988,7 +985,7 @@ impl Store for SledStore {
                 out.counters += 1;
             }
         }
-        let end = cutoff(keep.failed_sms);
+        let end = at_key(before(keep.failed_sms), &[]);
         let keys: Vec<sled::IVec> =
             self.outbox_failed.range(..end).keys().collect::<Result<_, _>>().map_err(backend)?;
         for k in keys {
