@@ -92,6 +92,7 @@ macro_rules! backend {
                 an_idle_conversation_is_deleted_or_in_english_reduced_to_its_language,
                 a_conversation_written_after_its_sweep_is_not_expired_on_the_old_schedule,
                 replies_of_a_conversation_committed_every_few_seconds_are_swept_when_its_last_ones_are_due,
+                expiry_racing_commits_from_many_phones_loses_no_commit_and_sweeps_each_last_reply_once_when_due,
                 a_version_loaded_before_an_expiry_rewrote_or_deleted_the_conversation_never_matches_again,
                 counters_are_removed_once_their_expiry_has_passed_and_not_on_an_old_schedule,
                 failed_sms_are_removed_after_their_retention,
@@ -1046,6 +1047,67 @@ async fn replies_of_a_conversation_committed_every_few_seconds_are_swept_when_it
     let swept = store.load(&p).await.unwrap().unwrap().0;
     assert_eq!((swept.session.state.as_str(), swept.recent.len()), ("step10", 0));
     assert_eq!(store.expire(last.plus(KEEP.conversations + MS), &KEEP).await.unwrap().conversations, 1);
+}
+
+/// Expiry running again and again while 24 phones commit every 10 s (each commit retried on a conflict, as
+/// the service does): whatever expiry files again or sweeps in between, no commit is lost, no phone's last
+/// replies are swept before they are due, and once due each is swept exactly once.
+async fn expiry_racing_commits_from_many_phones_loses_no_commit_and_sweeps_each_last_reply_once_when_due(new: Factory) {
+    let fresh = new();
+    let store = fresh.store.clone();
+    let t0 = at(SEC);
+    let steps = 12u32;
+    let writers: Vec<_> = (0..24)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let p = phone(n);
+                for i in 0..steps {
+                    let t = t0.plus(10 * SEC * i);
+                    let mut done = false;
+                    for _ in 0..ATTEMPTS {
+                        let v = version(store.as_ref(), &p).await;
+                        match store.commit(v, commit(&p, &format!("s{i}"), t)).await.unwrap() {
+                            CommitOutcome::Committed(_) => {
+                                done = true;
+                                break;
+                            }
+                            CommitOutcome::Conflict => tokio::task::yield_now().await,
+                            other => panic!("{other:?}"),
+                        }
+                    }
+                    assert!(done, "phone {n}, step {i}: refused {ATTEMPTS} times");
+                }
+            })
+        })
+        .collect();
+    let sweeper = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            // Every time before the last commits' replies are due (t0 + 110 s + their retention).
+            for k in 0..55u32 {
+                store.expire(t0.plus(KEEP.replies + 2 * SEC * k), &KEEP).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for w in writers {
+        w.await.unwrap();
+    }
+    sweeper.await.unwrap();
+    let last = t0.plus(10 * SEC * (steps - 1));
+    let state = |c: &Conversation| (c.session.state.clone(), c.recent.len());
+    for n in 0..24 {
+        let c = store.load(&phone(n)).await.unwrap().unwrap().0;
+        assert_eq!(state(&c), (format!("s{}", steps - 1), 1), "phone {n}");
+    }
+    assert_eq!(store.expire(minus_1ms(last.plus(KEEP.replies)), &KEEP).await.unwrap().swept, 0);
+    assert_eq!(store.expire(last.plus(KEEP.replies + MS), &KEEP).await.unwrap().swept, 24);
+    assert_eq!(store.expire(last.plus(KEEP.replies + SEC), &KEEP).await.unwrap().swept, 0);
+    for n in 0..24 {
+        let c = store.load(&phone(n)).await.unwrap().unwrap().0;
+        assert_eq!(state(&c), (format!("s{}", steps - 1), 0), "phone {n}");
+    }
 }
 
 async fn a_version_loaded_before_an_expiry_rewrote_or_deleted_the_conversation_never_matches_again(new: Factory) {
