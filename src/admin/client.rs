@@ -378,6 +378,17 @@ pub async fn run_admin(args: &AdminArgs) -> Result<String, ClientError> {
 pub async fn run_registry(args: &RegistryArgs) -> Result<String, ClientError> {
     let RegistryAction::Import { file, dry_run, opts } = &args.action;
     let by = opts.operator()?;
+    let limit = crate::admin::api::IMPORT_LIMIT as u64;
+    let len = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    if len > limit {
+        return Err(ClientError::Refused(format!(
+            "{}: {} MiB, more than the {} MiB an import through the server takes; import it at start instead \
+             (serve --registry)",
+            file.display(),
+            len >> 20,
+            limit >> 20
+        )));
+    }
     let csv = std::fs::read(file).map_err(|e| ClientError::Refused(format!("{}: {e}", file.display())))?;
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "registry.csv".into());
     let target = target(opts).await?;
@@ -386,7 +397,7 @@ pub async fn run_registry(args: &RegistryArgs) -> Result<String, ClientError> {
             let q = ImportQuery { operator: by.as_str().to_string(), name: Some(name), dry_run: *dry_run };
             post(e, "/admin/registry/import", Some(&q), csv, "text/csv").await?
         }
-        Target::Local(l) => l.admin.import(&csv, &name, &by, *dry_run).await?,
+        Target::Local(l) => l.admin.import(csv.into(), &name, &by, *dry_run).await?,
     };
     close(target);
     let lang = if opts.lang == OutLang::Vi { Lang::Vi } else { Lang::En };

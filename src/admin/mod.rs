@@ -272,14 +272,16 @@ impl Admin {
     /// trail and errors); `dry_run` only reports.
     pub async fn import(
         &self,
-        input: &[u8],
+        input: axum::body::Bytes,
         name: &str,
         by: &Operator,
         dry_run: bool,
     ) -> Result<ImportReport, AdminError> {
         let _one = self.imports.lock().await;
         let who = format!("operator={}", by.as_str());
-        let report = registry::import(input, name, self.store.as_ref(), self.clock.now(), &who, dry_run).await?;
+        let report =
+            registry::import(std::io::Cursor::new(input), name, self.store.as_ref(), self.clock.now(), &who, dry_run)
+                .await?;
         crate::app::log_import(name, &report);
         self.audit_log.drain().await?;
         Ok(report)
