@@ -688,12 +688,9 @@ impl Store for SledStore {
             }
             let mut batch = sled::Batch::default();
             for citizen in chunk {
-                let bytes = encode(citizen)?;
-                let key = citizen.national_id.as_str().as_bytes();
-                // Unchanged rows are not rewritten: a restart re-imports the registry.
-                if self.citizens.get(key).map_err(backend)?.as_deref() != Some(&bytes[..]) {
-                    batch.insert(key, bytes);
-                }
+                // Every row is written: the import compared them with the store and passes only those that
+                // differ (a read here first took a tree descent per row, a tenth of a 10M import).
+                batch.insert(citizen.national_id.as_str().as_bytes(), encode(citizen)?);
             }
             self.citizens.apply_batch(batch).map_err(backend)?;
         }
