@@ -1,8 +1,8 @@
-//! An authoritative registry import: the file read whole (rows by ID number, the later row winning),
-//! compared with the stored citizens page by page in ID order, then only the difference written: new
-//! citizens added, changed ones updated (a removed citizen listed again is restored), and citizens the
-//! file no longer lists marked removed, each with an audit record `citizen_removed` in the transaction
-//! that marks it, and one `registry_imported` record with the counts.
+//! An authoritative registry import: the file read whole and sorted by ID number (the later row of an ID
+//! winning), walked beside the stored citizens page by page in ID order, and only the difference written
+//! as the walk goes: new citizens added, changed ones updated (a removed citizen listed again is
+//! restored), and citizens the file no longer lists marked removed, each with an audit record
+//! `citizen_removed` in the transaction that marks it, and one `registry_imported` record with the counts.
 //!
 //! Safety rails an operator expects of a file that decides who may activate:
 //! - a row that cannot be read but whose ID number can is **kept as it was** (neither updated nor
@@ -83,6 +83,7 @@ impl<'a> Importer<'a> {
     }
 
     /// Imports the CSV read from `input`; `name` names it in errors.
+    ///
     /// The file is read and sorted on the blocking pool: ten million rows take seconds of CPU that would
     /// otherwise hold up a runtime thread, and every hop it was due to run.
     pub async fn run(
