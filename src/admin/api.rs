@@ -94,9 +94,7 @@ impl Endpoint {
                 let _ = std::fs::remove_file(stale);
             }
         }
-        let taken = Endpoint::read_at(&Endpoint::path(data_dir)).is_some_and(|e| e.pid != self.pid && alive(e.pid));
-        let path = if taken { Endpoint::own_path(data_dir) } else { Endpoint::path(data_dir) };
-        let tmp = data_dir.join(format!("{ENDPOINT_FILE}.{}.tmp", std::process::id()));
+        let tmp = data_dir.join(format!("{ENDPOINT_FILE}.{}.tmp", self.pid));
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]
@@ -104,8 +102,38 @@ impl Endpoint {
         let mut file = options.open(&tmp)?;
         std::io::Write::write_all(&mut file, &serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(path)
+        let written = self.claim(data_dir, &tmp, alive);
+        let _ = std::fs::remove_file(&tmp);
+        written
+    }
+
+    /// Puts the written `tmp` at `admin.json` if no other live server holds it, else at `admin-<pid>.json`.
+    /// `admin.json` is taken with a hard link, which fails if the name exists: two instances starting at
+    /// the same moment cannot both take it (a check then a rename let the second overwrite the first, and
+    /// the CLI lost the first once the second stopped).
+    fn claim(&self, data_dir: &Path, tmp: &Path, alive: impl Fn(u32) -> bool) -> std::io::Result<PathBuf> {
+        let shared = Endpoint::path(data_dir);
+        for _ in 0..8 {
+            match Endpoint::read_at(&shared) {
+                Some(e) if e.pid == self.pid => break,
+                Some(e) if alive(e.pid) => {
+                    let own = Endpoint::own_path(data_dir);
+                    std::fs::rename(tmp, &own)?;
+                    return Ok(own);
+                }
+                // Left by a server that died: removed if it is still that one.
+                Some(stale) => stale.remove(&shared),
+                None => {}
+            }
+            match std::fs::hard_link(tmp, &shared) {
+                Ok(()) => return Ok(shared),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(_) => break,
+            }
+        }
+        // Our own file, or a file system without hard links: replaced whole, as before.
+        std::fs::rename(tmp, &shared)?;
+        Ok(shared)
     }
 
     fn read_at(path: &Path) -> Option<Endpoint> {
@@ -414,5 +442,29 @@ mod tests {
         std::fs::copy(Endpoint::path(dir.path()), &dead).unwrap();
         third.write(dir.path(), |pid| pid != 1_000_002).unwrap();
         assert!(!dead.exists());
+    }
+
+    #[test]
+    fn two_instances_starting_at_once_never_both_take_admin_json() {
+        for round in 0..50 {
+            let dir = tempfile::tempdir().unwrap();
+            let barrier = std::sync::Barrier::new(2);
+            let (a, b) = (
+                Endpoint { pid: 2_000_001, ..Endpoint::new("127.0.0.1:8081".parse().unwrap()) },
+                Endpoint { pid: 2_000_002, ..Endpoint::new("127.0.0.1:8082".parse().unwrap()) },
+            );
+            let go = |e: &Endpoint| {
+                barrier.wait();
+                e.write(dir.path(), |_| true).unwrap()
+            };
+            let paths: Vec<PathBuf> = std::thread::scope(|s| {
+                let (ha, hb) = (s.spawn(|| go(&a)), s.spawn(|| go(&b)));
+                vec![ha.join().unwrap(), hb.join().unwrap()]
+            });
+            assert!(paths.contains(&Endpoint::path(dir.path())), "round {round}: {paths:?}");
+            let mut urls: Vec<String> = Endpoint::find(dir.path(), |_| true).into_iter().map(|e| e.url).collect();
+            urls.sort();
+            assert_eq!(urls, ["http://127.0.0.1:8081", "http://127.0.0.1:8082"], "round {round}: both are found");
+        }
     }
 }
