@@ -96,8 +96,14 @@ async fn metrics_count_exactly_the_traffic_sent_and_hold_nothing_personal() {
     assert_eq!(m["kichhoat_store_writable"], 1.0);
     assert!(m["process_resident_memory_bytes"] > 1e6);
     let text = reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await.unwrap();
+    // Names, labels and comments: a sample's value is a number, and a sum such as 0.0930000000001 holds a
+    // phone's digits without holding a phone.
+    let without_values: Vec<&str> = text
+        .lines()
+        .map(|l| if l.starts_with('#') { l } else { l.rsplit_once(' ').map_or(l, |(key, _)| key) })
+        .collect();
     for personal in [citizen_id(0), phone(0), phone(0)[1..].to_string(), "001099123456".into()] {
-        assert!(!text.contains(&personal), "{personal} in /metrics");
+        assert!(!without_values.iter().any(|l| l.contains(&personal)), "{personal} in /metrics");
     }
     assert_eq!(reqwest::get(format!("{}/healthz", server.url)).await.unwrap().status(), 200);
     server.terminate();
