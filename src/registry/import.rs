@@ -118,21 +118,20 @@ impl<'a> Importer<'a> {
         let mut after: Option<NationalId> = None;
         loop {
             let page = self.store.citizens_after(after.as_ref(), BATCH).await?;
-            if page.is_empty() {
-                break;
+            // The walk is right only if the store pages in the byte order the file was sorted in (12 digits
+            // sort alike in every collation); checked before any citizen of the page is compared.
+            let ids = after.iter().chain(page.iter().map(|c| &c.national_id)).map(NationalId::as_str);
+            if !ids.is_sorted_by(|a, b| a < b) {
+                let why = "stored citizens not listed in ID order; the import stopped".to_string();
+                return Err(StoreError::Corrupt { what: "citizens", why }.into());
             }
+            let Some(last) = page.last() else { break };
+            after = Some(last.national_id.clone());
             for (i, old) in page.into_iter().enumerate() {
                 // A live import shares the runtime threads with hops: they get a turn every 1,000 rows.
                 if i % 1_000 == 999 {
                     tokio::task::yield_now().await;
                 }
-                // The walk is right only if the store pages in the byte order the file was sorted in (12
-                // digits sort alike in every collation); checked before each citizen is compared.
-                if after.as_ref().is_some_and(|a| a.as_str() >= old.national_id.as_str()) {
-                    let why = "stored citizens not listed in ID order; the import stopped".to_string();
-                    return Err(StoreError::Corrupt { what: "citizens", why }.into());
-                }
-                after = Some(old.national_id.clone());
                 while let Some(new) = listed.next_if(|r| r.id() < old.national_id.as_str()) {
                     report.added += 1;
                     changes.push(new.citizen(name)?);
