@@ -15,6 +15,27 @@ const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆ�
 /// GSM 03.38 extension table: each costs two septets (ESC + code).
 const GSM7_EXTENSION: &str = "\u{0C}^{}\\[~]|€";
 
+/// Septets of each ASCII character (0: none), built from the two tables above.
+const GSM7_ASCII: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let (basic, ext) = (GSM7_BASIC.as_bytes(), GSM7_EXTENSION.as_bytes());
+    let mut i = 0;
+    while i < basic.len() {
+        if basic[i] < 128 {
+            t[basic[i] as usize] = 1;
+        }
+        i += 1;
+    }
+    i = 0;
+    while i < ext.len() {
+        if ext[i] < 128 {
+            t[ext[i] as usize] = 2;
+        }
+        i += 1;
+    }
+    t
+};
+
 /// Vietnamese to plain letters: NFD, drop combining marks U+0300–U+036F, đ→d, Đ→D, then NFC.
 /// Other characters are left as they are.
 ///
@@ -65,6 +86,13 @@ pub fn gsm7_len(s: &str) -> Option<usize> {
 
 /// Septets one character takes in GSM-7 (2 for the extension table), or `None` if it has none.
 pub fn gsm7_septets(c: char) -> Option<usize> {
+    // Every screen is measured character by character: ASCII (nearly all of it) by a table.
+    if c.is_ascii() {
+        return match GSM7_ASCII[c as usize] {
+            0 => None,
+            n => Some(n as usize),
+        };
+    }
     if GSM7_BASIC.contains(c) {
         Some(1)
     } else if GSM7_EXTENSION.contains(c) {
@@ -120,6 +148,21 @@ mod tests {
         assert_eq!(gsm7_len("a^b€"), Some(6));
         assert_eq!(gsm7_len("[x]{y}~|\\"), Some(16));
         assert_eq!(gsm7_len("àèéìòù"), Some(6));
+    }
+
+    #[test]
+    fn the_ascii_table_agrees_with_the_gsm7_tables() {
+        for b in 0u8..128 {
+            let c = b as char;
+            let scanned = if GSM7_BASIC.contains(c) {
+                Some(1)
+            } else if GSM7_EXTENSION.contains(c) {
+                Some(2)
+            } else {
+                None
+            };
+            assert_eq!(gsm7_septets(c), scanned, "{b:#04x}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod actions;
 pub mod policy;
 pub mod validators;
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use rand::RngCore;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Millis;
 use crate::crypto::{Crypto, CryptoError};
 use crate::domain::{Msisdn, NationalId, Secret};
+use crate::flow::catalog::Catalog;
 use crate::flow::{Flow, Kind, Lang};
 use crate::limits::{Bump, CounterKey, Tally};
 /// The message keys the engine shows, re-exported from their home in [`crate::vocab`].
@@ -559,10 +561,7 @@ fn on_text(
     }
     match ctx.flow.state(&s.state).filter(|st| matches!(st.kind, Kind::Input { .. })) {
         Some(_) if idle && s.slots != Slots::default() => go(ctx, s, out, &start, Some(keys::NOTE_RESTART), rng),
-        Some(st) => {
-            let st = st.clone();
-            on_input(ctx, s, out, &st, input, rng)
-        }
+        Some(st) => on_input(ctx, s, out, st, input, rng),
         None => go(ctx, s, out, &start, Some(keys::NOTE_RESTART), rng),
     }
 }
@@ -635,7 +634,7 @@ fn go(
     let mut target = target.to_string();
     s.leaving = false; // wherever it goes, the question whether to leave is answered
     for _ in 0..MAX_HOPS {
-        let st = flow.state(&target).ok_or(EngineError::Flow { state: target.clone(), why: "no such state" })?.clone();
+        let st = flow.state(&target).ok_or(EngineError::Flow { state: target.clone(), why: "no such state" })?;
         match &st.kind {
             Kind::Input { .. } => {
                 if st.name == flow.start {
@@ -657,7 +656,7 @@ fn go(
             Kind::Auto { action } => match actions::run(*action, None, s, ctx, out, rng)? {
                 Act::Go(outcome, n) => {
                     notice = n.or(notice);
-                    target = transition(&st, outcome)?;
+                    target = transition(st, outcome)?;
                 }
                 Act::Retry(_) => {
                     return Err(EngineError::Flow { state: st.name.clone(), why: "automatic action asked to retry" })
@@ -782,31 +781,32 @@ fn screen(ctx: &Ctx, s: &Session, out: &Out, above: Option<&str>, state: &str) -
     Reply { text, end: false }
 }
 
-/// Renders a message with the placeholders the session and the step provide.
+/// Renders a message with the placeholders the session and the step provide, each made only if the
+/// template holds it.
 fn render(ctx: &Ctx, s: &Session, out: &Out, key: &str) -> String {
     let catalog = ctx.flow.catalog(s.lang);
     let template = catalog.get_for(ctx.medium, key);
-    let mut args: Vec<(&str, String)> = vec![
-        ("minutes", (actions::OTP_LIFETIME.as_secs() / 60).to_string()),
-        ("n", (s.slots.questions.len() + 1).to_string()),
-        ("total", actions::QUESTIONS_REQUIRED.to_string()),
-        ("ussd_code", ctx.site.ussd_code.clone()),
-        ("login_code", ctx.site.fast_dial("2")),
-        ("hotline", ctx.site.help_phone.clone().unwrap_or_default()),
-    ];
-    if template.contains("{questions}") {
-        let chosen: Vec<String> = s.slots.questions.iter().map(|a| a.question.clone()).collect();
-        args.push(("questions", ctx.flow.question_list(s.lang, &chosen)));
-    }
-    if let Some(q) = &s.slots.question {
-        args.push(("question", catalog.get(q).to_string()));
-    }
-    if let Some(p) = &s.slots.phone {
-        args.push(("masked_phone", p.masked()));
-    }
-    args.push(("until", local_time(out.until.unwrap_or(ctx.now), ctx.now, s.lang)));
-    args.extend(out.args.iter().cloned());
-    crate::flow::catalog::fill(template, &args)
+    crate::flow::catalog::fill_with(template, |name| placeholder(ctx, s, out, catalog, name))
+}
+
+/// One placeholder's value: the session's and the site's first, then what the step gave.
+fn placeholder<'a>(ctx: &'a Ctx, s: &'a Session, out: &'a Out, catalog: &'a Catalog, name: &str) -> Option<Cow<'a, str>> {
+    Some(match name {
+        "minutes" => (actions::OTP_LIFETIME.as_secs() / 60).to_string().into(),
+        "n" => (s.slots.questions.len() + 1).to_string().into(),
+        "total" => actions::QUESTIONS_REQUIRED.to_string().into(),
+        "ussd_code" => ctx.site.ussd_code.as_str().into(),
+        "login_code" => ctx.site.fast_dial("2").into(),
+        "hotline" => ctx.site.help_phone.as_deref().unwrap_or_default().into(),
+        "questions" => {
+            let chosen: Vec<String> = s.slots.questions.iter().map(|a| a.question.clone()).collect();
+            ctx.flow.question_list(s.lang, &chosen).into()
+        }
+        "question" if s.slots.question.is_some() => catalog.get(s.slots.question.as_deref()?).into(),
+        "masked_phone" if s.slots.phone.is_some() => s.slots.phone.as_ref()?.masked().into(),
+        "until" => local_time(out.until.unwrap_or(ctx.now), ctx.now, s.lang).into(),
+        _ => return out.args.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str().into()),
+    })
 }
 
 /// A time as a citizen reads it: `HH:MM` in Vietnam, with the date when it is not today.

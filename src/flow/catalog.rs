@@ -6,6 +6,7 @@
 //! diacritics there; with `Charset::Ucs2` a screen keeps its diacritics when it fits 80 UCS-2 characters
 //! and falls back to the GSM-7 rendering when it does not (each screen must fit one message either way).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::domain::text::{fold_diacritics, gsm7_len, gsm7_septets, ucs2_len};
@@ -138,10 +139,30 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>
 
 /// Replaces each `{name}` with its value; unknown placeholders are left as they are.
 pub fn fill(template: &str, args: &[(&str, String)]) -> String {
-    let mut out = template.to_string();
-    for (name, value) in args {
-        out = out.replace(&format!("{{{name}}}"), value);
+    fill_with(template, |name| args.iter().find(|(n, _)| *n == name).map(|(_, v)| Cow::Borrowed(v.as_str())))
+}
+
+/// Fills a template in one pass, asking `value` for each `{name}` it holds; a name without a value stays
+/// as written. What a value holds is never read as a placeholder (a registry name with braces in it
+/// stays as it is).
+pub fn fill_with<'a>(template: &str, mut value: impl FnMut(&str) -> Option<Cow<'a, str>>) -> String {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('}').and_then(|close| value(&after[..close]).map(|v| (close, v))) {
+            Some((close, v)) => {
+                out.push_str(&v);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
     out
 }
 
@@ -216,6 +237,9 @@ mod tests {
     fn placeholders_are_found_and_filled() {
         assert_eq!(placeholders("Ma gui toi {masked_phone}, {minutes} phut"), vec!["masked_phone", "minutes"]);
         assert_eq!(fill("con {attempts} lan", &[("attempts", "4".into())]), "con 4 lan");
+        // One pass: unknown names and stray braces stay; a value is never filled in again.
+        let args = [("name", "{otp}".to_string()), ("otp", "123456".to_string())];
+        assert_eq!(fill("{ {name} {x} {otp}} {", &args), "{ {otp} {x} 123456} {");
     }
 
     #[test]
