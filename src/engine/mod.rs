@@ -790,7 +790,13 @@ fn render(ctx: &Ctx, s: &Session, out: &Out, key: &str) -> String {
 }
 
 /// One placeholder's value: the session's and the site's first, then what the step gave.
-fn placeholder<'a>(ctx: &'a Ctx, s: &'a Session, out: &'a Out, catalog: &'a Catalog, name: &str) -> Option<Cow<'a, str>> {
+fn placeholder<'a>(
+    ctx: &'a Ctx,
+    s: &'a Session,
+    out: &'a Out,
+    catalog: &'a Catalog,
+    name: &str,
+) -> Option<Cow<'a, str>> {
     Some(match name {
         "minutes" => (actions::OTP_LIFETIME.as_secs() / 60).to_string().into(),
         "n" => (s.slots.questions.len() + 1).to_string().into(),
