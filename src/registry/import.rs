@@ -293,6 +293,9 @@ fn read(
         match reader.read_record(&mut record) {
             Ok(true) => {}
             Ok(false) => break,
+            // A read that failed part-way (a disk error, an upload cut off) is not a bad row: carrying on
+            // would import part of the registry and remove every citizen after the cut.
+            Err(e) if e.is_io_error() => return Err(file_err(format!("reading stopped: {e}"))),
             Err(e) => {
                 let line = e.position().map(|p| p.line()).unwrap_or(0);
                 report.skipped.push((line, e.to_string()));
@@ -475,6 +478,35 @@ mod tests {
         let err = run(&store, "12345,0912345678,An,approved\n", false).await.unwrap_err();
         assert!(err.to_string().contains("nothing was changed"), "{err}");
         assert_eq!(status(&store, "001099012345").await, Some(CitizenStatus::Approved));
+    }
+
+    /// The first `n` bytes of a text, then a read error (an upload cut off, a failing disk).
+    struct CutOff(std::io::Cursor<String>, usize);
+
+    impl std::io::Read for CutOff {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let left = self.1.saturating_sub(self.0.position() as usize);
+            if left == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut off"));
+            }
+            let n = buf.len().min(left);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_that_fails_part_way_imports_nothing_rather_than_remove_the_rest() {
+        let store = MemoryStore::new();
+        let rows = "001099012345,0912345678,An,approved\n001199012346,0987654321,Binh,approved\n";
+        run(&store, rows, false).await.unwrap();
+        let changed = format!("{HEAD}001099012345,0912345678,An,pending\n001199012346,0987654321,Binh,approved\n");
+        let cut = HEAD.len() + 40; // inside the second row
+        let err = import(CutOff(std::io::Cursor::new(changed), cut), "cut.csv", &store, NOW, "operator=t", false)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("reading stopped"), "{err}");
+        assert_eq!(status(&store, "001099012345").await, Some(CitizenStatus::Approved), "nothing written");
+        assert_eq!(status(&store, "001199012346").await, Some(CitizenStatus::Approved), "nobody removed");
     }
 
     #[tokio::test]
