@@ -395,9 +395,19 @@ pub async fn run_registry(args: &RegistryArgs) -> Result<String, ClientError> {
     let report: ImportReport = match &target {
         Target::Api(e) => {
             let q = ImportQuery { operator: by.as_str().to_string(), name: Some(name), dry_run: *dry_run };
-            post(e, "/admin/registry/import", Some(&q), csv, "text/csv").await?
+            post(e, "/admin/registry/import", Some(&q), csv, "text/csv").await.map_err(|err| match err {
+                // The import writes as it goes: a server that stopped mid-way kept what it wrote.
+                ClientError::Unreachable { url, why } if !*dry_run => ClientError::Unreachable {
+                    url,
+                    why: format!(
+                        "{why}; if the server stopped during the import, part of the file may be written: \
+                         importing it again completes it"
+                    ),
+                },
+                other => other,
+            })?
         }
-        Target::Local(l) => l.admin.import(csv.into(), &name, &by, *dry_run).await?,
+        Target::Local(l) => l.admin.import(std::io::Cursor::new(csv), &name, &by, *dry_run).await?,
     };
     close(target);
     let lang = if opts.lang == OutLang::Vi { Lang::Vi } else { Lang::En };

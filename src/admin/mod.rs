@@ -272,16 +272,19 @@ impl Admin {
     /// trail and errors); `dry_run` only reports.
     pub async fn import(
         &self,
-        input: axum::body::Bytes,
+        input: impl std::io::Read + Send + 'static,
         name: &str,
         by: &Operator,
         dry_run: bool,
     ) -> Result<ImportReport, AdminError> {
         let _one = self.imports.lock().await;
         let who = format!("operator={}", by.as_str());
-        let report =
-            registry::import(std::io::Cursor::new(input), name, self.store.as_ref(), self.clock.now(), &who, dry_run)
-                .await?;
+        let report = registry::import(input, name, self.store.as_ref(), self.clock.now(), &who, dry_run)
+            .await
+            // Said in the log too: the operator's client may be gone (an upload cut off).
+            .inspect_err(
+                |e| tracing::warn!(registry = name, operator = by.as_str(), error = %e, "registry import failed"),
+            )?;
         crate::app::log_import(name, &report);
         self.audit_log.drain().await?;
         Ok(report)
